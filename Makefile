@@ -1,0 +1,96 @@
+# ferry: build, test, check, bench, demo, install.
+PREFIX ?= /usr/local
+DESTDIR ?=
+LUA ?= lua5.4
+BUSTED ?= busted --lua=$(LUA)
+PKGS := lua5.4 libuv libarchive libcrypto libedit
+
+CC ?= cc
+WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := $(WARN) $(CFLAGS) -fPIC -D_GNU_SOURCE -Iengine/include -Iengine/src $(shell pkg-config --cflags $(PKGS))
+LIBS := $(shell pkg-config --libs $(PKGS)) -lm
+CJSON := -llua5.4-cjson
+
+B := build
+# Core: what `require "ferry.core"` needs.  Engine: the embedding API, line editing, the built-in Lua files.
+CORE_SRC := $(filter-out engine/src/main.c engine/src/engine.c engine/src/lineedit.c,$(wildcard engine/src/*.c))
+ENGINE_SRC := engine/src/engine.c engine/src/lineedit.c
+LUA_FILES := $(shell find scripts/ferry scripts/adapters providers -name '*.lua' 2>/dev/null | sort)
+CORE_OBJ := $(CORE_SRC:engine/src/%.c=$(B)/obj/%.o)
+ENGINE_OBJ := $(ENGINE_SRC:engine/src/%.c=$(B)/obj/%.o) $(B)/obj/embedded.o
+HEADERS := $(wildcard engine/src/*.h) engine/include/ferry.h
+
+# the path a Lua file is looked up by: scripts/ferry/x.lua -> ferry/x.lua, scripts/adapters/a.lua -> adapters/a.lua
+embed_rel = $(patsubst scripts/%,%,$(1))
+
+.PHONY: all test check bench demo install clean lint
+all: $(B)/ferry $(B)/lua/ferry/core.so $(B)/libferry.a $(B)/libferry.so $(B)/ferry.pc
+
+$(B)/obj/%.o: engine/src/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(B)/obj/embedded.c: engine/tools/embed.lua $(LUA_FILES)
+	@mkdir -p $(@D)
+	$(LUA) engine/tools/embed.lua $@ $(foreach f,$(LUA_FILES),$(call embed_rel,$(f))=$(f))
+
+$(B)/obj/embedded.o: $(B)/obj/embedded.c engine/src/internal.h
+	$(CC) $(ALL_CFLAGS) -Wno-overlength-strings -c $< -o $@
+
+$(B)/libferry.a: $(CORE_OBJ) $(ENGINE_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(B)/libferry.so: $(CORE_OBJ) $(ENGINE_OBJ)
+	$(CC) -shared -o $@ -Wl,-soname,libferry.so $^ $(CJSON) $(LIBS)
+
+# -Wl,-E: system Lua C modules (lpeg, lfs, ...) resolve the Lua API from the binary.
+$(B)/ferry: $(B)/obj/main.o $(B)/libferry.a
+	$(CC) -o $@ $(B)/obj/main.o $(B)/libferry.a $(CJSON) $(LIBS) -Wl,-E
+
+$(B)/lua/ferry/core.so: $(CORE_OBJ)
+	@mkdir -p $(@D)
+	$(CC) -shared -o $@ $^ $(shell pkg-config --libs libuv libarchive libcrypto)
+
+$(B)/ferry.pc: engine/tools/ferry.pc.in Makefile
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define FERRY_VERSION "\(.*\)"/\1/p' engine/include/ferry.h)|g' $< > $@
+
+test: all
+	$(BUSTED)
+
+# Sanitizers over the specs (the core module built with ASan/UBSan), the binary under valgrind, luacheck.
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+check: all lint
+	$(MAKE) --no-print-directory B=$(B)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" $(B)/asan/lua/ferry/core.so
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so):$$($(CC) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  FERRY_CPATH=$(B)/asan/lua/?.so FERRY_SANITIZED=1 $(BUSTED) --cpath='$(B)/asan/lua/?.so'
+	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --track-fds=yes \
+	  --quiet $(B)/ferry run spec/support/valgrind_smoke.lua
+
+lint:
+	luacheck --quiet scripts providers spec engine/tools
+
+bench: all
+	$(B)/ferry run spec/bench/run.lua
+
+demo: all
+	$(B)/ferry run spec/demo/demo.lua
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/ferry $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters \
+	  $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers
+	install -m 755 $(B)/ferry $(DESTDIR)$(PREFIX)/bin/ferry
+	install -m 644 $(B)/libferry.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(B)/libferry.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(B)/ferry.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 644 engine/include/ferry.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(B)/lua/ferry/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/ferry/
+	install -m 644 scripts/ferry/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/
+	install -m 644 scripts/adapters/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters/
+	install -m 644 providers/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers/
+
+clean:
+	rm -rf $(B)

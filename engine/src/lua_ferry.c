@@ -1,0 +1,64 @@
+/* luaopen_ferry_core: the C core as one Lua table. scripts/ferry/init.lua gives it its public shape. */
+#include <stdio.h>
+#include <string.h>
+
+#include "ferry.h"
+#include "internal.h"
+
+#define LOG_KEY "ferry.log"
+
+typedef struct log_sink {
+  ferry_log_fn fn;
+  void *userdata;
+} log_sink;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+
+void ferry_log_set(lua_State *L, ferry_log_fn fn, void *userdata) {
+  log_sink *s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->fn = fn;
+  s->userdata = userdata;
+  lua_setfield(L, LUA_REGISTRYINDEX, LOG_KEY);
+}
+
+/* core.log(level, message): to the host's log callback, or stderr. */
+static int l_log(lua_State *L) {
+  int level = luaL_checkoption(L, 1, "info", level_names);
+  const char *msg = luaL_checkstring(L, 2);
+  log_sink *s = NULL;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOG_KEY) == LUA_TUSERDATA) s = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (s && s->fn) {
+    s->fn(s->userdata, (ferry_log_level)level, msg);
+  } else {
+    fprintf(stderr, "ferry: %s%s%s\n", level >= FERRY_LOG_WARN ? level_names[level] : "",
+            level >= FERRY_LOG_WARN ? ": " : "", msg);
+    fflush(stderr);
+  }
+  return 0;
+}
+
+/* core.has_log_callback() -> bool: a host receives the log lines. */
+static int l_has_log_callback(lua_State *L) {
+  int t = lua_getfield(L, LUA_REGISTRYINDEX, LOG_KEY);
+  lua_pushboolean(L, t == LUA_TUSERDATA && ((log_sink *)lua_touserdata(L, -2))->fn != NULL);
+  return 1;
+}
+
+int luaopen_ferry_core(lua_State *L) {
+  lua_newtable(L);
+  ferry_open_loop(L);
+  ferry_open_proc(L);
+  ferry_open_b64(L);
+  ferry_open_sh(L);
+  ferry_open_hash(L);
+  ferry_open_archive(L);
+  ferry_open_fs(L);
+  lua_pushcfunction(L, l_log);
+  lua_setfield(L, -2, "log");
+  lua_pushcfunction(L, l_has_log_callback);
+  lua_setfield(L, -2, "has_log_callback");
+  lua_pushstring(L, FERRY_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,34 @@
+/* The ferry binary: boot an engine and hand the command line to scripts/ferry/cli.lua. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <lauxlib.h>
+
+#include "ferry.h"
+
+int main(int argc, char **argv) {
+  ferry_engine *e = ferry_new();
+  if (!e) {
+    fprintf(stderr, "ferry: cannot create the engine (out of memory)\n");
+    return 1;
+  }
+  lua_State *L = ferry_lua(e);
+  lua_createtable(L, argc, 1);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i);
+  }
+  lua_setglobal(L, "FERRY_ARGV");
+  int status = ferry_dostring(e, "FERRY_EXIT = require('ferry.cli').main(FERRY_ARGV)");
+  int code = 1;
+  if (status != 0) {
+    fprintf(stderr, "ferry: %s\n", ferry_error(e));
+  } else {
+    lua_getglobal(L, "FERRY_EXIT");
+    code = (int)luaL_optinteger(L, -1, 0);
+    lua_pop(L, 1);
+  }
+  fflush(stdout);
+  ferry_free(e);
+  return code;
+}
