@@ -48,6 +48,7 @@ typedef struct proc {
   int64_t started_at;
   int pid;
   struct proc *next, **pprev; /* live list, for killing everything on interrupt */
+  struct proc **owner;        /* the Lua handle's pointer, cleared when the struct is freed */
 } proc;
 
 typedef struct write_req {
@@ -61,6 +62,7 @@ static proc *live_procs;
 static void handle_close_cb(uv_handle_t *h) {
   proc *p = h->data;
   if (--p->open_handles == 0) {
+    if (p->owner) *p->owner = NULL;
     free(p->obuf.data);
     free(p->ebuf.data);
     free(p);
@@ -325,7 +327,10 @@ static int l_gc(lua_State *L) {
   proc **ud = luaL_checkudata(L, 1, PROC_MT);
   proc *p = *ud;
   *ud = NULL;
-  if (p && !p->finished) close_stdin(p);
+  if (p) {
+    p->owner = NULL;
+    if (!p->finished) close_stdin(p);
+  }
   return 0;
 }
 
@@ -559,6 +564,7 @@ static int l_proc_start(lua_State *L) {
 
   proc **ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = p;
+  p->owner = ud;
   luaL_setmetatable(L, PROC_MT);
   return 1;
 }

@@ -11,7 +11,8 @@ local M = {}
 ---@field done boolean
 ---@field ok boolean|nil   true when the function returned, false when it raised
 ---@field values table|nil  what it returned (with n)
----@field err any           what it raised (with a traceback when it was a string)
+---@field err any           what it raised
+---@field traceback string|nil where it raised
 ---@field waiters function[]
 
 local Task = {}
@@ -29,7 +30,8 @@ local function finish(task, ok, ...)
     task.values = table.pack(...)
   else
     local err = ...
-    task.err = type(err) == "string" and debug.traceback(task.co, err) or err
+    task.err = err
+    task.traceback = debug.traceback(task.co, tostring(err))
     unobserved_failures[task] = true
   end
   local waiters = task.waiters
@@ -151,7 +153,7 @@ function M.drain()
   local failed = next(unobserved_failures)
   if failed then
     unobserved_failures = {}
-    error(failed.err, 0)
+    error(failed.traceback, 0)
   end
 end
 
