@@ -53,8 +53,11 @@ $(B)/lua/ferry/core.so: $(CORE_OBJ)
 	@mkdir -p $(@D)
 	$(CC) -shared -o $@ $^ $(shell pkg-config --libs libuv libarchive libcrypto)
 
-$(B)/ferry.pc: engine/tools/ferry.pc.in Makefile
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^#define FERRY_VERSION "\(.*\)"/\1/p' engine/include/ferry.h)|g' $< > $@
+VERSION := $(shell sed -n 's/^\#define FERRY_VERSION "\(.*\)"/\1/p' engine/include/ferry.h)
+make_pc = sed -e 's|@PREFIX@|$(1)|g' -e 's|@VERSION@|$(VERSION)|g' engine/tools/ferry.pc.in
+
+$(B)/ferry.pc: engine/tools/ferry.pc.in engine/include/ferry.h
+	$(call make_pc,$(PREFIX)) > $@
 
 test: all
 	$(BUSTED)
@@ -85,12 +88,12 @@ install: all
 	install -m 755 $(B)/ferry $(DESTDIR)$(PREFIX)/bin/ferry
 	install -m 644 $(B)/libferry.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(B)/libferry.so $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 $(B)/ferry.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	$(call make_pc,$(PREFIX)) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ferry.pc
 	install -m 644 engine/include/ferry.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(B)/lua/ferry/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/ferry/
-	install -m 644 scripts/ferry/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/
-	install -m 644 scripts/adapters/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters/
-	install -m 644 providers/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers/
+	install -m 644 $(wildcard scripts/ferry/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/
+	$(if $(wildcard scripts/adapters/*.lua),install -m 644 $(wildcard scripts/adapters/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters/)
+	$(if $(wildcard providers/*.lua),install -m 644 $(wildcard providers/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers/)
 
 clean:
 	rm -rf $(B)

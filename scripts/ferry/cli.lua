@@ -45,7 +45,8 @@ local function run_chunk(chunk, chunk_args)
   return EXIT.ok
 end
 
-M.verb("run", "usage: ferry run SCRIPT.lua [ARGS...]\nRun a Lua script; arg[0] is the script, arg[1..] its arguments.\n",
+M.verb("run", "usage: ferry run SCRIPT.lua [ARGS...]\n"
+  .. "Run a Lua script; arg[0] is the script, arg[1..] its arguments.\n",
   function(args)
     local script = args[1]
     if not script then return usage_error("run: missing SCRIPT.lua") end

@@ -1,0 +1,110 @@
+local ferry = require "ferry"
+local helpers = require "support.helpers"
+
+local FERRY = helpers.ferry_bin
+
+local function ferry_cmd(args, opts)
+  opts = opts or {}
+  local argv = { FERRY }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return assert(ferry.proc.run { argv = argv, stdin = opts.stdin, env = opts.env, cwd = opts.cwd,
+    timeout_ms = 20000 })
+end
+
+describe("the ferry binary", function()
+  it("prints its version and help", function()
+    local r = ferry_cmd { "--version" }
+    assert.equal(0, r.code)
+    assert.matches("^ferry %d+%.%d+%.%d+\n$", r.stdout)
+    r = ferry_cmd { "--help" }
+    assert.equal(0, r.code)
+    assert.matches("usage: ferry VERB", r.stdout)
+    assert.matches("124 timeout", r.stdout)
+  end)
+
+  it("rejects an unknown verb with exit 2", function()
+    local r = ferry_cmd { "frobnicate" }
+    assert.equal(2, r.code)
+    assert.matches("unknown verb 'frobnicate'", r.stderr)
+  end)
+
+  it("runs a script with arg as in lua, and ferry preloaded", function()
+    local script = helpers.write_temp([[
+      local ferry = require "ferry"
+      local r = ferry.proc.run { argv = { "echo", arg[1] } }
+      io.write(arg[0], "|", #arg, "|", r.stdout)
+      os.exit(tonumber(arg[2]))
+    ]])
+    local r = ferry_cmd { "run", script, "hello world", "5" }
+    assert.equal(5, r.code)
+    assert.equal(script .. "|2|hello world\n", r.stdout)
+    os.remove(script)
+  end)
+
+  it("runs -e code and reports errors with a traceback and exit 1", function()
+    local r = ferry_cmd { "-e", "print(ferry == nil, require('ferry').sh ~= nil)" }
+    assert.equal(0, r.code)
+    assert.equal("true\ttrue\n", r.stdout)
+    r = ferry_cmd { "-e", "error('kaboom')" }
+    assert.equal(1, r.code)
+    assert.matches("kaboom", r.stderr)
+    assert.matches("stack traceback", r.stderr)
+    r = ferry_cmd { "-e", "this is not lua" }
+    assert.equal(2, r.code)
+  end)
+
+  it("reports a missing script", function()
+    local r = ferry_cmd { "run", "/nonexistent/x.lua" }
+    assert.equal(1, r.code)
+    assert.matches("cannot open /nonexistent/x.lua", r.stderr)
+    assert.equal(2, ferry_cmd({ "run" }).code)
+  end)
+
+  it("finishes spawned tasks before exiting", function()
+    local r = ferry_cmd { "-e", [[
+      local ferry = require "ferry"
+      ferry.spawn(function() ferry.sleep(50); print("late") end)
+      print("early")
+    ]] }
+    assert.equal(0, r.code)
+    assert.equal("early\nlate\n", r.stdout)
+  end)
+
+  it("loads system Lua C modules", function()
+    local r = ferry_cmd { "-e", "print(type(require('lfs').currentdir()))" }
+    assert.equal("string\n", r.stdout)
+  end)
+
+  it("lets FERRY_PATH override a built-in Lua file without rebuilding", function()
+    local dir = helpers.tmpdir()
+    os.execute("mkdir -p " .. dir .. "/ferry")
+    helpers.write_file(dir .. "/ferry/task.lua", [[
+      local real = dofile("]] .. helpers.root .. [[/scripts/ferry/task.lua")
+      real.overridden = true
+      return real
+    ]])
+    local r = ferry_cmd({ "-e", "print(require('ferry.task').overridden)" },
+      { env = { FERRY_PATH = "/nonexistent;" .. dir } })
+    assert.equal("true\n", r.stdout)
+    r = ferry_cmd { "-e", "print(require('ferry.task').overridden)" }
+    assert.equal("nil\n", r.stdout)
+    helpers.rmtree(dir)
+  end)
+
+  it("runs a REPL that prints expressions and continues incomplete input", function()
+    local r = ferry_cmd({ "repl" }, { stdin = table.concat({
+      "1 + 2",
+      "x = 10",
+      "function f(a)",
+      "  return a * x",
+      "end",
+      "f(4), 'two'",
+      "error('oops')",
+      "ferry.sh.quote('a b')",
+      "=x",
+    }, "\n") .. "\n" })
+    assert.equal(0, r.code)
+    assert.equal("3\n40\ttwo\n'a b'\n10\n", r.stdout)
+    assert.matches("oops", r.stderr)
+  end)
+end)

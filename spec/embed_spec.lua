@@ -1,0 +1,60 @@
+local ferry = require "ferry"
+local helpers = require "support.helpers"
+
+local function sh(script, env)
+  return assert(ferry.proc.run { argv = { "sh", "-c", script }, env = env, timeout_ms = 120000 })
+end
+
+describe("embedding ferry in a C host", function()
+  local prefix, work
+
+  setup(function()
+    prefix = helpers.tmpdir()
+    work = helpers.tmpdir()
+    local r = sh("make -s install PREFIX=" .. prefix .. " 2>&1", { MAKEFLAGS = false })
+    assert(r.code == 0, r.stdout)
+  end)
+
+  teardown(function()
+    helpers.rmtree(prefix)
+    helpers.rmtree(work)
+  end)
+
+  local expected = table.concat({
+    "log[2]: from lua",
+    "result: hello from a child",
+    "error has traceback: 1",
+    "error names it: 1",
+    "error cleared: 1",
+    "log lines: 1",
+    "dofile: 0 ",
+    "missing file fails: 1",
+  }, "\n") .. "\n"
+
+  it("builds against the installed shared library through pkg-config and runs ferry code", function()
+    local env = { PKG_CONFIG_PATH = prefix .. "/lib/pkgconfig" }
+    local r = sh("cd " .. work .. " && cc -Wall -Werror -o host " .. helpers.root ..
+      "/spec/support/host/host.c $(pkg-config --cflags --libs ferry) && LD_LIBRARY_PATH=" .. prefix ..
+      "/lib ./host", env)
+    assert.equal("", r.stderr)
+    assert.equal(0, r.code)
+    assert.equal(expected, r.stdout)
+  end)
+
+  it("links libferry.a into a host", function()
+    -- the static archive with the dependencies' shared libraries (Debian lacks some static ones)
+    local env = { PKG_CONFIG_PATH = prefix .. "/lib/pkgconfig" }
+    local r = sh("cd " .. work .. " && cc -o host-static " .. helpers.root ..
+      "/spec/support/host/host.c " .. prefix .. "/lib/libferry.a $(pkg-config --cflags ferry) " ..
+      "$(pkg-config --libs lua5.4 libuv libarchive libcrypto libedit) -llua5.4-cjson -lm && ./host-static", env)
+    assert.equal(0, r.code)
+    assert.equal(expected, r.stdout)
+  end)
+
+  it("installs the Lua module so plain lua5.4 can require ferry", function()
+    local r = sh("cd / && lua5.4 -e \"package.path='" .. prefix .. "/share/lua/5.4/?.lua;" .. prefix ..
+      "/share/lua/5.4/?/init.lua;'..package.path; package.cpath='" .. prefix ..
+      "/lib/lua/5.4/?.so;'..package.cpath; io.write(require('ferry').proc.run{argv={'echo','ok'}}.stdout)\"")
+    assert.equal("ok\n", r.stdout)
+  end)
+end)

@@ -1,0 +1,56 @@
+--- Small helpers shared by the specs: paths of the build outputs, temp files and dirs.
+local M = {}
+
+M.root = os.getenv("PWD")
+M.ferry_bin = M.root .. "/build/ferry"
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  assert(ok, "command failed: " .. cmd)
+end
+
+--- A fresh temporary directory.
+function M.tmpdir()
+  local p = io.popen("mktemp -d /tmp/ferry-spec.XXXXXX")
+  local dir = p:read("l")
+  p:close()
+  return dir
+end
+
+--- Remove a directory tree made by the specs.
+function M.rmtree(dir)
+  assert(dir:match("^/tmp/"), "refusing to remove " .. dir)
+  sh("chmod -R u+rwx '" .. dir .. "' 2>/dev/null; rm -rf '" .. dir .. "'")
+end
+
+--- Write `data` to `path`.
+function M.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+--- Read a whole file, or nil.
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+--- Write `data` to a new temporary file and return its path.
+function M.write_temp(data)
+  local path = os.tmpname()
+  M.write_file(path, data)
+  return path
+end
+
+--- Random bytes from a seeded generator.
+function M.random_bytes(n)
+  local t = {}
+  for i = 1, n do t[i] = string.char(math.random(0, 255)) end
+  return table.concat(t)
+end
+
+return M
