@@ -108,3 +108,50 @@ describe("the ferry binary", function()
     assert.matches("oops", r.stderr)
   end)
 end)
+
+describe("the interactive REPL (in a real terminal, through tmux)", function()
+  local session = "ferry-spec-" .. tostring(os.time())
+  local function tmux(...)
+    local argv = { "tmux", ... }
+    return assert(ferry.proc.run { argv = argv, timeout_ms = 10000 })
+  end
+  local function screen()
+    return tmux("capture-pane", "-p", "-t", session).stdout
+  end
+  local function wait_for(pattern)
+    for _ = 1, 100 do
+      if screen():find(pattern) then return true end
+      ferry.sleep(50)
+    end
+    error("screen never showed " .. pattern .. ":\n" .. screen())
+  end
+
+  teardown(function() tmux("kill-session", "-t", session) end)
+
+  it("edits lines, interrupts running code and a child with Ctrl-C, and keeps history", function()
+    local home = helpers.tmpdir()
+    os.execute("mkdir -p " .. home .. "/.local/state")
+    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "40",
+      "env HOME=" .. home .. " " .. helpers.ferry_bin .. " repl; sleep 30")
+    wait_for("Lua 5%.4%)\n>")
+    tmux("send-keys", "-t", session, "1+1", "Enter")
+    wait_for("\n2\n")
+    tmux("send-keys", "-t", session, "r = ferry.proc.run{argv={'sleep','30'}}", "Enter")
+    ferry.sleep(300)
+    tmux("send-keys", "-t", session, "C-c")
+    wait_for("interrupted!")
+    tmux("send-keys", "-t", session, "while true do end", "Enter")
+    ferry.sleep(300)
+    tmux("send-keys", "-t", session, "C-c")
+    tmux("send-keys", "-t", session, "'after' .. 'loop'", "Enter")
+    wait_for("afterloop")
+    tmux("send-keys", "-t", session, "half typed", "C-c")
+    tmux("send-keys", "-t", session, "Up", "Up", "Up", "Up", "Enter")
+    wait_for("\n2\n.*\n2\n")
+    tmux("send-keys", "-t", session, "C-d")
+    ferry.sleep(300)
+    local hist = helpers.read_file(home .. "/.local/state/ferry_history")
+    assert.truthy(hist and hist:find("1+1", 1, true))
+    helpers.rmtree(home)
+  end)
+end)

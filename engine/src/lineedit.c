@@ -3,6 +3,7 @@
  * Ctrl-C during evaluation sets a hook that raises "interrupted!" at the next Lua instruction, as the
  * standalone lua does; when the code is waiting in the loop for a process, an async handle wakes the loop
  * and every child of the engine is stopped (TERM, then KILL after its grace period). */
+#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,8 @@
 static lua_State *sig_state;   /* the state the handler interrupts (the REPL's, one per process) */
 static uv_async_t *sig_wakeup; /* wakes the loop so a waiting call returns */
 static volatile sig_atomic_t interrupted;
+static volatile sig_atomic_t at_prompt; /* Ctrl-C at the prompt abandons the line */
+static sigjmp_buf prompt_jump;
 
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
@@ -26,6 +29,10 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
 
 static void on_sigint(int sig) {
   (void)sig;
+  if (at_prompt) {
+    at_prompt = 0;
+    siglongjmp(prompt_jump, 1);
+  }
   interrupted = 1;
   if (sig_state) lua_sethook(sig_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   if (sig_wakeup) uv_async_send(sig_wakeup);
@@ -67,10 +74,21 @@ static int l_interrupt_clear(lua_State *L) {
   return 1;
 }
 
-/* core.readline(prompt) -> line | nil at end of input */
+/* core.readline(prompt) -> line | nil at end of input | false when Ctrl-C abandoned the line */
 static int l_readline(lua_State *L) {
   const char *prompt = luaL_optstring(L, 1, "> ");
+  if (sigsetjmp(prompt_jump, 1) != 0) {
+    rl_free_line_state();
+    rl_cleanup_after_signal();
+    fputs("\n", stdout);
+    fflush(stdout);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  rl_catch_signals = 0;
+  at_prompt = 1;
   char *line = readline(prompt);
+  at_prompt = 0;
   if (!line) return 0;
   lua_pushstring(L, line);
   free(line);

@@ -3,14 +3,17 @@ local core = require "ferry.core"
 
 local M = {}
 
+-- $XDG_STATE_HOME/ferry_history (~/.local/state) when that dir exists, else ~/.ferry_history.
 local function history_path()
-  local base = os.getenv("XDG_STATE_HOME")
-  if not base or base == "" then
-    local home = os.getenv("HOME")
-    if not home or home == "" then return nil end
-    base = home .. "/.local/state"
+  local home = os.getenv("HOME")
+  local state = os.getenv("XDG_STATE_HOME")
+  if (not state or state == "") and home and home ~= "" then state = home .. "/.local/state" end
+  local dir = state and io.open(state)
+  if dir then
+    dir:close()
+    return state .. "/ferry_history"
   end
-  return base .. "/ferry_history"
+  return home and home ~= "" and home .. "/.ferry_history" or nil
 end
 
 -- A chunk is incomplete when its syntax error is at <eof>: keep reading lines.
@@ -49,12 +52,14 @@ end
 --- Read one chunk (several lines while incomplete); nil at end of input.
 local function read_chunk(readline)
   local line = readline("> ")
+  while line == false do line = readline("> ") end -- Ctrl-C at the prompt: a fresh line
   if line == nil then return nil end
   local src = line:gsub("^=", "return ")
   while true do
     local chunk, err = M.compile(src)
     if chunk or not incomplete(err) then return src, chunk, err end
     local more = readline(">> ")
+    if more == false then return "" end
     if more == nil then return src, nil, err end
     src = src .. "\n" .. more
   end
