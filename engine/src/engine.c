@@ -75,10 +75,7 @@ static int try_dir(lua_State *L, const char *dir, const char *rel) {
 /* package.searchers[1] in an engine: FERRY_PATH, config dir, embedded. */
 static int searcher(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
-  if (!module_path(L, name)) {
-    lua_pushfstring(L, "no ferry module '%s'", name);
-    return 1;
-  }
+  if (!module_path(L, name)) return 0; /* not a ferry module: the other searchers explain */
   const char *rel = lua_tostring(L, -1);
   const char *path = getenv("FERRY_PATH");
   if (path) {
