@@ -35,4 +35,8 @@ function M.log(level, message)
   core.log(level, message)
 end
 
+--- Managed runtime: prepare(opts) -> result and restore(opts) -> result (see ferry.runtime), loaded on first use.
+M.prepare = function(opts) return require("ferry.runtime").prepare(opts) end
+M.restore = function(opts) return require("ferry.runtime").restore(opts) end
+
 return M

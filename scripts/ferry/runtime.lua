@@ -1,0 +1,849 @@
+--- ferry.runtime: prepare a managed runtime in a sandbox, and restore the work from it (README "Runtime").
+--
+-- prepare: install the adapter's CLI unless its detect probe finds it (one command, under a lock dir in the
+-- sandbox so racing prepares install once; a failure is a warning), send the workspace as one tar stream
+-- made in-process (one command: create the remote dir, clear it except preserved names, extract), send
+-- the adapter's assets (one stream), and write the state file with the baseline snapshot.
+-- restore: take the workspace lock, receive the sandbox's workspace as one tar stream into a spool file,
+-- check every entry (ferry.guard), then 3-way merge it into the local workspace (ferry.merge) with writes
+-- that never follow a symlink and land by rename.
+local core = require "ferry.core"
+local excludes = require "ferry.excludes"
+local guard = require "ferry.guard"
+local merge = require "ferry.merge"
+local redact = require "ferry.redact"
+local snapshot = require "ferry.snapshot"
+local state_file = require "ferry.state"
+
+local M = {}
+
+M.RUNTIME_DIR = ".ferry-runtime"
+M.DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
+M.INSTALL_TIMEOUT_MS = 300000
+M.DEFAULT_ADAPTER = "shell"
+
+local SPOOL_SLACK = 256 * 1024 * 1024 -- archive headers on top of max_bytes of content
+local TAIL_LINES, TAIL_CHARS = 3, 480
+local q = core.sh_quote
+
+local QUIET = {}
+function QUIET.phase() end
+function QUIET.advance() end
+function QUIET.event() end
+function QUIET.set_total() end
+
+-- ---- small helpers ----
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  local pwd = os.getenv("PWD")
+  local here, there = core.fs_stat("."), pwd and core.fs_stat(pwd)
+  if not (here and there and here.ino == there.ino and here.dev == there.dev) then
+    local p = io.popen("pwd", "r")
+    pwd = p and p:read("l")
+    if p then p:close() end
+  end
+  if path == "." then return pwd end
+  return pwd .. "/" .. path:gsub("^%./", "")
+end
+
+local function clean_dir_path(path)
+  path = path:gsub("/+$", "")
+  return path
+end
+
+local function tail_lines(text)
+  local lines = {}
+  for line in (text or ""):gmatch("[^\r\n]+") do
+    if line:match("%S") and not line:find("^ferry%-install: ") then lines[#lines + 1] = line end
+  end
+  local out = table.concat(lines, " | ", math.max(1, #lines - TAIL_LINES + 1))
+  return #out > TAIL_CHARS and out:sub(1, TAIL_CHARS) or out
+end
+
+local function make_redactor(secrets)
+  local fn = redact.new(secrets or {})
+  return fn, function(value) return redact.deep(value, fn) end
+end
+
+local function sorted(list)
+  table.sort(list)
+  return list
+end
+
+-- Approximate tar size of a snapshot (headers, padded contents, end blocks), for progress totals.
+local function archive_estimate(snap)
+  local total = 1024
+  for rel, e in pairs(snap) do
+    total = total + 512 + (#rel > 100 and 1024 or 0)
+    if e.kind == "file" then total = total + ((e.size + 511) // 512) * 512 end
+  end
+  return total
+end
+
+-- ---- the sandbox ----
+
+-- The sandbox to work on and a counter of the commands run through it. `provider` is a provider string or
+-- an opened sandbox (ferry.open's result); on_exec, when given, is called for every command too.
+local function open_sandbox(provider, on_exec)
+  local counter = { n = 0 }
+  local function counted(argv, script)
+    counter.n = counter.n + 1
+    if on_exec then on_exec(argv, script) end
+  end
+  if type(provider) == "table" then
+    local previous = provider.on_exec
+    provider.on_exec = function(argv, script)
+      counted(argv, script)
+      if previous then previous(argv, script) end
+    end
+    counter.release = function() provider.on_exec = previous end
+    return provider, provider.spec or provider.name, counter
+  end
+  if type(provider) ~= "string" or provider == "" then
+    error("runtime: opts.provider must be a provider string or an opened sandbox", 3)
+  end
+  local sb, err, code = require("ferry.client").open(provider, { on_exec = counted })
+  if not sb then return nil, err, code end
+  counter.release = function() sb:close() end
+  return sb, provider, counter
+end
+
+local function load_adapter(adapter)
+  if type(adapter) == "table" then return adapter end
+  local name = adapter or M.DEFAULT_ADAPTER
+  local policy = require "ferry.policy"
+  local mod, err, code = policy.load("adapters", name)
+  if not mod then return nil, err, code end
+  if type(mod) ~= "table" then return nil, "adapter " .. name .. " did not return a table", "EINVAL" end
+  mod.name = mod.name or name
+  return mod
+end
+
+local function context(fields, redact_fn, progress)
+  local ctx = {
+    env = os.getenv,
+    home = os.getenv("HOME") or "",
+    log = function(level, message)
+      message = redact_fn(tostring(message))
+      progress:event({ level = level, message = message })
+      if level == "warn" or level == "error" then
+        if progress == QUIET then core.log(level, message) end
+      end
+    end,
+  }
+  for k, v in pairs(fields) do ctx[k] = v end
+  return ctx
+end
+
+-- Run an adapter hook; returns true or nil, message.
+local function run_hook(adapter, name, ctx)
+  local hook = adapter.hooks and adapter.hooks[name]
+  if not hook then return true end
+  local ok, err = pcall(hook, ctx)
+  if not ok then return nil, string.format("adapter %s %s hook failed: %s", adapter.name, name, tostring(err)) end
+  return true
+end
+
+local function command_failure(what, res)
+  if res.timed_out then return what .. ": timed out" end
+  local why = tail_lines(res.stderr or "")
+  return string.format("%s: exit code %s%s", what, tostring(res.code or res.signal), why ~= "" and (": " .. why) or "")
+end
+
+-- ---- prepare: install ----
+
+local function install_script(adapter, runtime_dir, wait_s)
+  local detect = adapter.detect and "command -v " .. q(adapter.detect) .. " >/dev/null 2>&1"
+  local install = adapter.install
+  local lines = {}
+  if detect then lines[#lines + 1] = "if " .. detect .. "; then echo 'ferry-install: present'; exit 0; fi" end
+  if not install then
+    lines[#lines + 1] = "echo 'ferry-install: missing'; exit 0"
+    return table.concat(lines, "\n")
+  end
+  local marker = runtime_dir .. "/" .. adapter.name .. ".installed"
+  local already = '[ -e "$ferry_mark" ]'
+  if detect then already = detect .. ' || [ "$ferry_mark" -nt "$ferry_since" ]' end
+  for _, line in ipairs {
+    "ferry_rt=" .. q(runtime_dir) .. " ferry_mark=" .. q(marker),
+    'ferry_lock="$ferry_rt/install.lock" ferry_since="$ferry_rt/.install-wait.$$"',
+    'mkdir -p "$ferry_rt" && : > "$ferry_since" || exit 1',
+    "ferry_waited=0",
+    'while ! mkdir "$ferry_lock" 2>/dev/null; do',
+    '  ferry_pid=$(cat "$ferry_lock/pid" 2>/dev/null)',
+    -- a lock whose holder died (a prepare killed mid-install) is broken
+    '  if [ -n "$ferry_pid" ] && ! kill -0 "$ferry_pid" 2>/dev/null; then rm -rf "$ferry_lock"; continue; fi',
+    '  if [ "$ferry_waited" -ge ' .. wait_s .. ' ]; then rm -f "$ferry_since"; echo "ferry-install: lock-timeout";'
+      .. " exit 0; fi",
+    "  sleep 1; ferry_waited=$((ferry_waited + 1))",
+    "done",
+    'echo $$ > "$ferry_lock/pid"',
+    "trap 'rm -rf \"$ferry_lock\" \"$ferry_since\"' EXIT",
+    "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM",
+    "if " .. already .. "; then echo 'ferry-install: present'; exit 0; fi",
+    "(\n" .. install .. "\n) </dev/null 2>&1",
+    "ferry_rc=$?",
+    'if [ "$ferry_rc" -eq 0 ]; then : > "$ferry_mark"; fi',
+    'echo "ferry-install: rc=$ferry_rc"',
+  } do
+    lines[#lines + 1] = line
+  end
+  return table.concat(lines, "\n")
+end
+
+-- Keeps the last `limit` bytes of a stream.
+local function tail_buffer(limit)
+  local buf = { text = "" }
+  function buf.push(chunk)
+    buf.text = buf.text .. chunk
+    if #buf.text > 2 * limit then buf.text = buf.text:sub(-limit) end
+  end
+  return buf
+end
+
+-- Returns {installed = true|false|nil, status, warning}.
+local function install(sb, adapter, runtime_dir, opts, progress, redact_fn)
+  if not adapter.detect and not adapter.install then return { status = "none" } end
+  progress:phase("install")
+  local timeout_ms = opts.install_timeout_ms or M.INSTALL_TIMEOUT_MS
+  local wait_s = math.max(1, timeout_ms // 1000 - 1)
+  local out = tail_buffer(16384)
+  local res, err = sb:exec(install_script(adapter, runtime_dir, wait_s),
+    { timeout_ms = timeout_ms, on_stdout = out.push, on_stderr = out.push })
+  local r = {}
+  if not res then
+    r.installed, r.status, r.warning = false, "failed", "install: " .. tostring(err)
+  elseif res.timed_out then
+    r.installed, r.status = false, "failed"
+    r.warning = string.format("install timed out after %d s: %s", timeout_ms // 1000, tail_lines(out.text))
+  else
+    local marker = out.text:match("ferry%-install: ([%w=%-]+)%s*$")
+    if marker == "present" then
+      r.status = "present"
+    elseif marker == "missing" then
+      r.status = "missing"
+      r.warning = "install: " .. adapter.detect .. " is not in the sandbox and adapter " .. adapter.name
+        .. " has no install command"
+    elseif marker == "lock-timeout" then
+      r.installed, r.status = false, "failed"
+      r.warning = "install: another prepare held the install lock for over " .. wait_s .. " s"
+    elseif marker == "rc=0" then
+      r.installed, r.status = true, "installed"
+    else
+      local rc = marker and marker:match("^rc=(%d+)$") or tostring(res.code)
+      r.installed, r.status = false, "failed"
+      r.warning = string.format("install exited with code %s: %s", rc, tail_lines(out.text))
+    end
+  end
+  if r.warning then
+    r.warning = redact_fn(r.warning)
+    progress:event({ level = "warn", message = r.warning })
+  end
+  return r
+end
+
+-- ---- prepare: sync and assets ----
+
+-- Shell lines that remove everything in "$ferry_r" but the names in `keep`.
+local function clear_script(keep)
+  local names = {}
+  for _, n in ipairs(keep) do names[#names + 1] = q(n) end
+  return table.concat({
+    'cd "$ferry_r" || exit 1',
+    "set --",
+    "for f in * .[!.]* ..?*; do",
+    "  case $f in " .. table.concat(names, "|") .. ") continue ;; esac",
+    '  if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "$f"; fi',
+    "done",
+    'if [ $# -gt 0 ]; then rm -rf -- "$@" || exit 1; fi',
+    "cd / || exit 1",
+  }, "\n")
+end
+
+local function preserved_names(adapter)
+  local keep = { M.RUNTIME_DIR }
+  for _, n in ipairs(adapter.preserve or {}) do
+    if type(n) == "string" and n ~= "" and not n:find("/", 1, true) then keep[#keep + 1] = n end
+  end
+  return keep
+end
+
+local function sync(sb, ws, names, remote_dir, keep, progress, estimate)
+  progress:phase("sync", estimate)
+  local script = "ferry_r=" .. q(remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
+    .. clear_script(keep)
+    .. '\ntar -x -f - -C "$ferry_r"'
+  local writer = core.tar_writer(ws, names)
+  local sent = 0
+  local res, err, code = sb:pipe_in(script, function() return writer:read() end, {
+    what = "sync to " .. remote_dir,
+    on_progress = function(n)
+      progress:advance(n - sent)
+      sent = n
+    end,
+  })
+  if not res then return nil, "prepare: " .. err, code end
+  if res.code ~= 0 or res.timed_out then
+    return nil, "prepare: " .. command_failure("sync to " .. remote_dir, res), "EIO"
+  end
+  return { bytes = writer:bytes(), warnings = writer:warnings() }
+end
+
+local function check_key(key)
+  return type(key) == "string" and key:match("^[%w_.%-]+$") ~= nil and key ~= "." and key ~= ".."
+end
+
+-- The asset table: key -> {dir (absolute), follow_symlinks, exclude}; from the adapter then opts.assets.
+local function collect_assets(adapter, ctx, extra)
+  local assets = {}
+  local function add(key, spec, from)
+    if type(spec) == "string" then spec = { dir = spec } end
+    if not check_key(key) then
+      return nil, string.format("prepare: asset key %q (%s) must be letters, digits, '_', '.' or '-'", tostring(key),
+        from), "EINVAL"
+    end
+    if type(spec) ~= "table" or type(spec.dir) ~= "string" or spec.dir == "" then
+      return nil, "prepare: asset " .. key .. " (" .. from .. "): expected a dir", "EINVAL"
+    end
+    assets[key] = { dir = absolute(spec.dir), follow_symlinks = spec.follow_symlinks and true or false,
+      exclude = spec.exclude or {} }
+    return true
+  end
+  if adapter.assets then
+    local ok, list = pcall(adapter.assets, ctx)
+    if not ok then return nil, "prepare: adapter " .. adapter.name .. " assets failed: " .. tostring(list), "EINVAL" end
+    for key, spec in pairs(list or {}) do
+      local added, err, code = add(key, spec, "adapter " .. adapter.name)
+      if not added then return nil, err, code end
+    end
+  end
+  for key, spec in pairs(extra or {}) do
+    local added, err, code = add(key, spec, "opts.assets")
+    if not added then return nil, err, code end
+  end
+  return assets
+end
+
+-- Is one real path inside (or the same as) the other?
+local function nested(a, b)
+  return a == b or b:sub(1, #a + 1) == a .. "/" or a:sub(1, #b + 1) == b .. "/"
+end
+
+-- Group the assets so that one tar stream carries each group: same follow_symlinks setting, no asset dir
+-- inside another of its group. Names in a stream are the real host paths below "/" (O_NOFOLLOW walks
+-- from the root need a path without symlinks); the sandbox extracts them into a staging dir and moves each
+-- asset dir into place.
+local function group_assets(assets, keys, warnings)
+  local groups = {}
+  for _, key in ipairs(keys) do
+    local a = assets[key]
+    local real, rerr = snapshot.realpath(a.dir)
+    local st = real and core.fs_stat(real)
+    if not st or st.kind ~= "dir" then
+      warnings[#warnings + 1] = "asset " .. key .. ": " .. a.dir .. (rerr and (": " .. rerr) or " is not a directory")
+        .. "; an empty dir is made"
+      real = nil
+    elseif real == "/" then
+      return nil, "prepare: asset " .. key .. ": the root directory cannot be an asset", "EINVAL"
+    end
+    local home
+    for _, g in ipairs(groups) do
+      if g.follow == a.follow_symlinks then
+        local clash = false
+        for _, m in ipairs(g.members) do
+          if real and m.real and nested(real, m.real) then clash = true end
+        end
+        if not clash then home = g break end
+      end
+    end
+    if not home then
+      home = { follow = a.follow_symlinks, members = {} }
+      groups[#groups + 1] = home
+    end
+    home.members[#home.members + 1] = { key = key, real = real, asset = a }
+  end
+  return groups
+end
+
+local function group_names(group)
+  local names, estimate = {}, 0
+  for _, m in ipairs(group.members) do
+    if m.real then
+      local matcher = excludes.compile(excludes.combine({ "._*" }, m.asset.exclude))
+      local snap, list = snapshot.take(m.real, { matcher = matcher, hash = false,
+        follow_symlinks = group.follow })
+      if not snap then return nil, "prepare: asset " .. m.key .. ": " .. list, "EIO" end
+      local base = m.real:sub(2)
+      names[#names + 1] = base
+      for _, rel in ipairs(list) do names[#names + 1] = base .. "/" .. rel end
+      estimate = estimate + archive_estimate(snap)
+    end
+  end
+  return names, estimate
+end
+
+local function group_script(group, adapter_dir)
+  local lines = {
+    "ferry_a=" .. q(adapter_dir) .. ' ferry_s="$ferry_a/.staging.$$"',
+    'rm -rf "$ferry_s" && mkdir -p "$ferry_s" && tar -x -f - -C "$ferry_s" || exit 1',
+  }
+  for _, m in ipairs(group.members) do
+    local dest = '"$ferry_a"/' .. q(m.key)
+    lines[#lines + 1] = "rm -rf " .. dest .. " || exit 1"
+    if m.real then
+      lines[#lines + 1] = 'mv "$ferry_s"' .. q(m.real) .. " " .. dest .. " || exit 1"
+    else
+      lines[#lines + 1] = "mkdir -p " .. dest .. " || exit 1"
+    end
+  end
+  lines[#lines + 1] = 'rm -rf "$ferry_s"'
+  return table.concat(lines, "\n")
+end
+
+-- Send the assets: one command per group (one in the usual case). Returns the archive bytes sent.
+local function send_assets(sb, adapter_name, assets, runtime_dir, progress, warnings)
+  local keys = {}
+  for key in pairs(assets) do keys[#keys + 1] = key end
+  table.sort(keys)
+  if #keys == 0 then return 0 end
+  local groups, gerr, gcode = group_assets(assets, keys, warnings)
+  if not groups then return nil, gerr, gcode end
+  local lists, total = {}, 0
+  for i, group in ipairs(groups) do
+    local names, estimate = group_names(group)
+    if not names then return nil, estimate, "EIO" end
+    lists[i] = names
+    total = total + estimate
+  end
+  progress:phase("assets", total)
+  local adapter_dir = runtime_dir .. "/" .. adapter_name
+  local sent_total, sent = 0, 0
+  for i, group in ipairs(groups) do
+    local writer = core.tar_writer("/", lists[i], { follow_symlinks = group.follow })
+    local base = sent
+    local res, err, code = sb:pipe_in(group_script(group, adapter_dir), function() return writer:read() end, {
+      what = "assets to " .. adapter_dir,
+      on_progress = function(n)
+        progress:advance(base + n - sent)
+        sent = base + n
+      end,
+    })
+    for _, w in ipairs(writer:warnings()) do warnings[#warnings + 1] = w end
+    sent_total = sent_total + writer:bytes()
+    writer:close()
+    if res and (res.code ~= 0 or res.timed_out) then
+      err, code, res = command_failure("assets to " .. adapter_dir, res), "EIO", nil
+    end
+    if not res then return nil, "prepare: " .. err, code end
+  end
+  return sent_total
+end
+
+local function check_remote_dir(remote_dir)
+  if type(remote_dir) ~= "string" or remote_dir:sub(1, 1) ~= "/" then
+    return nil, "prepare: the remote dir must be an absolute path, got " .. tostring(remote_dir), "EINVAL"
+  end
+  local clean = clean_dir_path(remote_dir)
+  if clean == "" or ("/" .. clean .. "/"):find("/%.%.?/") or clean:find("//", 1, true) then
+    return nil, "prepare: refusing remote dir " .. remote_dir .. " (the root, or '.'/'..' components)", "EINVAL"
+  end
+  return clean
+end
+
+local function compile_excludes(patterns, what)
+  local ok, matcher = pcall(excludes.compile, patterns)
+  if not ok then return nil, what .. ": " .. tostring(matcher), "EINVAL" end
+  return matcher
+end
+
+local function prepare_inputs(opts)
+  if type(opts) ~= "table" then error("runtime.prepare: expected an options table", 3) end
+  if type(opts.workspace) ~= "string" or opts.workspace == "" then
+    error("runtime.prepare: opts.workspace must be a path", 3)
+  end
+  local ws = clean_dir_path(absolute(opts.workspace))
+  if ws == "" then ws = "/" end
+  local st, err, code = core.fs_stat(ws)
+  if not st then return nil, "prepare: workspace " .. ws .. ": " .. err, code end
+  if st.kind ~= "dir" then return nil, "prepare: workspace " .. ws .. " is not a directory", "ENOTDIR" end
+  local adapter, aerr, acode = load_adapter(opts.adapter)
+  if not adapter then return nil, "prepare: " .. aerr, acode end
+  return { workspace = ws, adapter = adapter }
+end
+
+local function run_prepare(opts, sb, provider_string, counter, inputs)
+  local progress = opts.progress or QUIET
+  local redact_fn, redact_deep = make_redactor(opts.secrets)
+  local ws, adapter = inputs.workspace, inputs.adapter
+  local remote_dir, rerr, rcode = check_remote_dir(opts.remote_dir or sb.remote_dir_default
+    or (sb.provider and sb.provider.default_remote_dir)
+    or nil)
+  if not remote_dir then
+    if opts.remote_dir == nil and not sb.remote_dir_default then
+      return nil, "prepare: no remote dir: provider " .. tostring(provider_string)
+        .. " has no default; pass remote_dir (-r REMOTE_DIR)", "EINVAL"
+    end
+    return nil, rerr, rcode
+  end
+  local runtime_dir = remote_dir .. "/" .. M.RUNTIME_DIR
+  local patterns = excludes.combine(excludes.DEFAULT, adapter.excludes, opts.excludes)
+  local matcher, merr, mcode = compile_excludes(patterns, "prepare")
+  if not matcher then return nil, merr, mcode end
+
+  local asset_dirs = {}
+  local ctx = context({ sb = sb, workspace = ws, remote_dir = remote_dir, runtime_dir = runtime_dir,
+    adapter = adapter.name, asset_dirs = asset_dirs, provider = provider_string }, redact_fn, progress)
+  local assets, aerr, acode = collect_assets(adapter, ctx, opts.assets)
+  if not assets then return nil, aerr, acode end
+  for key in pairs(assets) do asset_dirs[key] = runtime_dir .. "/" .. adapter.name .. "/" .. key end
+
+  local snap, names, info = snapshot.take(ws, { matcher = matcher })
+  if not snap then return nil, "prepare: " .. names, info end
+
+  local result = { remote_dir = remote_dir, runtime_dir = runtime_dir, asset_dirs = asset_dirs,
+    adapter = adapter.name, files = info.files, dirs = info.dirs, symlinks = info.symlinks, warnings = {} }
+  local inst = install(sb, adapter, runtime_dir, opts, progress, redact_fn)
+  result.installed, result.install_status, result.install_warning = inst.installed, inst.status, inst.warning
+
+  local hooked, herr = run_hook(adapter, "before_sync", ctx)
+  if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
+  local synced, serr, scode = sync(sb, ws, names, remote_dir, preserved_names(adapter), progress,
+    archive_estimate(snap))
+  if not synced then return nil, redact_fn(serr), scode end
+  for _, w in ipairs(synced.warnings) do result.warnings[#result.warnings + 1] = w end
+  for _, rel in ipairs(info.skipped) do
+    result.warnings[#result.warnings + 1] = rel .. ": not a file, dir or symlink; skipped"
+  end
+  hooked, herr = run_hook(adapter, "after_sync", ctx)
+  if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
+
+  local asset_bytes, xerr, xcode = send_assets(sb, adapter.name, assets, runtime_dir, progress, result.warnings)
+  if not asset_bytes then return nil, redact_fn(xerr), xcode end
+  result.bytes_sent = synced.bytes + asset_bytes
+
+  progress:phase("finalize")
+  local path = opts.state or state_file.default_path(provider_string, remote_dir)
+  local record = redact_deep({
+    version = state_file.VERSION, ferry_version = core.version, provider = provider_string,
+    remote_dir = remote_dir, runtime_dir = runtime_dir, adapter = adapter.name, workspace = ws,
+    excludes = patterns, preserve = preserved_names(adapter), assets = asset_dirs, baseline = snap,
+    created_at = os.time(),
+  })
+  local wrote, werr, wcode = state_file.write(path, record)
+  if not wrote then return nil, "prepare: " .. werr, wcode end
+  result.state = path
+  result.commands = counter.n
+  return redact_deep(result)
+end
+
+--- Prepare the managed runtime in a sandbox. opts:
+---   provider        provider string ("local", "bwrap:DIR", "cmd:ARGV...") or an opened sandbox (ferry.open)
+---   workspace       local directory to send (never written by prepare)
+---   adapter         adapter name (default "shell") or an adapter table
+---   remote_dir      absolute dir in the sandbox (default: the provider's default remote dir)
+---   excludes        extra exclude patterns (ferry.excludes syntax), after the defaults and the adapter's
+---   assets          extra assets: {key = dir | {dir, follow_symlinks, exclude}}
+---   state           state file path (default ferry.state.default_path(provider, remote_dir))
+---   progress        a ferry.progress reporter (phases install, sync, assets, finalize); secrets: list of
+---                   values to redact; on_exec(argv, script) for every command; install_timeout_ms (300 s)
+--- Returns {remote_dir, runtime_dir, asset_dirs = {key = dir}, installed = true|false|nil, install_status
+--- ("none"|"present"|"installed"|"failed"|"missing"), install_warning, bytes_sent, commands, state, files,
+--- dirs, symlinks, warnings} or nil, message, code.
+---@param opts table
+---@return table|nil result, string|nil err, string|nil code
+function M.prepare(opts)
+  local inputs, ierr, icode = prepare_inputs(opts)
+  if not inputs then return nil, ierr, icode end
+  local sb, provider_string, counter = open_sandbox(opts.provider, opts.on_exec)
+  if not sb then return nil, "prepare: " .. provider_string, counter end
+  local ok, result, err, code = pcall(run_prepare, opts, sb, provider_string, counter, inputs)
+  counter.release()
+  if not ok then error(result, 0) end
+  return result, err, code
+end
+
+-- ---- restore ----
+
+local SIMPLE_NAME = "^[%w%._%-%*%?%+@,=:~ ]+$" -- a component pattern shell `case` and GNU tar read as we do
+
+-- A one-component exclude pattern as a shell `case` pattern: literal runs quoted, '*' and '?' bare.
+local function case_pattern(p)
+  return (p:gsub("[^%*%?]+", function(lit) return q(lit) end))
+end
+
+-- Shell script that writes the remote workspace as a tar stream on stdout, leaving out the runtime dir,
+-- preserved names, top-level excluded names and (when the tar is GNU's) bare-name excludes at any depth.
+-- The sandbox may only leave out less than the local excludes do, never more: a path missing from the
+-- stream reads as deleted remotely. So nothing is left out remotely when a pattern re-includes ('!').
+local function restore_script(remote_dir, state)
+  local skip = {}
+  for _, n in ipairs(state.preserve) do skip[#skip + 1] = q(n) end
+  if #skip == 0 then skip[1] = q(M.RUNTIME_DIR) end
+  local gnu_excludes, has_include = {}, false
+  for _, p in ipairs(state.excludes) do
+    if p:sub(1, 1) == "!" then has_include = true end
+  end
+  if not has_include then
+    for _, p in ipairs(state.excludes) do
+      local top = p:match("^/(.+)$")
+      if p:match(SIMPLE_NAME) then
+        gnu_excludes[#gnu_excludes + 1] = "--exclude=" .. q(p)
+        skip[#skip + 1] = case_pattern(p)
+      elseif top and top:match(SIMPLE_NAME) then
+        skip[#skip + 1] = case_pattern(top)
+      end
+    end
+  end
+  local with = #gnu_excludes > 0 and "--no-wildcards-match-slash " .. table.concat(gnu_excludes, " ") .. " " or ""
+  return table.concat({
+    "ferry_r=" .. q(remote_dir),
+    'if [ ! -d "$ferry_r" ]; then echo "ferry-restore: missing" >&2; exit 3; fi',
+    'cd "$ferry_r" || exit 1',
+    "set --",
+    "for f in * .[!.]* ..?*; do",
+    "  case $f in " .. table.concat(skip, "|") .. ") continue ;; esac",
+    '  if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "$f"; fi',
+    "done",
+    "[ $# -gt 0 ] || exit 0",
+    "if tar -c -f - --no-wildcards-match-slash --exclude=x -- /dev/null >/dev/null 2>&1; then",
+    '  exec tar -c -f - ' .. with .. '-- "$@"',
+    "fi",
+    'exec tar -c -f - -- "$@"',
+  }, "\n")
+end
+
+-- Receive the remote workspace into `spool`. Returns {received} or nil, message, code.
+local function receive(sb, remote_dir, st, spool, limit, progress)
+  progress:phase("restore")
+  local f, ferr = io.open(spool, "wb")
+  if not f then return nil, "restore: spool " .. spool .. ": " .. tostring(ferr), "EIO" end
+  local written, overflow, write_err, reported = 0, false, nil, 0
+  local res, err, code = sb:pipe_out(restore_script(remote_dir, st), function(chunk)
+    if overflow or write_err then return end
+    written = written + #chunk
+    if written > limit then
+      overflow = true
+      return
+    end
+    local ok, werr = f:write(chunk)
+    if not ok then write_err = werr end
+  end, {
+    what = "restore from " .. remote_dir,
+    on_progress = function(n)
+      progress:advance(n - reported)
+      reported = n
+    end,
+  })
+  f:close()
+  if overflow then
+    return nil, string.format("restore refused: the sandbox sent over %d bytes", limit), "EFBIG"
+  end
+  if write_err then return nil, "restore: spool " .. spool .. ": " .. tostring(write_err), "EIO" end
+  if not res then return nil, "restore: " .. err, code end
+  if res.code == 3 and (res.stderr or ""):find("ferry-restore: missing", 1, true) then
+    return nil, "restore: " .. remote_dir .. " does not exist in the sandbox; nothing restored", "ENOENT"
+  end
+  local warning
+  if res.code == 1 and not res.timed_out then
+    warning = "restore: the sandbox's tar reported: " .. tail_lines(res.stderr) -- e.g. a file changed as read
+  elseif res.code ~= 0 or res.timed_out then
+    return nil, "restore: " .. command_failure("reading " .. remote_dir .. " from the sandbox", res), "EIO"
+  end
+  return { received = res.received or written, warning = warning }
+end
+
+-- The local snapshot for the merge: leftover temp files removed, and paths a killed restore had removed
+-- (state.pending_removals) seen as the baseline had them, so the rerun finishes the same plan.
+local function local_snapshot(ws, matcher, st)
+  local snap, names, info = snapshot.take(ws, { matcher = matcher })
+  if not snap then return nil, names, info end
+  for _, rel in ipairs(info.temps) do core.fs_safe_remove(ws, rel) end
+  local pending = st.pending_removals
+  if type(pending) == "table" then
+    table.sort(pending)
+    for _, rel in ipairs(pending) do
+      local parent = rel:match("^(.*)/[^/]*$")
+      if snap[rel] == nil and st.baseline[rel] and (not parent or (snap[parent] and snap[parent].kind == "dir")) then
+        snap[rel] = st.baseline[rel]
+      end
+    end
+  end
+  return snap
+end
+
+local function apply(ws, spool, plan, name_of, result)
+  local writes, chmods = {}, {}
+  for _, a in ipairs(plan.actions) do
+    if a.op == "remove" or a.op == "rmdir" then
+      local ok, err, code = core.fs_safe_remove(ws, a.path)
+      if not ok then
+        if a.op == "rmdir" and code == "ENOTEMPTY" then
+          result.warnings[#result.warnings + 1] = a.path .. ": kept (holds excluded content)"
+        else
+          return nil, "restore: " .. err, code
+        end
+      end
+    elseif a.op == "mkdir" then
+      local ok, err, code = core.fs_safe_mkdir(ws, a.path, a.mode)
+      if not ok then return nil, "restore: " .. err, code end
+    elseif a.op == "write" then
+      writes[#writes + 1] = a
+    elseif a.op == "chmod" then
+      chmods[#chmods + 1] = a
+    end
+  end
+  -- one extract pass per round: a source written to two places needs two passes
+  while #writes > 0 do
+    local xplan, later, n = {}, {}, 0
+    for _, a in ipairs(writes) do
+      local name = name_of[a.from]
+      if xplan[name] then
+        later[#later + 1] = a
+      else
+        xplan[name] = { dest = a.path, mode = a.entry.mode or 420 }
+        n = n + 1
+      end
+    end
+    local count, err, code = core.tar_extract(spool, ws, xplan)
+    if not count then return nil, "restore: " .. err, code end
+    if count ~= n then return nil, string.format("restore: wrote %d of %d entries", count, n), "EIO" end
+    writes = later
+  end
+  for _, a in ipairs(chmods) do
+    local ok, err, code = core.fs_safe_chmod(ws, a.path, a.mode)
+    if not ok then return nil, "restore: " .. err, code end
+  end
+  return true
+end
+
+local function refusal(checked, result)
+  for _, r in ipairs(checked.refused) do result.refused[#result.refused + 1] = r.name .. ": " .. r.reason end
+  local first = checked.refused[1]
+  return nil, "restore refused: " .. first.name .. ": " .. first.reason, "EPERM", result
+end
+
+local function merge_into(ws, entries, st, opts, result)
+  local matcher, merr, mcode = compile_excludes(st.excludes, "restore")
+  if not matcher then return nil, merr, mcode end
+  local skip_top = {}
+  for _, n in ipairs(st.preserve) do skip_top[n] = true end
+  skip_top[M.RUNTIME_DIR] = true
+  local checked = guard.check(entries, { workspace = ws, matcher = matcher, skip_top = skip_top,
+    baseline = st.baseline, allow_outside_symlinks = opts.allow_outside_symlinks })
+  if #checked.refused > 0 then return refusal(checked, result) end
+  local remote = guard.snapshot(checked)
+  local localsnap, lerr, lcode = local_snapshot(ws, matcher, st)
+  if not localsnap then return nil, "restore: " .. lerr, lcode end
+  local plan, perr, pcode = merge.plan(st.baseline, localsnap, remote)
+  if not plan then return nil, "restore: " .. perr, pcode end
+  local name_of = {}
+  for rel, e in pairs(checked.entries) do name_of[rel] = e.name end
+  return plan, remote, name_of
+end
+
+local function restore_locked(opts, st, path, ws, progress, redact_deep, result)
+  local adapter, aerr, acode = load_adapter(st.adapter)
+  if not adapter then return nil, "restore: " .. aerr, acode end
+  local sb, provider_string, counter = open_sandbox(opts.sb or st.provider, opts.on_exec)
+  if not sb then return nil, "restore: " .. provider_string, counter end
+  local redact_fn = opts.redact_fn
+  local ctx = context({ sb = sb, workspace = ws, remote_dir = st.remote_dir, runtime_dir = st.runtime_dir,
+    adapter = adapter.name, asset_dirs = st.assets, provider = provider_string, state = path }, redact_fn, progress)
+  local spool_dir, serr, scode = core.fs_mkdtemp("ferry-restore-")
+  if not spool_dir then
+    counter.release()
+    return nil, "restore: " .. serr, scode
+  end
+  local ok, r1, r2, r3, r4 = pcall(function()
+    local hooked, herr = run_hook(adapter, "before_restore", ctx)
+    if not hooked then return nil, "restore: " .. herr, "EHOOK" end
+    local max_bytes = opts.max_bytes or M.DEFAULT_MAX_BYTES
+    local spool = spool_dir .. "/remote.tar"
+    local got, gerr, gcode = receive(sb, st.remote_dir, st, spool, max_bytes + SPOOL_SLACK, progress)
+    if not got then return nil, gerr, gcode, result end
+    result.bytes_received = got.received
+    if got.warning then result.warnings[#result.warnings + 1] = got.warning end
+    progress:phase("finalize")
+    local entries, terr, tcode = core.tar_scan(spool, { max_bytes = max_bytes })
+    if not entries then
+      if tcode == "EFBIG" then return nil, "restore refused: " .. terr, "EFBIG", result end
+      return nil, "restore: bad archive from the sandbox: " .. terr, tcode, result
+    end
+    local plan, remote, name_of = merge_into(ws, entries, st, opts, result)
+    if not plan then return nil, remote, name_of, result end
+    local pending = {}
+    for _, a in ipairs(plan.actions) do
+      if a.op == "remove" or a.op == "rmdir" then pending[#pending + 1] = a.path end
+    end
+    if #pending > 0 then
+      st.pending_removals = pending
+      local wrote, werr, wcode = state_file.write(path, redact_deep(st))
+      if not wrote then return nil, "restore: " .. werr, wcode end
+    end
+    local applied, xerr, xcode = apply(ws, spool, plan, name_of, result)
+    if not applied then return nil, xerr, xcode, result end
+    st.pending_removals, st.baseline, st.restored_at = nil, remote, os.time()
+    local wrote, werr, wcode = state_file.write(path, redact_deep(st))
+    if not wrote then return nil, "restore: " .. werr, wcode end
+    result.changed = sorted(table.move(plan.mkdirs, 1, #plan.mkdirs, #plan.take + 1,
+      table.move(plan.take, 1, #plan.take, 1, {})))
+    result.deleted = sorted(table.move(plan.rmdirs, 1, #plan.rmdirs, #plan.delete + 1,
+      table.move(plan.delete, 1, #plan.delete, 1, {})))
+    result.conflicts = sorted(table.move(plan.conflict_paths, 1, #plan.conflict_paths, 1, {}))
+    result.conflict_copies = {}
+    for _, c in ipairs(plan.conflicts) do result.conflict_copies[c.path] = c.remote_copy end
+    result.kept = plan.keep
+    local after, aferr = run_hook(adapter, "after_restore", ctx)
+    if not after then result.warnings[#result.warnings + 1] = aferr end
+    return result
+  end)
+  core.fs_remove_tree(spool_dir)
+  result.commands = counter.n
+  counter.release()
+  if not ok then error(r1, 0) end
+  return r1, r2, r3, r4
+end
+
+--- Restore the sandbox's workspace into the local one. opts:
+---   state           the state file prepare wrote (required)
+---   workspace       local workspace (default: the one in the state)
+---   sb              an opened sandbox to use instead of opening the state's provider
+---   allow_outside_symlinks  let symlinks point outside the workspace (default false)
+---   max_bytes       content limit of the archive (default 1 GiB)
+---   progress, secrets, on_exec   as for prepare (phases restore, finalize)
+--- Returns {changed, deleted, conflicts (paths), conflict_copies = {path = copy}, kept, refused, ignored,
+--- warnings, bytes_received, commands, state} or nil, message, code[, partial result with `refused`].
+--- Errors: "restore: another restore of <workspace> is running" EBUSY; "restore refused: <entry>: <reason>"
+--- EPERM; "restore refused: archive exceeds the N byte limit at <entry>" and "restore refused: the sandbox
+--- sent over N bytes" EFBIG; "restore: <remote> does not exist in the sandbox; nothing restored" ENOENT;
+--- "restore: reading <remote> from the sandbox: exit code N: ..." EIO; state and filesystem errors.
+---@param opts table
+---@return table|nil result, string|nil err, string|nil code, table|nil partial
+function M.restore(opts)
+  if type(opts) ~= "table" or type(opts.state) ~= "string" then
+    error("runtime.restore: opts.state must be the path of a state file", 2)
+  end
+  local path = absolute(opts.state)
+  local st, err, code = state_file.read(path)
+  if not st then return nil, "restore: " .. err, code end
+  local ws = clean_dir_path(absolute(opts.workspace or st.workspace))
+  local wst = core.fs_stat(ws)
+  if not wst or wst.kind ~= "dir" then
+    return nil, "restore: workspace " .. ws .. " is not a directory", wst and "ENOTDIR" or "ENOENT"
+  end
+  local lock = core.fs_lock(path .. ".lock")
+  if not lock then return nil, "restore: another restore of " .. ws .. " is running", "EBUSY" end
+  local redact_fn, redact_deep = make_redactor(opts.secrets)
+  local progress = opts.progress or QUIET
+  local result = { state = path, workspace = ws, changed = {}, deleted = {}, conflicts = {}, refused = {},
+    warnings = {}, bytes_received = 0, commands = 0 }
+  local inner = setmetatable({ redact_fn = redact_fn }, { __index = opts })
+  local ok, r1, r2, r3, r4 = pcall(restore_locked, inner, st, path, ws, progress, redact_deep, result)
+  lock:unlock()
+  if not ok then error(r1, 0) end
+  if not r1 then return nil, redact_fn(r2), r3, r4 and redact_deep(r4) end
+  return redact_deep(r1)
+end
+
+return M

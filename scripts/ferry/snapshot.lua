@@ -1,0 +1,174 @@
+--- ferry.snapshot: walk a local directory tree and describe every path the runtime moves.
+--
+-- A snapshot maps a '/'-separated relative path to {kind = "file"|"dir"|"symlink", mode = permission bits
+-- (& 0777), size, sha256 (files), target (symlinks)} — the shape ferry.merge compares. The walk never follows
+-- a symlink, never enters an excluded directory, and leaves out what a tar stream cannot carry (fifos,
+-- sockets, devices: listed in info.skipped) and the temp files a killed write leaves behind
+-- (".ferry-tmp-<hex>", listed in info.temps so restore can clean them up).
+local core = require "ferry.core"
+
+local M = {}
+
+local MODE_MASK = 511 -- 0777: setuid, setgid and sticky never travel
+
+--- True for the name of a temp file made by core.fs_safe_* (a write that did not finish).
+---@param name string  a basename
+function M.is_temp_name(name)
+  return name:find("^%.ferry%-tmp%-%x+$") ~= nil
+end
+
+local function join(root, rel)
+  if rel == "" then return root end
+  return root .. "/" .. rel
+end
+
+local function describe(path, st, hash)
+  local entry = { kind = st.kind, mode = st.mode & MODE_MASK }
+  if st.kind == "file" then
+    entry.size = st.size
+    if hash then
+      local sum, err, code = core.sha256_file(path)
+      if not sum then return nil, err, code end
+      entry.sha256 = sum
+    end
+  elseif st.kind == "symlink" then
+    local target, err, code = core.fs_readlink(path)
+    if not target then return nil, err, code end
+    entry.target = target
+    entry.mode = nil
+  end
+  return entry
+end
+
+local COUNTERS = { file = "files", dir = "dirs", symlink = "symlinks" } -- the kinds a tar stream carries
+
+-- lstat, or with follow_symlinks a stat that falls back to lstat for a dangling link (archived as the link).
+local function inspect(path, follow)
+  if not follow then return core.fs_lstat(path) end
+  local st, err, code = core.fs_stat(path)
+  if not st and code == "ENOENT" then return core.fs_lstat(path) end
+  return st, err, code
+end
+
+local function walk(root, rel, state)
+  local names, err, code = core.fs_readdir(join(root, rel))
+  if not names then
+    if code == "ENOENT" or code == "ENOTDIR" then return true end -- vanished while we walked
+    return nil, err, code
+  end
+  for _, name in ipairs(names) do
+    local child = rel == "" and name or rel .. "/" .. name
+    local path = join(root, child)
+    local st, serr, scode = inspect(path, state.follow)
+    if not st then
+      if scode ~= "ENOENT" then return nil, serr, scode end
+    elseif st.kind == "file" and M.is_temp_name(name) then
+      state.info.temps[#state.info.temps + 1] = child
+    elseif not (state.matcher and state.matcher(child, st.kind == "dir")) then
+      if not COUNTERS[st.kind] then
+        state.info.skipped[#state.info.skipped + 1] = child
+      else
+        local entry, derr, dcode = describe(path, st, state.hash)
+        if not entry then
+          if dcode ~= "ENOENT" then return nil, derr, dcode end
+        else
+          state.snap[child] = entry
+          state.names[#state.names + 1] = child
+          local counter = COUNTERS[st.kind]
+          state.info[counter] = state.info[counter] + 1
+          if st.kind == "file" then state.info.bytes = state.info.bytes + st.size end
+          if st.kind == "dir" then
+            local id = st.dev .. ":" .. st.ino
+            if state.follow and state.open_dirs[id] then
+              return nil, path .. ": symlink loop", "ELOOP"
+            end
+            state.open_dirs[id] = true
+            local ok, werr, wcode = walk(root, child, state)
+            state.open_dirs[id] = nil
+            if not ok then return nil, werr, wcode end
+          end
+        end
+      end
+    end
+  end
+  return true
+end
+
+--- Snapshot the tree under `root` (a directory; a symlink to one is followed, nothing below it is).
+---@param root string
+---@param opts table|nil  matcher = fn(rel, is_dir) -> excluded (ferry.excludes.compile); hash = false to
+---                       skip the SHA-256 of files; follow_symlinks = true describes (and enters) what each
+---                       symlink points to, as core.tar_writer's follow_symlinks archives it
+---@return table|nil snapshot, string[]|string names_or_err, table|string info_or_code
+--- names: every path in walk order (a directory before its contents), for core.tar_writer;
+--- info: {files, dirs, symlinks, bytes, skipped = {rel...}, temps = {rel...}}.
+--- Errors: nil, "snapshot <root>: not a directory", "ENOTDIR" and the core's lstat/readdir/hash errors.
+function M.take(root, opts)
+  opts = opts or {}
+  local st, err, code = core.fs_stat(root)
+  if not st then return nil, "snapshot " .. root .. ": " .. err, code end
+  if st.kind ~= "dir" then return nil, "snapshot " .. root .. ": not a directory", "ENOTDIR" end
+  local state = {
+    snap = {}, names = {}, matcher = opts.matcher, hash = opts.hash ~= false, follow = opts.follow_symlinks,
+    open_dirs = { [st.dev .. ":" .. st.ino] = true },
+    info = { files = 0, dirs = 0, symlinks = 0, bytes = 0, skipped = {}, temps = {} },
+  }
+  local ok, werr, wcode = walk(root, "", state)
+  if not ok then return nil, "snapshot " .. root .. ": " .. werr, wcode end
+  return state.snap, state.names, state.info
+end
+
+--- The absolute path with every symlink resolved and no '.' or '..' components (like realpath(3)).
+---@param path string  an absolute path
+---@return string|nil resolved, string|nil err, string|nil code
+function M.realpath(path)
+  local pending, out, hops = {}, {}, 0
+  for c in path:gmatch("[^/]+") do pending[#pending + 1] = c end
+  local i = 1
+  while i <= #pending do
+    local c = pending[i]
+    i = i + 1
+    if c == ".." then
+      out[#out] = nil
+    elseif c ~= "." then
+      local candidate = "/" .. table.concat(out, "/") .. (#out > 0 and "/" or "") .. c
+      local st, err, code = core.fs_lstat(candidate)
+      if not st then return nil, err, code end
+      if st.kind == "symlink" then
+        hops = hops + 1
+        if hops > 40 then return nil, "realpath " .. path .. ": too many symlinks", "ELOOP" end
+        local target, rerr, rcode = core.fs_readlink(candidate)
+        if not target then return nil, rerr, rcode end
+        if target:sub(1, 1) == "/" then out = {} end
+        local rest = table.move(pending, i, #pending, 1, {})
+        pending, i = {}, 1
+        for t in target:gmatch("[^/]+") do pending[#pending + 1] = t end
+        table.move(rest, 1, #rest, #pending + 1, pending)
+      else
+        out[#out + 1] = c
+      end
+    end
+  end
+  return "/" .. table.concat(out, "/")
+end
+
+--- Paths whose entries differ between two snapshots (kind, mode, sha256, target), sorted.
+---@return string[]
+function M.diff(a, b)
+  local out, seen = {}, {}
+  local function differs(x, y)
+    if x == nil or y == nil then return x ~= y end
+    return x.kind ~= y.kind or x.sha256 ~= y.sha256 or x.target ~= y.target or x.mode ~= y.mode
+  end
+  for rel, entry in pairs(a) do
+    seen[rel] = true
+    if differs(entry, b[rel]) then out[#out + 1] = rel end
+  end
+  for rel in pairs(b) do
+    if not seen[rel] then out[#out + 1] = rel end
+  end
+  table.sort(out)
+  return out
+end
+
+return M
