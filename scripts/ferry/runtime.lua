@@ -743,8 +743,12 @@ local function merge_into(ws, entries, st, opts, result)
 end
 
 local function restore_locked(opts, st, path, ws, progress, redact_deep, result)
-  local adapter, aerr, acode = load_adapter(st.adapter)
-  if not adapter then return nil, "restore: " .. aerr, acode end
+  -- the work comes back even when the adapter is gone: only its hooks are missed
+  local adapter, aerr = load_adapter(opts.adapter or st.adapter)
+  if not adapter then
+    result.warnings[#result.warnings + 1] = "restore: " .. aerr .. "; restoring without its hooks"
+    adapter = { name = tostring(st.adapter), hooks = {} }
+  end
   local sb, provider_string, counter = open_sandbox(opts.sb or st.provider, opts.on_exec)
   if not sb then return nil, "restore: " .. provider_string, counter end
   local redact_fn = opts.redact_fn
@@ -809,6 +813,7 @@ end
 ---   state           the state file prepare wrote (required)
 ---   workspace       local workspace (default: the one in the state)
 ---   sb              an opened sandbox to use instead of opening the state's provider
+---   adapter         adapter name or table (default: the state's; a missing one only loses its hooks)
 ---   allow_outside_symlinks  let symlinks point outside the workspace (default false)
 ---   max_bytes       content limit of the archive (default 1 GiB)
 ---   progress, secrets, on_exec   as for prepare (phases restore, finalize)

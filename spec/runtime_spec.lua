@@ -1,0 +1,499 @@
+-- prepare and restore (ferry.runtime) end to end against the local, bwrap, cmd and busybox sandboxes.
+local core = require "ferry.core"
+local ferry = require "ferry"
+local runtime = require "ferry.runtime"
+local helpers = require "support.helpers"
+local sandboxes = require "support.sandboxes"
+local W = require "support.workspaces"
+
+local function urandom(n)
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local data = f:read(n)
+  f:close()
+  return data
+end
+
+local function is_empty(t)
+  return next(t) == nil
+end
+
+-- The remote workspace as a snapshot, without the runtime dir.
+local function remote_snapshot(box)
+  local excludes = require "ferry.excludes"
+  local snapshot = require "ferry.snapshot"
+  return assert(snapshot.take(box.host_root, { matcher = excludes.compile { "/.ferry-runtime" } }))
+end
+
+local function shell_adapter(fields)
+  local a = { name = "test", excludes = {}, preserve = {}, hooks = {} }
+  for k, v in pairs(fields or {}) do a[k] = v end
+  return a
+end
+
+for _, label in ipairs { "local", "bwrap", "cmd", "busybox" } do
+  describe("runtime on " .. label, function()
+    local box, ws, tmp, state
+
+    before_each(function()
+      box = sandboxes.make(label)
+      tmp = helpers.tmpdir()
+      ws = tmp .. "/ws"
+      W.mkdir(tmp, "ws")
+      state = tmp .. "/state/state.json"
+    end)
+    after_each(function()
+      box:cleanup()
+      helpers.rmtree(tmp)
+    end)
+
+    local function prepare(extra)
+      local opts = { provider = box.provider, workspace = ws, remote_dir = box.root, state = state }
+      for k, v in pairs(extra or {}) do opts[k] = v end
+      return runtime.prepare(opts)
+    end
+
+    it("copies awkward names, binary files, symlinks and empty dirs in, and brings edits back", function()
+      W.fill(ws)
+      local res = assert(prepare())
+      assert.equal(box.root, res.remote_dir)
+      assert.equal(box.root .. "/.ferry-runtime", res.runtime_dir)
+      assert.equal(state, res.state)
+      local expected = W.moved(ws)
+      assert.same({}, W.diff(expected, remote_snapshot(box)))
+      assert.is_nil(remote_snapshot(box)["node_modules"])
+      assert.is_nil(remote_snapshot(box)["._apple"])
+
+      -- the agent edits, adds and deletes in the sandbox
+      local r = box.host_root
+      W.write(r, "new\nline", "edited remotely\n")
+      W.write(r, "dir with space/-leading-dash", W.ALL_BYTES:reverse())
+      W.write(r, "added dir/ünïcödé ✓ new", "new file\n", 493)
+      assert(os.remove(r .. "/it's \"quoted\""))
+      W.mkdir(r, "new empty")
+      local got = assert(ferry.restore { state = state })
+      assert.same({}, got.conflicts)
+      assert.same({}, got.refused)
+      assert.same({ "added dir", "added dir/ünïcödé ✓ new", "dir with space/-leading-dash", "new\nline",
+        "new empty" }, got.changed)
+      assert.same({ "it's \"quoted\"" }, got.deleted)
+      assert.equal("edited remotely\n", W.read(ws, "new\nline"))
+      assert.equal(W.ALL_BYTES:reverse(), W.read(ws, "dir with space/-leading-dash"))
+      assert.equal(493, core.fs_lstat(ws .. "/added dir/ünïcödé ✓ new").mode)
+      assert.is_nil(core.fs_lstat(ws .. "/it's \"quoted\""))
+      assert.equal("dir", core.fs_lstat(ws .. "/new empty").kind)
+      -- untouched: excluded content, symlinks
+      assert.equal("module.exports = 1\n", W.read(ws, "node_modules/pkg/index.js"))
+      assert.equal("plain.txt", core.fs_readlink(ws .. "/link to plain"))
+      assert.same({}, W.diff(W.moved(ws), remote_snapshot(box)))
+
+      -- a rerun has nothing to do
+      local again = assert(ferry.restore { state = state })
+      assert.same({}, again.changed)
+      assert.same({}, again.deleted)
+      assert.same({}, again.conflicts)
+    end)
+
+    it("prepares and restores an empty workspace", function()
+      local res = assert(prepare())
+      assert.equal(0, res.files)
+      assert.same({}, remote_snapshot(box))
+      local got = assert(ferry.restore { state = state })
+      assert.same({}, got.changed)
+      W.write(box.host_root, "hello", "from the sandbox\n")
+      got = assert(ferry.restore { state = state })
+      assert.same({ "hello" }, got.changed)
+      assert.equal("from the sandbox\n", W.read(ws, "hello"))
+    end)
+
+    it("clears the remote dir except the runtime dir and preserved names", function()
+      W.write(ws, "a", "a\n")
+      W.write(box.host_root, "stale", "old\n")
+      W.write(box.host_root, ".keepme/state", "kept\n")
+      W.write(box.host_root, ".ferry-runtime/marker", "kept\n")
+      W.write(box.host_root, "-rf", "dash\n")
+      assert(prepare { adapter = shell_adapter { preserve = { ".keepme" } } })
+      assert.is_nil(W.read(box.host_root, "stale"))
+      assert.is_nil(W.read(box.host_root, "-rf"))
+      assert.equal("kept\n", W.read(box.host_root, ".keepme/state"))
+      assert.equal("kept\n", W.read(box.host_root, ".ferry-runtime/marker"))
+      -- preserved names stay in the sandbox: restore neither brings them back nor deletes them locally
+      local got = assert(ferry.restore { state = state })
+      assert.same({}, got.changed)
+      assert.is_nil(W.read(ws, ".keepme/state"))
+    end)
+
+    it("moves a 20 MB file both ways", function()
+      local big = urandom(20 * 1024 * 1024)
+      W.write(ws, "big.bin", big)
+      local res = assert(prepare())
+      assert.is_true(res.bytes_sent > #big)
+      assert.equal(core.sha256(big), core.sha256_file(box.host_root .. "/big.bin"))
+      local edited = big:sub(1, 1024) .. "changed" .. big:sub(1032)
+      W.write(box.host_root, "big.bin", edited)
+      local got = assert(ferry.restore { state = state })
+      assert.same({ "big.bin" }, got.changed)
+      assert.is_true(got.bytes_received > #big)
+      assert.equal(core.sha256(edited), core.sha256_file(ws .. "/big.bin"))
+    end)
+  end)
+end
+
+describe("runtime 3-way merge end to end", function()
+  local box, ws, tmp, state
+  before_each(function()
+    box = sandboxes.make("cmd")
+    tmp = helpers.tmpdir()
+    ws = tmp .. "/ws"
+    state = tmp .. "/state.json"
+    W.mkdir(tmp, "ws")
+  end)
+  after_each(function()
+    box:cleanup()
+    helpers.rmtree(tmp)
+  end)
+
+  it("takes, keeps, deletes and reports conflicts, then converges", function()
+    for _, name in ipairs { "take.txt", "keep.txt", "both.txt", "same.txt", "rdel.txt", "rdel-lchg.txt",
+      "ldel-rchg.txt", "mode.sh" } do
+      W.write(ws, name, name .. " v0\n")
+    end
+    W.symlink(ws, "lnk", "take.txt")
+    W.write(ws, "node_modules/local-only.js", "local\n")
+    assert(runtime.prepare { provider = box.provider, workspace = ws, remote_dir = box.root, state = state })
+    local r = box.host_root
+    -- sandbox side
+    W.write(r, "take.txt", "remote\n")
+    W.write(r, "both.txt", "remote both\n")
+    W.write(r, "same.txt", "same edit\n")
+    assert(os.remove(r .. "/rdel.txt"))
+    assert(os.remove(r .. "/rdel-lchg.txt"))
+    W.write(r, "ldel-rchg.txt", "remote edit\n")
+    assert(core.fs_safe_chmod(r, "mode.sh", 493))
+    W.write(r, "rdir/radd.txt", "remote added\n")
+    assert(os.remove(r .. "/lnk"))
+    W.symlink(r, "lnk", "keep.txt")
+    W.write(r, "node_modules/remote-only.js", "remote\n")
+    -- host side, meanwhile
+    W.write(ws, "keep.txt", "local\n")
+    W.write(ws, "both.txt", "local both\n")
+    W.write(ws, "same.txt", "same edit\n")
+    W.write(ws, "rdel-lchg.txt", "local edit\n")
+    assert(os.remove(ws .. "/ldel-rchg.txt"))
+    W.write(ws, "ladd.txt", "local added\n")
+
+    local got = assert(ferry.restore { state = state })
+    assert.same({ "both.txt", "ldel-rchg.txt" }, got.conflicts)
+    assert.equal("both.txt.ferry-remote", got.conflict_copies["both.txt"])
+    assert.same({ "lnk", "mode.sh", "rdir", "rdir/radd.txt", "take.txt" }, got.changed)
+    assert.same({ "rdel.txt" }, got.deleted)
+    assert.equal("remote\n", W.read(ws, "take.txt"))
+    assert.equal("local\n", W.read(ws, "keep.txt"))
+    assert.equal("local both\n", W.read(ws, "both.txt"))
+    assert.equal("remote both\n", W.read(ws, "both.txt.ferry-remote"))
+    assert.equal("same edit\n", W.read(ws, "same.txt"))
+    assert.is_nil(W.read(ws, "rdel.txt"))
+    assert.equal("local edit\n", W.read(ws, "rdel-lchg.txt"))
+    assert.is_nil(W.read(ws, "ldel-rchg.txt"))
+    assert.equal("remote edit\n", W.read(ws, "ldel-rchg.txt.ferry-remote"))
+    assert.equal(493, core.fs_lstat(ws .. "/mode.sh").mode)
+    assert.equal("remote added\n", W.read(ws, "rdir/radd.txt"))
+    assert.equal("local added\n", W.read(ws, "ladd.txt"))
+    assert.equal("keep.txt", core.fs_readlink(ws .. "/lnk"))
+    assert.equal("local\n", W.read(ws, "node_modules/local-only.js"))
+    assert.is_nil(W.read(ws, "node_modules/remote-only.js"))
+
+    local again = assert(ferry.restore { state = state })
+    assert.same({}, again.changed)
+    assert.same({}, again.deleted)
+    assert.same({}, again.conflicts)
+    assert.equal("local both\n", W.read(ws, "both.txt"))
+  end)
+
+  it("replaces a directory by a file and a file by a directory", function()
+    W.write(ws, "d/x", "x\n")
+    W.write(ws, "f", "f\n")
+    assert(runtime.prepare { provider = box.provider, workspace = ws, remote_dir = box.root, state = state })
+    local r = box.host_root
+    assert(os.execute("rm -rf '" .. r .. "/d' '" .. r .. "/f'"))
+    W.write(r, "d", "now a file\n")
+    W.write(r, "f/inner", "now a dir\n")
+    local got = assert(ferry.restore { state = state })
+    assert.same({}, got.conflicts)
+    assert.equal("now a file\n", W.read(ws, "d"))
+    assert.equal("now a dir\n", W.read(ws, "f/inner"))
+  end)
+end)
+
+describe("runtime command counts", function()
+  it("prepares a 2,000-file workspace in at most 5 commands and restores it in at most 3", function()
+    for _, label in ipairs { "cmd", "busybox" } do
+      local box = sandboxes.counting(label)
+      local tmp = helpers.tmpdir()
+      local ws = tmp .. "/ws"
+      for i = 1, 2000 do
+        W.write(ws, string.format("d%02d/sub %d/file-%04d.txt", i % 40, i % 7, i), ("line %d\n"):format(i):rep(20))
+      end
+      local t0 = core.now_ms and core.now_ms() or os.clock() * 1000
+      local res = assert(runtime.prepare { provider = box.provider, workspace = ws, remote_dir = box.root,
+        state = tmp .. "/state.json", adapter = { name = "probe", detect = "sh", install = "true", hooks = {},
+          assets = function() return { conf = { dir = ws .. "/d01" }, other = { dir = ws .. "/d02" } } end } })
+      local t1 = core.now_ms and core.now_ms() or os.clock() * 1000
+      assert.equal(2000, res.files)
+      assert.equal("present", res.install_status)
+      local prepare_count = box:count()
+      assert.equal(prepare_count, res.commands)
+      assert.is_true(prepare_count <= 5, "prepare used " .. prepare_count .. " commands")
+      for i = 1, 2000, 10 do
+        W.write(box.host_root, string.format("d%02d/sub %d/file-%04d.txt", i % 40, i % 7, i), "changed\n")
+      end
+      box:reset()
+      local got = assert(ferry.restore { state = tmp .. "/state.json" })
+      local t2 = core.now_ms and core.now_ms() or os.clock() * 1000
+      assert.equal(200, #got.changed)
+      local restore_count = box:count()
+      assert.equal(restore_count, got.commands)
+      assert.is_true(restore_count <= 3, "restore used " .. restore_count .. " commands")
+      print(string.format("\n%s: prepare of 2,000 files: %d commands, %.0f ms; restore: %d commands, %.0f ms",
+        label, prepare_count, t1 - t0, restore_count, t2 - t1))
+      box:cleanup()
+      helpers.rmtree(tmp)
+    end
+  end)
+end)
+
+describe("runtime install", function()
+  local box, ws, tmp
+  before_each(function()
+    box = sandboxes.make("local")
+    tmp = helpers.tmpdir()
+    ws = tmp .. "/ws"
+    W.mkdir(tmp, "ws")
+  end)
+  after_each(function()
+    box:cleanup()
+    helpers.rmtree(tmp)
+  end)
+
+  local function prepare(adapter, extra)
+    local opts = { provider = "local", workspace = ws, remote_dir = box.root, state = tmp .. "/state.json",
+      adapter = adapter }
+    for k, v in pairs(extra or {}) do opts[k] = v end
+    return runtime.prepare(opts)
+  end
+
+  it("skips the install when the detect probe finds the command", function()
+    local res = assert(prepare(shell_adapter { detect = "sh", install = "echo ran >> " .. tmp .. "/ran" }))
+    assert.equal("present", res.install_status)
+    assert.is_nil(res.installed)
+    assert.is_nil(W.read(tmp, "ran"))
+  end)
+
+  it("installs when the command is missing, once (a marker records it)", function()
+    local adapter = shell_adapter { install = "echo ran >> " .. tmp .. "/ran" }
+    local res = assert(prepare(adapter))
+    assert.is_true(res.installed)
+    assert.equal("installed", res.install_status)
+    res = assert(prepare(adapter))
+    assert.equal("present", res.install_status)
+    assert.equal("ran\n", W.read(tmp, "ran"))
+  end)
+
+  it("turns a failed install into a warning with the last 3 non-empty lines", function()
+    local res = assert(prepare(shell_adapter { detect = "ferry-no-such-command",
+      install = "echo one; echo; echo two; echo three >&2; echo four; exit 7" }))
+    assert.is_false(res.installed)
+    assert.equal("failed", res.install_status)
+    assert.equal("install exited with code 7: two | three | four", res.install_warning)
+    assert.equal(box.root, res.remote_dir)
+  end)
+
+  it("cuts the warning at 480 characters", function()
+    local res = assert(prepare(shell_adapter { detect = "ferry-no-such-command",
+      install = "printf '%0600d\\n' 0; exit 1" }))
+    assert.equal(480, #res.install_warning:match("^install exited with code 1: (0+)$"))
+  end)
+
+  it("turns a timed-out install into a warning", function()
+    local res = assert(prepare(shell_adapter { detect = "ferry-no-such-command",
+      install = "echo starting; sleep 30" }, { install_timeout_ms = 1500 }))
+    assert.is_false(res.installed)
+    assert.matches("^install timed out after 1 s: starting", res.install_warning)
+  end)
+
+  it("installs once when two prepares race on one sandbox", function()
+    local adapter = shell_adapter { detect = "ferry-no-such-command",
+      install = "echo ran >> " .. tmp .. "/ran; sleep 1" }
+    local results = ferry.wait {
+      ferry.spawn(function() return assert(prepare(adapter, { state = tmp .. "/s1.json" })) end),
+      ferry.spawn(function() return assert(prepare(adapter, { state = tmp .. "/s2.json" })) end),
+    }
+    assert.equal("ran\n", W.read(tmp, "ran"))
+    local statuses = { results[1].install_status, results[2].install_status }
+    table.sort(statuses)
+    assert.same({ "installed", "present" }, statuses)
+  end)
+
+  it("breaks a lock left by a prepare that died", function()
+    W.write(box.root, ".ferry-runtime/install.lock/pid", "999999\n")
+    local res = assert(prepare(shell_adapter { detect = "ferry-no-such-command", install = "true" }))
+    assert.equal("installed", res.install_status)
+  end)
+end)
+
+describe("runtime assets", function()
+  local box, ws, tmp
+  before_each(function()
+    box = sandboxes.make("cmd")
+    tmp = helpers.tmpdir()
+    ws = tmp .. "/ws"
+    W.mkdir(tmp, "ws")
+  end)
+  after_each(function()
+    box:cleanup()
+    helpers.rmtree(tmp)
+  end)
+
+  it("copies each asset to <runtime>/<adapter>/<key>, with excludes and symlinks as asked", function()
+    W.write(tmp, "home/config.toml", "a = 1\n")
+    W.write(tmp, "home/tmp/scratch", "junk\n")
+    W.write(tmp, "home/sessions/s1", "private\n")
+    W.symlink(tmp, "home/link", "config.toml")
+    W.write(tmp, "real-skill/SKILL.md", "# skill\n")
+    W.mkdir(tmp, "skills")
+    W.symlink(tmp, "skills/one", tmp .. "/real-skill")
+    W.write(tmp, "extra/x", "x\n")
+    local adapter = shell_adapter { name = "agent", assets = function(ctx)
+      assert.equal(ws, ctx.workspace)
+      return {
+        home = { dir = tmp .. "/home", exclude = { "/tmp", "/sessions" } },
+        skills = { dir = tmp .. "/skills", follow_symlinks = true },
+      }
+    end }
+    local res = assert(runtime.prepare { provider = box.provider, workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json", adapter = adapter, assets = { extra = tmp .. "/extra", gone = tmp .. "/nope" } })
+    local rt = box.root .. "/.ferry-runtime/agent"
+    assert.same({ home = rt .. "/home", skills = rt .. "/skills", extra = rt .. "/extra", gone = rt .. "/gone" },
+      res.asset_dirs)
+    local h = box.host_root .. "/.ferry-runtime/agent"
+    assert.equal("a = 1\n", W.read(h, "home/config.toml"))
+    assert.equal("config.toml", core.fs_readlink(h .. "/home/link"))
+    assert.is_nil(core.fs_lstat(h .. "/home/tmp"))
+    assert.is_nil(core.fs_lstat(h .. "/home/sessions"))
+    assert.equal("dir", core.fs_lstat(h .. "/skills/one").kind)
+    assert.equal("# skill\n", W.read(h, "skills/one/SKILL.md"))
+    assert.equal("x\n", W.read(h, "extra/x"))
+    assert.equal("dir", core.fs_lstat(h .. "/gone").kind)
+    assert.matches("asset gone", table.concat(res.warnings, "\n"))
+    -- no staging leftovers, and the assets never come back as workspace content
+    assert.same({ "extra", "gone", "home", "skills" }, core.fs_readdir(h))
+    local got = assert(ferry.restore { state = tmp .. "/state.json" })
+    assert.same({}, got.changed)
+  end)
+end)
+
+describe("runtime state and errors", function()
+  local box, ws, tmp
+  before_each(function()
+    box = sandboxes.make("local")
+    tmp = helpers.tmpdir()
+    ws = tmp .. "/ws"
+    W.write(ws, "a.txt", "a\n")
+  end)
+  after_each(function()
+    box:cleanup()
+    helpers.rmtree(tmp)
+  end)
+
+  it("writes a 0600 JSON state file without secrets", function()
+    local secret = "hunter2-very-secret-value"
+    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/st/state.json", excludes = { "*" .. secret .. "*" }, secrets = { secret } })
+    assert.equal(384, core.fs_lstat(res.state).mode)
+    local text = W.read(tmp, "st/state.json")
+    assert.is_nil(text:find(secret, 1, true))
+    local st = require("cjson").decode(text)
+    assert.equal(1, st.version)
+    assert.equal("local", st.provider)
+    assert.equal(box.root, st.remote_dir)
+    assert.equal("shell", st.adapter)
+    assert.equal(ws, st.workspace)
+    assert.equal("file", st.baseline["a.txt"].kind)
+    assert.equal(core.sha256("a\n"), st.baseline["a.txt"].sha256)
+  end)
+
+  it("defaults the state path under XDG_STATE_HOME, keyed by provider and remote dir", function()
+    local state = require "ferry.state"
+    local p = state.default_path("local", box.root)
+    assert.matches("/ferry/%x+%.json$", p)
+    assert.are_not.equal(p, state.default_path("local", box.root .. "x"))
+    assert.are_not.equal(p, state.default_path("cmd:sh", box.root))
+  end)
+
+  it("refuses a restore while another holds the workspace lock", function()
+    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json" })
+    local lock = assert(core.fs_lock(res.state .. ".lock"))
+    local ok, err, code = ferry.restore { state = res.state }
+    assert.is_nil(ok)
+    assert.equal("restore: another restore of " .. ws .. " is running", err)
+    assert.equal("EBUSY", code)
+    lock:unlock()
+    assert(ferry.restore { state = res.state })
+  end)
+
+  it("names what is wrong", function()
+    local function err_of(opts)
+      local ok, err, code = runtime.prepare(opts)
+      assert.is_nil(ok)
+      return err, code
+    end
+    local err, code = err_of { provider = "local", workspace = ws }
+    assert.equal("prepare: no remote dir: provider local has no default; pass remote_dir (-r REMOTE_DIR)", err)
+    assert.equal("EINVAL", code)
+    err = err_of { provider = "local", workspace = ws, remote_dir = "relative/dir" }
+    assert.equal("prepare: the remote dir must be an absolute path, got relative/dir", err)
+    err = err_of { provider = "local", workspace = ws, remote_dir = "/" }
+    assert.matches("refusing remote dir /", err, 1, true)
+    err, code = err_of { provider = "local", workspace = tmp .. "/missing", remote_dir = box.root }
+    assert.matches("^prepare: workspace .*/missing: ", err)
+    assert.equal("ENOENT", code)
+    err = err_of { provider = "local", workspace = ws, remote_dir = box.root, adapter = "no-such-adapter" }
+    assert.matches("no adapter named 'no-such-adapter'", err, 1, true)
+    err = err_of { provider = "nope:x", workspace = ws, remote_dir = box.root }
+    assert.matches("^prepare: unknown provider 'nope'", err)
+    err, code = err_of { provider = "local", workspace = ws, remote_dir = box.root, excludes = { "a//b" } }
+    assert.matches("^prepare: exclude pattern", err)
+    assert.equal("EINVAL", code)
+    local ok, rerr, rcode = ferry.restore { state = tmp .. "/no-state.json" }
+    assert.is_nil(ok)
+    assert.matches("^restore: state: cannot read .*no%-state%.json", rerr)
+    assert.equal("ENOENT", rcode)
+  end)
+
+  it("fails a restore when the remote dir is gone, without touching the workspace", function()
+    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json" })
+    helpers.rmtree(box.root)
+    local ok, err, code = ferry.restore { state = res.state }
+    assert.is_nil(ok)
+    assert.equal("restore: " .. box.root .. " does not exist in the sandbox; nothing restored", err)
+    assert.equal("ENOENT", code)
+    assert.equal("a\n", W.read(ws, "a.txt"))
+  end)
+
+  it("works with an opened sandbox in every transfer mode", function()
+    for _, caps in ipairs { {}, { binary = false }, { stdin = false } } do
+      local sb = ferry.open("local", { caps = caps })
+      W.write(ws, "bin", W.ALL_BYTES)
+      local res = assert(runtime.prepare { provider = sb, workspace = ws, remote_dir = box.root,
+        state = tmp .. "/state.json" })
+      assert.equal(W.ALL_BYTES, W.read(box.root, "bin"))
+      W.write(box.root, "bin", W.ALL_BYTES:rep(2))
+      local got = assert(runtime.restore { state = res.state, sb = sb })
+      assert.same({ "bin" }, got.changed)
+      assert.equal(W.ALL_BYTES:rep(2), W.read(ws, "bin"))
+      assert.is_true(is_empty(got.conflicts))
+      sb:close()
+    end
+  end)
+end)
