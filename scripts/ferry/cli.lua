@@ -9,7 +9,19 @@ usage: ferry VERB [ARGS...]
 
   run SCRIPT.lua [ARGS...]   run a Lua script (arg as in lua); ferry is preloaded as require "ferry"
   -e CODE                    run a Lua chunk
-  repl [-p PROVIDER]         interactive Lua with ferry loaded
+  repl [-p PROVIDER]         interactive Lua with ferry loaded (`sb` opened on PROVIDER)
+  exec -p PROVIDER [--cwd DIR] [--env K=V]... [--timeout SEC] [--stdin FILE|-] -- CMD [ARG...]
+                             run a command in the sandbox, streaming its output; exit with its code
+  put -p PROVIDER LOCAL REMOTE               copy a file into the sandbox
+  get -p PROVIDER [--max-bytes N] REMOTE LOCAL  copy a file out of the sandbox
+  ls -p PROVIDER REMOTE_DIR                  list a sandbox directory
+  prepare -p PROVIDER [-a ADAPTER] -w WORKSPACE [-r REMOTE_DIR] [--exclude PAT]... [--asset KEY=DIR]...
+          [--state FILE] [--json] [--secret-env NAME]...
+                             install the agent, copy the workspace and assets into the sandbox
+  restore --state FILE [--json] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
+                             bring the sandbox's workspace back, 3-way merged with host edits
+  adapters                   each adapter and the file it is loaded from
+  providers                  each provider and the file it is loaded from
   --version                  print the version
   --help, help [VERB]        this text, or a verb's
 
@@ -98,6 +110,15 @@ function M.main(argv)
     return EXIT.ok
   end
   local v = M.verbs[verb]
+  if not v or verb == "help" then
+    -- The sandbox verbs load on demand: an error in them never stops `ferry run`.
+    local ok, err = pcall(require, "ferry.cli_verbs")
+    v = M.verbs[verb]
+    if not ok and not v then
+      io.stderr:write("ferry: cannot load the sandbox verbs: ", tostring(err), "\n")
+      return EXIT.failed
+    end
+  end
   if not v then return usage_error("unknown verb '" .. verb .. "'") end
   if verb ~= "run" and verb ~= "-e" and (rest[1] == "--help" or rest[1] == "-h") then
     io.stdout:write(v.help)
