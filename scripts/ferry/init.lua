@@ -35,6 +35,10 @@ function M.log(level, message)
   core.log(level, message)
 end
 
+--- Sandboxes: open(provider_string[, opts]) -> sandbox (see ferry.client); policy files: ferry.policy.
+M.open = require("ferry.client").open
+M.policy = require "ferry.policy"
+
 --- Managed runtime: prepare(opts) -> result and restore(opts) -> result (see ferry.runtime), loaded on first use.
 M.prepare = function(opts) return require("ferry.runtime").prepare(opts) end
 M.restore = function(opts) return require("ferry.runtime").restore(opts) end

@@ -1,0 +1,685 @@
+--- ferry.client: operations on a sandbox reachable only by running commands (README "Lua API").
+--
+-- Every operation is one shell script run through the provider with cwd /. Bytes travel the fastest way the
+-- channel allows: raw on stdin/stdout when it is 8-bit clean; base64 on stdin when it is not; base64 chunks
+-- of at most 96 KiB inside the scripts themselves when there is no stdin. Every transfer is checked by
+-- length: the sandbox counts what it read or wrote with `tee /dev/fd/5 | wc -c` in the same command and
+-- reports it in a status line after the data ("::ferry:: rc=N\nCOUNT"), which the client strips.
+--
+-- A provider (providers/<name>.lua, M.open(arg, opts) -> provider | nil, err, code) has: name, caps =
+-- {stdin, binary}, default_remote_dir, scratch_dir (where chunked uploads are staged; default /tmp),
+-- provider:command(script) -> argv running `sh -c script`, provider:close(). A provider that is not a plain
+-- argv per command (e.g. one long-lived shell) also defines provider:exec(script, popts) -> a ferry.proc.run
+-- result, where popts holds stdin (string or reader), on_stdout, on_stderr, timeout_ms, kill_grace_ms,
+-- max_output, on_spawn; the client then sends every command through it.
+local core = require "ferry.core"
+local proc = require "ferry.proc"
+local policy = require "ferry.policy"
+
+local M = {}
+
+local RAW_CHUNK = 72 * 1024  -- encodes to exactly 96 KiB of base64: one command each without stdin
+local READ_BLOCK = 256 * 1024
+local HOLD = 512             -- bytes of stdout held back while streaming: the status line is shorter
+local MARK = "::ferry:: "
+local BUILTIN_ORDER = { "local", "bwrap", "cmd" }
+
+-- Exit codes the operation scripts use to say what is wrong before any data moved.
+local ENOENT, EISDIR, ESHORT, EFBIG, ENOTDIR = 200, 201, 202, 203, 204
+
+local q = core.sh_quote
+
+local Sandbox = {}
+Sandbox.__index = Sandbox
+
+local seq = 0
+local function unique()
+  seq = seq + 1
+  return string.format("%x%06x%d", os.time(), math.random(0, 0xffffff), seq)
+end
+
+-- A path as one shell word no command mistakes for an option (relative paths are relative to /).
+local function word(path)
+  if path:sub(1, 1) ~= "/" then path = "./" .. path end
+  return q(path)
+end
+
+-- Caller misuse raises, naming the operation.
+local function need_path(path, op)
+  if type(path) ~= "string" or path == "" then
+    error(op .. ": expected a non-empty path string, got " .. (type(path) == "string" and '""' or type(path)), 3)
+  end
+end
+
+local function split_path(path)
+  local dir, base = path:match("^(.*)/([^/]+)$")
+  if not dir then return ".", path end
+  return dir == "" and "/" or dir, base
+end
+
+local function tail(text)
+  local lines = {}
+  for line in (text or ""):gmatch("[^\r\n]+") do
+    if line:match("%S") then lines[#lines + 1] = line end
+  end
+  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
+  return #out > 400 and out:sub(-400) or out
+end
+
+-- nil, "<what>: <why>", code for a command that failed.
+local function command_error(res, what)
+  if res.timed_out then return nil, what .. ": timed out", "ETIMEDOUT" end
+  local why = tail(res.stderr)
+  local code = why:find("Permission denied", 1, true) and "EACCES" or "EIO"
+  if why == "" then why = "exit code " .. tostring(res.code or res.signal) end
+  return nil, what .. ": " .. why, code
+end
+
+-- The lines every script starts with: cwd (default /) and exported variables.
+local function prelude(opts)
+  local lines = { "cd " .. word(opts.cwd or "/") .. " || exit 1" }
+  if opts.env then
+    local names = {}
+    for k in pairs(opts.env) do
+      if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
+        error("exec: opts.env key " .. tostring(k) .. " is not a variable name", 4)
+      end
+      names[#names + 1] = k
+    end
+    table.sort(names)
+    for _, k in ipairs(names) do lines[#lines + 1] = "export " .. k .. "=" .. q(tostring(opts.env[k])) end
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- `script` reading `decode`d stdin through a counter. fd 3 is the real stdout, fd 4 the captured status.
+local function wrap_in(script, decode)
+  return "{ ferry_st=$( { { " .. decode .. "tee /dev/fd/5 | (\n" .. script
+    .. '\n) 5>&- 4>&- >&3 3>&- ; echo "rc=$?" >&4 ; } 5>&1 | wc -c ; } 4>&1 ) ; } 3>&1\n'
+    .. "printf '" .. MARK .. "%s\\n' \"$ferry_st\"\n"
+    .. 'ferry_rc=${ferry_st#rc=} ; ferry_rc=${ferry_rc%%[!0-9]*}\n'
+end
+
+-- `script` whose stdout goes through a counter (then `encode`) to the real stdout.
+local function wrap_out(script, encode)
+  return "{ ferry_st=$( { { { (\n" .. script
+    .. '\n) 3>&- 4>&- 5>&- ; echo "rc=$?" >&4 ; } | tee /dev/fd/5' .. encode
+    .. " >&3 3>&- ; } 5>&1 | wc -c ; } 4>&1 ) ; } 3>&1\n"
+    .. "printf '" .. MARK .. "%s\\n' \"$ferry_st\"\n"
+    .. 'ferry_rc=${ferry_st#rc=} ; ferry_rc=${ferry_rc%%[!0-9]*}\n'
+end
+
+local function parse_status(text)
+  local rc, n = text:match("^" .. MARK .. "rc=(%d+)%s+(%d+)%s*$")
+  return tonumber(rc), tonumber(n)
+end
+
+-- Receives a command's stdout: everything before the status line goes to `emit` (decoded from base64 when
+-- `b64`), the status line is kept. Errors raised by `emit` are caught and reported by finish().
+local function status_sink(emit, b64)
+  local held = ""
+  local decoder = b64 and core.b64_decoder()
+  local sink = { bytes = 0 }
+  local function deliver(data)
+    if sink.err or data == "" then return end
+    if decoder then
+      local decoded, err = decoder:update(data)
+      if not decoded then
+        sink.err = "bad base64 from the sandbox: " .. tostring(err)
+        return
+      end
+      data = decoded
+    end
+    sink.bytes = sink.bytes + #data
+    local ok, err = pcall(emit, data)
+    if not ok then sink.err = tostring(err) end
+  end
+  function sink.push(chunk)
+    held = held .. chunk
+    if #held > 2 * HOLD then
+      deliver(held:sub(1, -HOLD - 1))
+      held = held:sub(-HOLD)
+    end
+  end
+  --- Returns rc, count from the status line (nil when there is none).
+  function sink.finish()
+    local at, from = nil, 1
+    while true do
+      local s = held:find(MARK, from, true)
+      if not s then break end
+      at, from = s, s + 1
+    end
+    if not at then
+      deliver(held)
+      return nil
+    end
+    deliver(held:sub(1, at - 1))
+    if decoder and not sink.err then
+      local ok, err = decoder:finish()
+      if not ok then sink.err = "bad base64 from the sandbox: " .. tostring(err) end
+    end
+    return parse_status(held:sub(at))
+  end
+  return sink
+end
+
+local function string_reader(s)
+  local done = false
+  return function()
+    if done then return nil end
+    done = true
+    return s
+  end
+end
+
+-- Pieces of exactly `size` bytes (the last one shorter) from a reader.
+local function rechunk(read, size)
+  local buf, eof = "", false
+  return function()
+    while not eof and #buf < size do
+      local c = read()
+      if c == nil then eof = true else buf = buf .. c end
+    end
+    if buf == "" then return nil end
+    local piece = buf:sub(1, size)
+    buf = buf:sub(size + 1)
+    return piece
+  end
+end
+
+-- base64 of a reader, in lines of 76 characters.
+local function b64_lines(read)
+  local encoder, done = core.b64_encoder { wrap = 76 }, false
+  return function()
+    if done then return nil end
+    local chunk = read()
+    if chunk == nil then
+      done = true
+      return encoder:finish()
+    end
+    return encoder:update(chunk)
+  end
+end
+
+local function counting(read, on_progress)
+  local c = { n = 0 }
+  function c.read()
+    local chunk = read()
+    if chunk and #chunk > 0 then
+      c.n = c.n + #chunk
+      if on_progress then on_progress(c.n) end
+    end
+    return chunk
+  end
+  return c
+end
+
+local function is_reader(v)
+  return type(v) == "function" or type(v) == "string"
+end
+
+--- How data goes in: "raw" (stdin, 8-bit clean), "b64" (base64 on stdin) or "chunks" (base64 in scripts).
+function Sandbox:input_mode()
+  if not self.caps.stdin then return "chunks" end
+  return self.caps.binary and "raw" or "b64"
+end
+
+-- Run one full script through the provider.
+function Sandbox:run_script(script, popts)
+  local argv = self.provider.command and self.provider:command(script)
+  if self.on_exec then self.on_exec(argv, script) end
+  if self.log then self.log("debug", self.name .. ": " .. script:sub(1, 200)) end
+  if self.provider.exec then return self.provider:exec(script, popts) end
+  popts.argv = argv
+  return proc.run(popts)
+end
+
+local function run_opts(opts, extra)
+  local p = {
+    timeout_ms = opts.timeout_ms, kill_grace_ms = opts.kill_grace_ms, on_stderr = opts.on_stderr,
+    on_spawn = opts.on_spawn, max_output = opts.max_output,
+  }
+  for k, v in pairs(extra) do p[k] = v end
+  return p
+end
+
+--- Run a shell script (string) or an argv (list, quoted with sh.join) in the sandbox, cwd / unless opts.cwd.
+--- Returns the ferry.proc.run result. opts: stdin (string or reader), env, cwd, timeout_ms (kills the
+--- command's process group), kill_grace_ms, max_output, on_stdout, on_stderr.
+---@param cmd string|string[]
+---@param opts table|nil
+---@return table|nil result, string|nil err, string|nil code
+function Sandbox:exec(cmd, opts)
+  opts = opts or {}
+  local script
+  if type(cmd) == "table" then
+    script = core.sh_join(cmd)
+  elseif type(cmd) == "string" then
+    script = cmd
+  else
+    error("exec: expected a script (string) or an argv (list), got " .. type(cmd), 2)
+  end
+  if opts.stdin ~= nil and self:input_mode() ~= "raw" then
+    return self:pipe_in(script, opts.stdin, {
+      env = opts.env, cwd = opts.cwd, timeout_ms = opts.timeout_ms, on_stdout = opts.on_stdout,
+      on_stderr = opts.on_stderr, check = false, what = "exec",
+    })
+  end
+  return self:run_script(prelude(opts) .. script,
+    run_opts(opts, { stdin = opts.stdin, on_stdout = opts.on_stdout }))
+end
+
+-- Run a wrapped script with the status line parsed off its stdout. Returns the result (code = the script's
+-- exit code, stdout = what it printed unless opts.on_stdout) or nil, message, code.
+function Sandbox:run_with_status(full, emit, b64, opts, what, stdin)
+  local parts = {}
+  local sink = status_sink(emit or function(c) parts[#parts + 1] = c end, b64)
+  local res, err, code = self:run_script(full, run_opts(opts, { stdin = stdin, on_stdout = sink.push }))
+  if not res then return nil, what .. ": " .. err, code end
+  if res.timed_out then return res end
+  local rc, count = sink.finish()
+  if sink.err then return nil, what .. ": " .. sink.err, "EIO" end
+  if not rc then
+    return nil, string.format("%s: the sandbox command ended without its status line (exit code %s)%s", what,
+      tostring(res.code or res.signal), tail(res.stderr) ~= "" and (": " .. tail(res.stderr)) or ""), "EIO"
+  end
+  res.code, res.count, res.delivered = rc, count, sink.bytes
+  if not emit then res.stdout = table.concat(parts) end
+  return res
+end
+
+-- pipe_in without stdin: base64 chunks appended to a scratch file, one command each; the last command also
+-- decodes the file into the script.
+function Sandbox:pipe_in_chunks(script, read, opts, what)
+  local scratch = q((self.provider.scratch_dir or "/tmp") .. "/.ferry-in-" .. unique() .. ".b64")
+  local pieces = rechunk(read, RAW_CHUNK)
+  local piece, first = pieces() or "", true
+  while true do
+    local nxt = pieces()
+    local append = "(umask 077 && printf %s " .. q(core.b64_encode(piece)) .. (first and " > " or " >> ")
+      .. scratch .. ") || exit 1\n"
+    if nxt == nil then
+      local full = prelude(opts) .. append .. wrap_in(script, "base64 -d < " .. scratch .. " | ")
+        .. "rm -f " .. scratch .. '\nexit "$ferry_rc"\n'
+      return self:run_with_status(full, opts.on_stdout, false, opts, what)
+    end
+    local res, err, code = self:run_script(prelude(opts) .. append, run_opts(opts, {}))
+    if not res or res.code ~= 0 then
+      self:run_script("rm -f " .. scratch, {})
+      if not res then return nil, what .. ": " .. err, code end
+      return command_error(res, what)
+    end
+    piece, first = nxt, false
+  end
+end
+
+--- Run `script` with the bytes of `reader` (a function returning chunks then nil, or a string) on its stdin.
+--- Raw in one command when the channel is 8-bit clean; base64 on stdin (decoded by `base64 -d`) when it is
+--- not; base64 chunks of at most 96 KiB, one command each, when there is no stdin. The sandbox counts the
+--- bytes the script read; a difference from what was sent fails with "EIO" (unless opts.check == false).
+--- opts: on_progress(bytes_sent), on_stdout, env, cwd, timeout_ms, what (names the operation in errors).
+--- Returns the result: code (the script's exit code), stdout, stderr, sent, count (bytes the script read).
+---@param script string
+---@param reader function|string
+---@param opts table|nil
+---@return table|nil result, string|nil err, string|nil code
+function Sandbox:pipe_in(script, reader, opts)
+  opts = opts or {}
+  if not is_reader(reader) then error("pipe_in: expected a reader function or a string", 2) end
+  if type(reader) == "string" then reader = string_reader(reader) end
+  local what = opts.what or "pipe_in"
+  local counter = counting(reader, opts.on_progress)
+  local mode = self:input_mode()
+  local res, err, code
+  if mode == "chunks" then
+    res, err, code = self:pipe_in_chunks(script, counter.read, opts, what)
+  else
+    local decode = mode == "b64" and "base64 -d | " or ""
+    local stdin = mode == "b64" and b64_lines(counter.read) or counter.read
+    local full = prelude(opts) .. wrap_in(script, decode) .. 'exit "$ferry_rc"\n'
+    res, err, code = self:run_with_status(full, opts.on_stdout, false, opts, what, stdin)
+  end
+  if not res then return nil, err, code end
+  res.sent = counter.n
+  if res.code == 0 and not res.timed_out and opts.check ~= false and res.count ~= counter.n then
+    return nil, string.format("%s: sent %d bytes but the sandbox read %d", what, counter.n, res.count), "EIO"
+  end
+  return res
+end
+
+--- Run `script` and give its stdout, as raw bytes, to on_chunk(bytes) (decoded from base64 when the channel
+--- is not 8-bit clean). on_chunk must not yield. The sandbox counts the bytes the script wrote; a
+--- difference from what arrived fails with "EIO". opts: on_progress(bytes_received), env, cwd, timeout_ms.
+--- Returns the result: code (the script's exit code), stderr, received, count (bytes the script wrote).
+---@param script string
+---@param on_chunk fun(bytes: string)
+---@param opts table|nil
+---@return table|nil result, string|nil err, string|nil code
+function Sandbox:pipe_out(script, on_chunk, opts)
+  opts = opts or {}
+  if type(on_chunk) ~= "function" then error("pipe_out: expected an on_chunk function", 2) end
+  local what = opts.what or "pipe_out"
+  local b64 = not self.caps.binary
+  local received = 0
+  local emit = function(bytes)
+    received = received + #bytes
+    on_chunk(bytes)
+    if opts.on_progress then opts.on_progress(received) end
+  end
+  local full = prelude(opts) .. wrap_out(script, b64 and " | base64" or "") .. 'exit "$ferry_rc"\n'
+  local res, err, code = self:run_with_status(full, emit, b64, opts, what)
+  if not res then return nil, err, code end
+  res.received = received
+  if res.code == 0 and not res.timed_out and res.count ~= received then
+    return nil, string.format("%s: received %d bytes but the sandbox sent %d", what, received, res.count), "EIO"
+  end
+  return res
+end
+
+local function write_script(path, tmp, size, mode)
+  local dir = split_path(path)
+  local lines = {
+    "ferry_f=" .. word(path) .. " ferry_t=" .. word(tmp),
+    "[ -d " .. word(dir) .. " ] || exit " .. ENOENT,
+    '[ -d "$ferry_f" ] && exit ' .. EISDIR,
+    'cat > "$ferry_t" || { rm -f "$ferry_t"; exit 1; }',
+  }
+  if size then
+    lines[#lines + 1] = 'ferry_n=$(($(stat -c %s "$ferry_t" 2>/dev/null || wc -c < "$ferry_t")))'
+    lines[#lines + 1] = '[ "$ferry_n" -eq ' .. size .. ' ] || { rm -f "$ferry_t"; echo "$ferry_n" >&2; exit '
+      .. ESHORT .. "; }"
+  end
+  if mode then lines[#lines + 1] = string.format('chmod %o "$ferry_t" || { rm -f "$ferry_t"; exit 1; }', mode) end
+  if size then lines[#lines + 1] = 'mv -f "$ferry_t" "$ferry_f" || { rm -f "$ferry_t"; exit 1; }' end
+  return table.concat(lines, "\n")
+end
+
+local function status_error(res, what, path)
+  if res.code == ENOENT then return nil, path .. ": no such file", "ENOENT" end
+  if res.code == EISDIR then return nil, path .. ": is a directory", "EISDIR" end
+  if res.code == ENOTDIR then return nil, path .. ": not a directory", "ENOTDIR" end
+  return command_error(res, what)
+end
+
+--- Write bytes (a string, or a reader function with opts.size when known) to a file: to a temp name in the
+--- same directory, renamed into place once its length is checked. opts: mode (integer), on_progress.
+--- One command when the size is known (two for a reader without opts.size: write, then rename).
+---@param path string
+---@param data string|function
+---@param opts table|nil
+---@return true|nil ok, string|nil err, string|nil code
+function Sandbox:write(path, data, opts)
+  need_path(path, "write")
+  opts = opts or {}
+  if not is_reader(data) then error("write: expected a string or a reader function", 2) end
+  if path:sub(-1) == "/" then return nil, path .. ": not a file path", "EINVAL" end
+  local size = type(data) == "string" and #data or opts.size
+  local dir = split_path(path)
+  local tmp = (dir == "/" and "" or dir) .. "/.ferry-tmp-" .. unique()
+  local what = "write " .. path
+  local res, err, code = self:pipe_in(write_script(path, tmp, size, opts.mode), data,
+    { on_progress = opts.on_progress, timeout_ms = opts.timeout_ms, what = what })
+  if not res or (not size and res.code ~= 0) then
+    self:run_script(prelude({}) .. "rm -f " .. word(tmp), {}) -- the script could not clean up: best effort
+  end
+  if not res then return nil, err, code end
+  if res.code == ENOENT then return nil, path .. ": no such directory " .. dir, "ENOENT" end
+  if res.code == ESHORT then
+    return nil, string.format("%s: the sandbox wrote %s of %d bytes", what, tail(res.stderr), size), "EIO"
+  end
+  if res.code ~= 0 or res.timed_out then return status_error(res, what, path) end
+  if size then return true end
+  local mv = "mv -f " .. word(tmp) .. " " .. word(path) .. " || { rm -f " .. word(tmp) .. "; exit 1; }"
+  local r2, err2, code2 = self:run_script(prelude(opts) .. mv, run_opts(opts, {}))
+  if not r2 then return nil, what .. ": " .. err2, code2 end
+  if r2.code ~= 0 then return command_error(r2, what) end
+  return true
+end
+
+local function read_script(path, max_bytes)
+  local lines = {
+    "ferry_f=" .. word(path),
+    '[ -e "$ferry_f" ] || exit ' .. ENOENT,
+    '[ -d "$ferry_f" ] && exit ' .. EISDIR,
+  }
+  if max_bytes then
+    lines[#lines + 1] = 'ferry_n=$(stat -L -c %s "$ferry_f" 2>/dev/null || wc -c < "$ferry_f") || exit 1'
+    lines[#lines + 1] = string.format('[ "$((ferry_n))" -gt %d ] && { echo "$((ferry_n))" >&2; exit %d; }',
+      max_bytes, EFBIG)
+  end
+  lines[#lines + 1] = 'exec cat "$ferry_f"'
+  return table.concat(lines, "\n")
+end
+
+-- Stream a remote file to emit(bytes); returns true or nil, message, code.
+function Sandbox:read_to(path, emit, opts)
+  need_path(path, "read")
+  opts = opts or {}
+  local max = opts.max_bytes
+  if max ~= nil and (math.type(max) ~= "integer" or max < 0) then
+    error("read: opts.max_bytes must be an integer >= 0", 3)
+  end
+  local what = "read " .. path
+  local res, err, code = self:pipe_out(read_script(path, max), emit,
+    { on_progress = opts.on_progress, timeout_ms = opts.timeout_ms, what = what })
+  if not res then return nil, err, code end
+  if res.code == EFBIG then
+    return nil, string.format("%s is %s bytes, over the %d byte limit", path, tail(res.stderr), max), "EFBIG"
+  end
+  if res.code ~= 0 or res.timed_out then return status_error(res, what, path) end
+  return true
+end
+
+--- Read a whole file. opts: max_bytes (checked before anything is sent), on_progress, timeout_ms.
+--- Errors: "<path>: no such file" ENOENT, "<path> is N bytes, over the M byte limit" EFBIG,
+--- "<path>: is a directory" EISDIR.
+---@param path string
+---@param opts table|nil
+---@return string|nil bytes, string|nil err, string|nil code
+function Sandbox:read(path, opts)
+  local parts = {}
+  local ok, err, code = self:read_to(path, function(c) parts[#parts + 1] = c end, opts)
+  if not ok then return nil, err, code end
+  return table.concat(parts)
+end
+
+--- Copy a local file into the sandbox (one command on an 8-bit clean channel); keeps its permission bits
+--- unless opts.mode.
+---@param local_path string
+---@param remote_path string
+---@param opts table|nil  mode, on_progress, timeout_ms
+---@return true|nil ok, string|nil err, string|nil code
+function Sandbox:put(local_path, remote_path, opts)
+  need_path(remote_path, "put")
+  need_path(local_path, "put")
+  opts = opts or {}
+  local f, err = io.open(local_path, "rb")
+  if not f then return nil, "put " .. local_path .. ": " .. tostring(err), "ENOENT" end
+  local size = f:seek("end")
+  f:seek("set")
+  local mode = opts.mode
+  if not mode then
+    local st = core.fs_stat(local_path)
+    mode = st and st.mode & 4095 or nil
+  end
+  local reader = function() return f:read(READ_BLOCK) end
+  local ok, werr, code = self:write(remote_path, reader,
+    { size = size, mode = mode, on_progress = opts.on_progress, timeout_ms = opts.timeout_ms })
+  f:close()
+  return ok, werr, code
+end
+
+--- Copy a sandbox file to a local path (written to a temp name beside it, renamed once complete).
+---@param remote_path string
+---@param local_path string
+---@param opts table|nil  max_bytes, on_progress, timeout_ms
+---@return true|nil ok, string|nil err, string|nil code
+function Sandbox:get(remote_path, local_path, opts)
+  need_path(remote_path, "get")
+  need_path(local_path, "get")
+  local tmp = local_path .. ".ferry-tmp-" .. unique()
+  local f, err = io.open(tmp, "wb")
+  if not f then return nil, "get " .. local_path .. ": " .. tostring(err), "EIO" end
+  local ok, rerr, code = self:read_to(remote_path, function(c) assert(f:write(c)) end, opts)
+  local closed, cerr = f:close()
+  if ok and not closed then ok, rerr, code = nil, "get " .. local_path .. ": " .. tostring(cerr), "EIO" end
+  if ok then
+    local renamed, mverr = os.rename(tmp, local_path)
+    if renamed then return true end
+    rerr, code = "get " .. local_path .. ": " .. tostring(mverr), "EIO"
+  end
+  os.remove(tmp)
+  return nil, rerr, code
+end
+
+local KIND_LETTER = { f = "file", d = "dir", l = "symlink", p = "fifo", s = "socket", c = "char", b = "block" }
+local KIND_BITS = { [0x8] = "file", [0x4] = "dir", [0xA] = "symlink", [0x1] = "fifo", [0xC] = "socket",
+  [0x2] = "char", [0x6] = "block" }
+
+local function ls_script(dir)
+  return table.concat({
+    "ferry_d=" .. word(dir),
+    '[ -d "$ferry_d" ] || { [ -e "$ferry_d" ] && exit ' .. ENOTDIR .. "; exit " .. ENOENT .. "; }",
+    "if find \"$ferry_d\" -maxdepth 0 -printf '' 2>/dev/null; then",
+    "  exec find \"$ferry_d\" -mindepth 1 -maxdepth 1 -printf '%y %m %s %f\\0'",
+    "fi",
+    'for ferry_e in "$ferry_d"/* "$ferry_d"/.[!.]* "$ferry_d"/..?*; do',
+    '  [ -e "$ferry_e" ] || [ -L "$ferry_e" ] || continue',
+    "  ferry_s=$(stat -c '%f %s' \"$ferry_e\") || exit 1",
+    "  printf '@%s %s\\000' \"$ferry_s\" \"${ferry_e##*/}\"",
+    "done",
+  }, "\n")
+end
+
+local function parse_entry(rec)
+  local letter, mode, size, name = rec:match("^(%a) (%d+) (%d+) (.*)$")
+  if letter then
+    return { name = name, kind = KIND_LETTER[letter] or "other", mode = tonumber(mode, 8), size = tonumber(size) }
+  end
+  local raw, size2, name2 = rec:match("^@(%x+) (%d+) (.*)$")
+  if not raw then return nil end
+  raw = tonumber(raw, 16)
+  return { name = name2, kind = KIND_BITS[raw >> 12] or "other", mode = raw & 4095, size = tonumber(size2) }
+end
+
+--- List a directory: entries {name, kind ("file"|"dir"|"symlink"|"fifo"|"socket"|"char"|"block"), size,
+--- mode} sorted by name, symlinks not followed. Errors: "<dir>: no such directory" ENOENT,
+--- "<dir>: not a directory" ENOTDIR.
+---@param dir string
+---@param opts table|nil  timeout_ms
+---@return table[]|nil entries, string|nil err, string|nil code
+function Sandbox:ls(dir, opts)
+  need_path(dir, "ls")
+  opts = opts or {}
+  local parts = {}
+  local what = "ls " .. dir
+  local res, err, code = self:pipe_out(ls_script(dir), function(c) parts[#parts + 1] = c end,
+    { timeout_ms = opts.timeout_ms, what = what })
+  if not res then return nil, err, code end
+  if res.code == ENOENT then return nil, dir .. ": no such directory", "ENOENT" end
+  if res.code ~= 0 or res.timed_out then return status_error(res, what, dir) end
+  local entries = {}
+  for rec in table.concat(parts):gmatch("([^%z]+)%z") do
+    local e = parse_entry(rec)
+    if not e then return nil, what .. ": cannot parse the listing entry " .. string.format("%q", rec), "EIO" end
+    entries[#entries + 1] = e
+  end
+  table.sort(entries, function(a, b) return a.name < b.name end)
+  return entries
+end
+
+--- Create a directory and its missing parents (ok when it exists). opts.mode sets its permission bits.
+---@param path string
+---@param opts table|nil  mode
+---@return true|nil ok, string|nil err, string|nil code
+function Sandbox:mkdir(path, opts)
+  need_path(path, "mkdir")
+  opts = opts or {}
+  local script = "mkdir -p " .. word(path)
+  if opts.mode then script = script .. string.format(" && chmod %o %s", opts.mode, word(path)) end
+  local res, err, code = self:run_script(prelude({}) .. script, run_opts(opts, {}))
+  if not res then return nil, "mkdir " .. path .. ": " .. err, code end
+  if res.code ~= 0 then return command_error(res, "mkdir " .. path) end
+  return true
+end
+
+--- Remove a file, a symlink or a directory tree (ok when missing). Refuses "/".
+---@param path string
+---@return true|nil ok, string|nil err, string|nil code
+function Sandbox:rm(path, opts)
+  need_path(path, "rm")
+  opts = opts or {}
+  if path:match("^[/.]*$") then
+    return nil, "rm: refusing to remove '" .. path .. "'", "EINVAL"
+  end
+  local res, err, code = self:run_script(prelude({}) .. "rm -rf " .. word(path), run_opts(opts, {}))
+  if not res then return nil, "rm " .. path .. ": " .. err, code end
+  if res.code ~= 0 then return command_error(res, "rm " .. path) end
+  return true
+end
+
+--- Release the provider (idempotent).
+function Sandbox:close()
+  if self.closed then return end
+  self.closed = true
+  if self.provider.close then self.provider:close() end
+end
+
+local function known_providers()
+  local listed = {}
+  for _, p in ipairs(policy.list("providers")) do listed[p.name] = true end
+  local names = {}
+  for _, n in ipairs(BUILTIN_ORDER) do
+    if listed[n] then
+      names[#names + 1] = n
+      listed[n] = nil
+    end
+  end
+  local rest = {}
+  for n in pairs(listed) do rest[#rest + 1] = n end
+  table.sort(rest)
+  table.move(rest, 1, #rest, #names + 1, names)
+  for i, n in ipairs(names) do
+    local ok, mod = pcall(policy.load, "providers", n)
+    names[i] = ok and type(mod) == "table" and mod.usage or n
+  end
+  return table.concat(names, ", ")
+end
+
+--- Open a sandbox on a provider string: "local", "bwrap:DIR", "cmd:ARGV...", or any provider found by
+--- ferry.policy ("NAME" or "NAME:ARG").
+--- opts: caps (overrides what the provider declares, e.g. {binary=false} to force base64), on_exec(argv,
+--- script) called before every command, log(level, message), probe (false skips a provider's probe).
+---@param spec string
+---@param opts table|nil
+---@return table|nil sandbox, string|nil err, string|nil code
+function M.open(spec, opts)
+  opts = opts or {}
+  if type(spec) ~= "string" then error("ferry.open: expected a provider string, got " .. type(spec), 2) end
+  local name, arg = spec:match("^([%w_][%w_%-]*):(.*)$")
+  if not name then name = spec:match("^([%w_][%w_%-]*)$") end
+  local mod, lerr, lcode
+  if name then mod, lerr, lcode = policy.load("providers", name) end
+  if not mod and lcode and lcode ~= "ENOENT" then return nil, "provider '" .. name .. "': " .. lerr, lcode end
+  if not mod then
+    return nil, string.format("unknown provider '%s': known providers are %s (see ferry providers)",
+      name or spec, known_providers()), "EINVAL"
+  end
+  local provider, err, code = mod.open(arg, opts)
+  if not provider then return nil, err, code end
+  local caps = {}
+  for k, v in pairs(provider.caps or {}) do caps[k] = v end
+  for k, v in pairs(opts.caps or {}) do caps[k] = v end
+  return setmetatable({
+    provider = provider,
+    name = provider.name or spec,
+    caps = caps,
+    remote_dir_default = provider.default_remote_dir,
+    on_exec = opts.on_exec,
+    log = opts.log,
+  }, Sandbox)
+end
+
+M.Sandbox = Sandbox
+
+return M
