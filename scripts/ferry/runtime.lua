@@ -565,52 +565,88 @@ end
 
 -- ---- restore ----
 
-local SIMPLE_NAME = "^[%w%._%-%*%?%+@,=:~ ]+$" -- a component pattern shell `case` and GNU tar read as we do
+local SIMPLE_NAME = "^[%w%._%-%*%?%+@,=:~ ]+$" -- one component, read alike by `case`, find -name and us
 
 -- A one-component exclude pattern as a shell `case` pattern: literal runs quoted, '*' and '?' bare.
 local function case_pattern(p)
   return (p:gsub("[^%*%?]+", function(lit) return q(lit) end))
 end
 
--- Shell script that writes the remote workspace as a tar stream on stdout, leaving out the runtime dir,
--- preserved names, top-level excluded names and (when the tar is GNU's) bare-name excludes at any depth.
--- The sandbox may only leave out less than the local excludes do, never more: a path missing from the
--- stream reads as deleted remotely. So nothing is left out remotely when a pattern re-includes ('!').
+-- The exclude patterns the sandbox can apply itself, by kind: top-level names (`case`, any tar) and names
+-- at any depth (find -name, when find and tar can read a NUL-separated list); each for any entry or for
+-- directories only. The sandbox may leave out less than the local excludes do, never more (a path missing
+-- from the stream reads as deleted remotely), so nothing is left out when a pattern re-includes ('!').
+local function remote_excludes(patterns)
+  local x = { top = {}, top_dirs = {}, any = {}, any_dirs = {} }
+  for _, p in ipairs(patterns) do
+    if p:sub(1, 1) == "!" then return { top = {}, top_dirs = {}, any = {}, any_dirs = {} } end
+  end
+  for _, p in ipairs(patterns) do
+    local body, dirs = p:match("^(.-)(/?)$")
+    local anchored = body:match("^/(.+)$")
+    local name = anchored or body
+    if name:match(SIMPLE_NAME) then
+      local top = dirs == "/" and x.top_dirs or x.top
+      top[#top + 1] = case_pattern(name)
+      if not anchored then
+        local any = dirs == "/" and x.any_dirs or x.any
+        any[#any + 1] = q(name)
+      end
+    end
+  end
+  return x
+end
+
+local function find_names(list)
+  local parts = {}
+  for _, n in ipairs(list) do parts[#parts + 1] = "-name " .. n end
+  return table.concat(parts, " -o ")
+end
+
+-- find's expression that prunes the excluded names at any depth, then prints the rest NUL-terminated.
+local function find_expression(x)
+  local prune = {}
+  if #x.any_dirs > 0 then prune[#prune + 1] = "-type d \\( " .. find_names(x.any_dirs) .. " \\)" end
+  if #x.any > 0 then prune[#prune + 1] = "\\( " .. find_names(x.any) .. " \\)" end
+  if #prune == 0 then return "-print0" end
+  return "\\( " .. table.concat(prune, " -o ") .. " \\) -prune -o -print0"
+end
+
+-- Shell script that writes the remote workspace as a tar stream on stdout: names "./<top>/...", without
+-- the runtime dir, preserved names and the excludes the sandbox can apply (see remote_excludes).
 local function restore_script(remote_dir, state)
   local skip = {}
   for _, n in ipairs(state.preserve) do skip[#skip + 1] = q(n) end
   if #skip == 0 then skip[1] = q(M.RUNTIME_DIR) end
-  local gnu_excludes, has_include = {}, false
-  for _, p in ipairs(state.excludes) do
-    if p:sub(1, 1) == "!" then has_include = true end
-  end
-  if not has_include then
-    for _, p in ipairs(state.excludes) do
-      local top = p:match("^/(.+)$")
-      if p:match(SIMPLE_NAME) then
-        gnu_excludes[#gnu_excludes + 1] = "--exclude=" .. q(p)
-        skip[#skip + 1] = case_pattern(p)
-      elseif top and top:match(SIMPLE_NAME) then
-        skip[#skip + 1] = case_pattern(top)
-      end
-    end
-  end
-  local with = #gnu_excludes > 0 and "--no-wildcards-match-slash " .. table.concat(gnu_excludes, " ") .. " " or ""
-  return table.concat({
+  local x = remote_excludes(state.excludes)
+  for _, pat in ipairs(x.top) do skip[#skip + 1] = pat end
+  local lines = {
     "ferry_r=" .. q(remote_dir),
     'if [ ! -d "$ferry_r" ]; then echo "ferry-restore: missing" >&2; exit 3; fi',
     'cd "$ferry_r" || exit 1',
     "set --",
     "for f in * .[!.]* ..?*; do",
+    '  [ -e "$f" ] || [ -L "$f" ] || continue',
     "  case $f in " .. table.concat(skip, "|") .. ") continue ;; esac",
-    '  if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "$f"; fi',
+  }
+  if #x.top_dirs > 0 then
+    lines[#lines + 1] = '  if [ -d "$f" ] && [ ! -L "$f" ]; then case $f in ' .. table.concat(x.top_dirs, "|")
+      .. ") continue ;; esac; fi"
+  end
+  for _, line in ipairs {
+    '  set -- "$@" "./$f"',
     "done",
     "[ $# -gt 0 ] || exit 0",
-    "if tar -c -f - --no-wildcards-match-slash --exclude=x -- /dev/null >/dev/null 2>&1; then",
-    '  exec tar -c -f - ' .. with .. '-- "$@"',
+    "if find . -maxdepth 0 -print0 >/dev/null 2>&1 && tar -c -f - --null --no-recursion -T /dev/null >/dev/null 2>&1",
+    "then",
+    '  find "$@" ' .. find_expression(x) .. " | tar -c -f - --null --no-recursion -T -",
+    "  exit $?",
     "fi",
     'exec tar -c -f - -- "$@"',
-  }, "\n")
+  } do
+    lines[#lines + 1] = line
+  end
+  return table.concat(lines, "\n")
 end
 
 -- Receive the remote workspace into `spool`. Returns {received} or nil, message, code.
@@ -764,7 +800,8 @@ local function restore_locked(opts, st, path, ws, progress, redact_deep, result)
     if not hooked then return nil, "restore: " .. herr, "EHOOK" end
     local max_bytes = opts.max_bytes or M.DEFAULT_MAX_BYTES
     local spool = spool_dir .. "/remote.tar"
-    local got, gerr, gcode = receive(sb, st.remote_dir, st, spool, max_bytes + SPOOL_SLACK, progress)
+    local got, gerr, gcode = receive(sb, st.remote_dir, st, spool, opts.max_stream_bytes or max_bytes + SPOOL_SLACK,
+      progress)
     if not got then return nil, gerr, gcode, result end
     result.bytes_received = got.received
     if got.warning then result.warnings[#result.warnings + 1] = got.warning end
@@ -816,6 +853,7 @@ end
 ---   adapter         adapter name or table (default: the state's; a missing one only loses its hooks)
 ---   allow_outside_symlinks  let symlinks point outside the workspace (default false)
 ---   max_bytes       content limit of the archive (default 1 GiB)
+---   max_stream_bytes  limit of the stream itself, headers included (default max_bytes + 256 MiB)
 ---   progress, secrets, on_exec   as for prepare (phases restore, finalize)
 --- Returns {changed, deleted, conflicts (paths), conflict_copies = {path = copy}, kept, refused, ignored,
 --- warnings, bytes_received, commands, state} or nil, message, code[, partial result with `refused`].
