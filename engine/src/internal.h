@@ -34,6 +34,28 @@ void ferry_proc_kill_all(lua_State *L, int hard);
 /* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */
 int ferry_fail(lua_State *L, const char *code, const char *fmt, ...);
 
+/* fs.c: confined, never-follow filesystem access below a root (shared with archive.c).
+ * Functions return 0 or an fd on success and -errno on failure; `bad` receives the length of the prefix of
+ * `rel` naming the component that failed (FERRY_FS_NO_COMPONENT when no component is to blame). */
+#define FERRY_FS_NO_COMPONENT ((size_t)-1)
+typedef struct ferry_fs_tmp { /* a temp file beside its final name */
+  int dirfd, fd;
+  char name[32];
+} ferry_fs_tmp;
+const char *ferry_errname(int err, char *buf, size_t size); /* errno -> "ENOENT" etc. */
+int ferry_fs_rel_ok(const char *rel, size_t len); /* relative, '/'-separated, no empty/./.. parts */
+int ferry_fs_walk(int rootfd, const char *rel, size_t len, int create, size_t *bad); /* dir fd of rel[0,len) */
+int ferry_fs_open_parent(int rootfd, const char *rel, int create, const char **leaf, size_t *bad);
+int ferry_fs_mkdir(int rootfd, const char *rel, int mode, size_t *bad); /* mode < 0: leave as made */
+int ferry_fs_symlink_in(int dirfd, const char *leaf, const char *target); /* temp + rename */
+void ferry_fs_tmp_init(ferry_fs_tmp *t);
+int ferry_fs_tmp_create(ferry_fs_tmp *t, int dirfd); /* takes dirfd; O_CREAT|O_EXCL|O_NOFOLLOW */
+int ferry_fs_tmp_write(ferry_fs_tmp *t, const void *data, size_t len);
+int ferry_fs_tmp_commit(ferry_fs_tmp *t, const char *leaf, unsigned mode); /* chmod & 0777, rename; frees */
+void ferry_fs_tmp_abort(ferry_fs_tmp *t);                                  /* remove the temp file; frees */
+/* Pushes nil, "<op> <root>/<rel>: <reason>", code; returns 3. */
+int ferry_fs_fail(lua_State *L, int err, const char *op, const char *root, const char *rel, size_t bad);
+
 /* The embedded Lua sources (generated from scripts/ and providers/), NULL-terminated. */
 typedef struct ferry_embedded_file {
   const char *path; /* relative module path, e.g. "ferry/init.lua", "providers/local.lua" */
