@@ -502,6 +502,43 @@ describe("runtime state and errors", function()
     assert.equal("a\n", W.read(ws, "a.txt"))
   end)
 
+  it("reports byte progress for every phase, redacting secrets", function()
+    local progress = require "ferry.progress"
+    local cjson = require "cjson"
+    local lines = {}
+    local sink = { write = function(self, ...)
+      for _, s in ipairs { ... } do lines[#lines + 1] = s end
+      return self
+    end }
+    W.write(ws, "big.bin", urandom(300000))
+    W.write(tmp, "asset/x", "x\n")
+    local secret = "sk-this-is-a-secret-value-123456"
+    local p = progress.new { json = true, out = sink, err = sink, redact = require("ferry.redact").new { secret } }
+    assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root, state = tmp .. "/state.json",
+      progress = p, secrets = { secret }, assets = { a = tmp .. "/asset" },
+      adapter = shell_adapter { detect = "ferry-no-such-command", install = "echo " .. secret .. "; exit 3" } })
+    W.write(box.root, "big.bin", urandom(200000))
+    assert(runtime.restore { state = tmp .. "/state.json", progress = p })
+    p:finish({})
+    local text = table.concat(lines)
+    assert.is_nil(text:find(secret, 1, true))
+    local phases, done, warned = {}, {}, false
+    for line in text:gmatch("[^\n]+") do
+      local e = cjson.decode(line)
+      if e.event == "phase" then phases[#phases + 1] = e.phase end
+      if e.event == "progress" and e.done then done[e.phase] = e.bytes end
+      if e.event == "message" and e.level == "warn" then
+        warned = true
+        assert.equal("install exited with code 3: ***", e.message)
+      end
+    end
+    assert.same({ "install", "sync", "assets", "finalize", "restore", "finalize" }, phases)
+    assert.is_true(warned)
+    assert.is_true(done.sync > 300000)
+    assert.is_true(done.assets > 0)
+    assert.is_true(done.restore > 200000)
+  end)
+
   it("works with an opened sandbox in every transfer mode", function()
     for _, caps in ipairs { {}, { binary = false }, { stdin = false } } do
       local sb = ferry.open("local", { caps = caps })

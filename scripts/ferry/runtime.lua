@@ -501,7 +501,8 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
   local snap, names, info = snapshot.take(ws, { matcher = matcher })
   if not snap then return nil, "prepare: " .. names, info end
 
-  local result = { remote_dir = remote_dir, runtime_dir = runtime_dir, asset_dirs = asset_dirs,
+  local result = { workspace = ws, provider = provider_string, remote_dir = remote_dir, runtime_dir = runtime_dir,
+    asset_dirs = asset_dirs,
     adapter = adapter.name, files = info.files, dirs = info.dirs, symlinks = info.symlinks, warnings = {} }
   local inst = install(sb, adapter, runtime_dir, opts, progress, redact_fn)
   result.installed, result.install_status, result.install_warning = inst.installed, inst.status, inst.warning
@@ -547,7 +548,8 @@ end
 ---   state           state file path (default ferry.state.default_path(provider, remote_dir))
 ---   progress        a ferry.progress reporter (phases install, sync, assets, finalize); secrets: list of
 ---                   values to redact; on_exec(argv, script) for every command; install_timeout_ms (300 s)
---- Returns {remote_dir, runtime_dir, asset_dirs = {key = dir}, installed = true|false|nil, install_status
+--- Returns {workspace, provider, remote_dir, runtime_dir, asset_dirs = {key = dir}, installed = true|false|nil,
+--- install_status
 --- ("none"|"present"|"installed"|"failed"|"missing"), install_warning, bytes_sent, commands, state, files,
 --- dirs, symlinks, warnings} or nil, message, code.
 ---@param opts table
@@ -855,8 +857,9 @@ end
 ---   max_bytes       content limit of the archive (default 1 GiB)
 ---   max_stream_bytes  limit of the stream itself, headers included (default max_bytes + 256 MiB)
 ---   progress, secrets, on_exec   as for prepare (phases restore, finalize)
---- Returns {changed, deleted, conflicts (paths), conflict_copies = {path = copy}, kept, refused, ignored,
---- warnings, bytes_received, commands, state} or nil, message, code[, partial result with `refused`].
+--- Returns {changed, deleted, conflicts (paths), conflict_copies = {path = copy}, kept, refused, warnings,
+--- bytes_received, commands, state, workspace, remote_dir, runtime_dir, provider} or nil, message, code[,
+--- partial result with `refused` (one "<entry>: <reason>" per refused entry)].
 --- Errors: "restore: another restore of <workspace> is running" EBUSY; "restore refused: <entry>: <reason>"
 --- EPERM; "restore refused: archive exceeds the N byte limit at <entry>" and "restore refused: the sandbox
 --- sent over N bytes" EFBIG; "restore: <remote> does not exist in the sandbox; nothing restored" ENOENT;
@@ -879,8 +882,9 @@ function M.restore(opts)
   if not lock then return nil, "restore: another restore of " .. ws .. " is running", "EBUSY" end
   local redact_fn, redact_deep = make_redactor(opts.secrets)
   local progress = opts.progress or QUIET
-  local result = { state = path, workspace = ws, changed = {}, deleted = {}, conflicts = {}, refused = {},
-    warnings = {}, bytes_received = 0, commands = 0 }
+  local result = { state = path, workspace = ws, remote_dir = st.remote_dir, runtime_dir = st.runtime_dir,
+    provider = st.provider, changed = {}, deleted = {}, conflicts = {}, refused = {}, warnings = {},
+    bytes_received = 0, commands = 0 }
   local inner = setmetatable({ redact_fn = redact_fn }, { __index = opts })
   local ok, r1, r2, r3, r4 = pcall(restore_locked, inner, st, path, ws, progress, redact_deep, result)
   lock:unlock()
