@@ -4,11 +4,7 @@ local core = require "ferry.core"
 local run = ferry.proc.run
 
 local function fd_count()
-  local n = 0
-  local p = io.popen("ls /proc/" .. core.getpid() .. "/fd")
-  for _ in p:lines() do n = n + 1 end
-  p:close()
-  return n
+  return #assert(core.fs_readdir("/proc/self/fd"))
 end
 
 -- A zombie (killed, not yet reaped by init) counts as dead.
