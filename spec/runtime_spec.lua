@@ -143,6 +143,20 @@ for _, label in ipairs { "local", "bwrap", "cmd", "busybox" } do
       end
     end)
 
+    if label ~= "busybox" then
+      it("brings hard-linked files back as plain files", function()
+        W.write(ws, "a", "a\n")
+        assert(prepare())
+        W.write(box.host_root, "shared", "same inode\n")
+        assert(os.execute("ln " .. core.sh_quote(box.host_root .. "/shared") .. " "
+          .. core.sh_quote(box.host_root .. "/linked")))
+        local got = assert(ferry.restore { state = state })
+        assert.same({ "linked", "shared" }, got.changed)
+        assert.equal("same inode\n", W.read(ws, "linked"))
+        assert.equal(1, core.fs_lstat(ws .. "/linked").nlink)
+      end)
+    end
+
     it("moves a 20 MB file both ways", function()
       local big = urandom(20 * 1024 * 1024)
       W.write(ws, "big.bin", big)

@@ -524,7 +524,7 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
   result.bytes_sent = synced.bytes + asset_bytes
 
   progress:phase("finalize")
-  local path = opts.state or state_file.default_path(provider_string, remote_dir)
+  local path = opts.state and absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
   local record = redact_deep({
     version = state_file.VERSION, ferry_version = core.version, provider = provider_string,
     remote_dir = remote_dir, runtime_dir = runtime_dir, adapter = adapter.name, workspace = ws,
@@ -639,9 +639,10 @@ local function restore_script(remote_dir, state)
     '  set -- "$@" "./$f"',
     "done",
     "[ $# -gt 0 ] || exit 0",
-    "if find . -maxdepth 0 -print0 >/dev/null 2>&1 && tar -c -f - --null --no-recursion -T /dev/null >/dev/null 2>&1",
-    "then",
-    '  find "$@" ' .. find_expression(x) .. " | tar -c -f - --null --no-recursion -T -",
+    "if find . -maxdepth 0 -print0 >/dev/null 2>&1 &&",
+    "  tar -c -f - --hard-dereference --null --no-recursion -T /dev/null >/dev/null 2>&1; then",
+    -- GNU tar: hard-linked files travel as files (a hard link entry is refused on arrival)
+    '  find "$@" ' .. find_expression(x) .. " | tar -c -f - --hard-dereference --null --no-recursion -T -",
     "  exit $?",
     "fi",
     'exec tar -c -f - -- "$@"',
@@ -710,7 +711,7 @@ local function local_snapshot(ws, matcher, st)
   return snap
 end
 
-local function apply(ws, spool, plan, name_of, result)
+local function apply(ws, spool, plan, name_of, max_bytes, result)
   local writes, chmods = {}, {}
   for _, a in ipairs(plan.actions) do
     if a.op == "remove" or a.op == "rmdir" then
@@ -739,11 +740,12 @@ local function apply(ws, spool, plan, name_of, result)
       if xplan[name] then
         later[#later + 1] = a
       else
-        xplan[name] = { dest = a.path, mode = a.entry.mode or 420 }
+        -- the sha256 the guard saw is checked again before each rename
+        xplan[name] = { dest = a.path, mode = a.entry.mode or 420, sha256 = a.entry.sha256 }
         n = n + 1
       end
     end
-    local count, err, code = core.tar_extract(spool, ws, xplan)
+    local count, err, code = core.tar_extract(spool, ws, xplan, { max_bytes = max_bytes })
     if not count then return nil, "restore: " .. err, code end
     if count ~= n then return nil, string.format("restore: wrote %d of %d entries", count, n), "EIO" end
     writes = later
@@ -787,6 +789,10 @@ local function restore_locked(opts, st, path, ws, progress, redact_deep, result)
     result.warnings[#result.warnings + 1] = "restore: " .. aerr .. "; restoring without its hooks"
     adapter = { name = tostring(st.adapter), hooks = {} }
   end
+  if not opts.sb and st.provider:find("***", 1, true) then
+    return nil, "restore: the provider string in " .. path .. " was redacted (it held a secret); pass the "
+      .. "sandbox itself (opts.sb) or keep secrets out of provider strings", "EINVAL"
+  end
   local sb, provider_string, counter = open_sandbox(opts.sb or st.provider, opts.on_exec)
   if not sb then return nil, "restore: " .. provider_string, counter end
   local redact_fn = opts.redact_fn
@@ -824,7 +830,7 @@ local function restore_locked(opts, st, path, ws, progress, redact_deep, result)
       local wrote, werr, wcode = state_file.write(path, redact_deep(st))
       if not wrote then return nil, "restore: " .. werr, wcode end
     end
-    local applied, xerr, xcode = apply(ws, spool, plan, name_of, result)
+    local applied, xerr, xcode = apply(ws, spool, plan, name_of, max_bytes, result)
     if not applied then return nil, xerr, xcode, result end
     st.pending_removals, st.baseline, st.restored_at = nil, remote, os.time()
     local wrote, werr, wcode = state_file.write(path, redact_deep(st))
