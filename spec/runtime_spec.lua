@@ -426,6 +426,74 @@ describe("runtime assets", function()
   end)
 end)
 
+describe("runtime hooks", function()
+  local box, ws, tmp
+  before_each(function()
+    box = sandboxes.make("local")
+    tmp = helpers.tmpdir()
+    ws = tmp .. "/ws"
+    W.write(ws, "a.txt", "a\n")
+  end)
+  after_each(function()
+    box:cleanup()
+    helpers.rmtree(tmp)
+  end)
+
+  it("runs before_sync, after_sync, before_restore and after_restore with the context", function()
+    local calls = {}
+    local adapter = shell_adapter { hooks = {
+      before_sync = function(ctx)
+        calls[#calls + 1] = "before_sync"
+        assert.equal(ws, ctx.workspace)
+        assert.equal(box.root, ctx.remote_dir)
+        assert.equal(os.getenv("HOME"), ctx.env("HOME"))
+      end,
+      after_sync = function(ctx)
+        calls[#calls + 1] = "after_sync"
+        assert.equal("a\n", W.read(ctx.remote_dir, "a.txt"))
+        assert(ctx.sb:write(ctx.runtime_dir .. "/hook.txt", "from the hook\n"))
+        ctx.asset_dirs.extra = ctx.runtime_dir .. "/hook.txt"
+      end,
+      before_restore = function(ctx)
+        calls[#calls + 1] = "before_restore"
+        assert.equal(box.root .. "/.ferry-runtime", ctx.runtime_dir)
+      end,
+      after_restore = function(ctx)
+        calls[#calls + 1] = "after_restore"
+        assert.equal("changed\n", W.read(ctx.workspace, "a.txt"))
+        error("a failing after_restore hook is a warning")
+      end,
+    } }
+    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json", adapter = adapter })
+    assert.equal(box.root .. "/.ferry-runtime/hook.txt", res.asset_dirs.extra)
+    assert.equal("from the hook\n", W.read(box.root, ".ferry-runtime/hook.txt"))
+    W.write(box.root, "a.txt", "changed\n")
+    local got = assert(runtime.restore { state = res.state, adapter = adapter })
+    assert.same({ "before_sync", "after_sync", "before_restore", "after_restore" }, calls)
+    assert.matches("adapter test after_restore hook failed: .*a failing after_restore hook", got.warnings[1])
+  end)
+
+  it("stops a prepare whose before_sync hook fails", function()
+    local ok, err, code = runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json",
+      adapter = shell_adapter { hooks = { before_sync = function() error("boom", 0) end } } }
+    assert.is_nil(ok)
+    assert.equal("prepare: adapter test before_sync hook failed: boom", err)
+    assert.equal("EHOOK", code)
+    assert.is_nil(W.read(box.root, "a.txt"))
+  end)
+
+  it("restores without the adapter's hooks when the adapter is gone", function()
+    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json", adapter = shell_adapter { name = "vanished" } })
+    W.write(box.root, "a.txt", "changed\n")
+    local got = assert(runtime.restore { state = res.state })
+    assert.same({ "a.txt" }, got.changed)
+    assert.matches("no adapter named 'vanished'.*without its hooks", got.warnings[1])
+  end)
+end)
+
 describe("runtime state and errors", function()
   local box, ws, tmp
   before_each(function()
