@@ -462,9 +462,175 @@ local function failed(o, p, verb, err, code, partial)
   fail(err)
 end
 
+---------------------------------------------------------------------------------------------------------------
+-- --many: several sandboxes from a JSON list, at most --jobs at a time on one loop
+
+local MANY = { names = { "--many" }, key = "many", value = "FILE" }
+local JOBS = { names = { "--jobs" }, key = "jobs", value = "N" }
+M.DEFAULT_JOBS = 8
+
+local MANY_FIELDS = {
+  prepare = { required = { "provider", "workspace", "state" }, optional = { "adapter", "remote_dir" } },
+  restore = { required = { "state" }, optional = { "provider", "adapter", "workspace", "remote_dir" } },
+}
+
+--- The value of --jobs: an integer >= 1 (default 8).
+---@return integer|nil jobs
+---@return string|nil err
+function M.parse_jobs(value)
+  if value == nil then return M.DEFAULT_JOBS end
+  local n = value:match("^%d+$") and math.tointeger(tonumber(value))
+  if not n or n < 1 then return nil, "--jobs expects an integer >= 1, got '" .. value .. "'" end
+  return n
+end
+
+--- Read a --many FILE: a JSON list of objects with the verb's fields (prepare: provider, workspace, state
+--- required; adapter, remote_dir optional. restore: state required, the prepare fields allowed). Items are
+--- numbered from 1 in messages.
+---@param path string
+---@param verb string  "prepare"|"restore"
+---@return table|nil items
+---@return string|nil err  "FILE: ..." naming the item index and the field
+function M.load_many(path, verb)
+  local f, oerr = io.open(path, "rb")
+  if not f then return nil, "--many: " .. oerr end
+  local text = f:read("a")
+  f:close()
+  local ok, list = pcall(require("cjson").decode, text)
+  if not ok then return nil, "--many: " .. path .. ": not JSON: " .. tostring(list) end
+  -- cjson reads {} and [] alike: only a text that starts with '[' is a list.
+  if type(list) ~= "table" or not text:match("^%s*%[") then
+    return nil, "--many: " .. path .. ": expected a JSON list of objects"
+  end
+  local fields = MANY_FIELDS[verb]
+  local known = {}
+  for _, k in ipairs(fields.required) do known[k] = true end
+  for _, k in ipairs(fields.optional) do known[k] = true end
+  for i, item in ipairs(list) do
+    local where = "--many: " .. path .. ": item " .. i
+    if type(item) ~= "table" then return nil, where .. ": expected an object" end
+    for _, k in ipairs(fields.required) do
+      if item[k] == nil then return nil, where .. ": missing field \"" .. k .. "\"" end
+    end
+    for k, v in pairs(item) do
+      if not known[k] then return nil, where .. ": unknown field \"" .. tostring(k) .. "\"" end
+      if type(v) ~= "string" or v == "" then
+        return nil, where .. ": field \"" .. k .. "\" must be a non-empty string"
+      end
+    end
+  end
+  return list
+end
+
+-- The options that name one sandbox make no sense with --many: its FILE names them per item.
+local function check_many_options(verb, o, single)
+  if not o.many then
+    if o.jobs then usage("--jobs needs --many FILE") end
+    return nil
+  end
+  for _, name in ipairs(single) do
+    if o[name[1]] then usage(name[2] .. " cannot be combined with --many (give it per item in FILE)") end
+  end
+  local jobs, err = M.parse_jobs(o.jobs)
+  if not jobs then usage(err) end
+  local items, lerr = M.load_many(o.many, verb)
+  if not items then usage(lerr) end
+  return items, jobs
+end
+
+-- What a --many summary line names a sandbox by: the workspace for prepare, the state file for restore.
+local function many_line(verb, e)
+  local name = verb == "prepare" and e.workspace or e.state
+  local line = string.format("%s %s -> %s:%s (%s, %d ms)", e.ok and "ok" or "FAILED", tostring(name),
+    tostring(e.provider or "?"), tostring(e.remote_dir or "?"), human_bytes(e.bytes), e.ms)
+  if not e.ok then return line .. ": " .. tostring(e.error) end
+  if e.conflicts and #e.conflicts > 0 then line = line .. ", " .. plural(#e.conflicts, "conflict") end
+  return line
+end
+
+local function prepare_item(item, o)
+  local r, err, code = require("ferry").prepare {
+    provider = item.provider, adapter = item.adapter, workspace = item.workspace, remote_dir = item.remote_dir,
+    state = item.state, excludes = o.exclude, assets = parse_assets(o.asset), secrets = secret_values(o.secret_env),
+  }
+  if not r then return { error = err, code = code } end
+  local obj = M.result_object("prepare", r)
+  obj.provider = item.provider
+  return obj
+end
+
+local function restore_item(item, o, max_bytes)
+  local r, err, code, partial = require("ferry").restore {
+    state = item.state, max_bytes = max_bytes, allow_outside_symlinks = o.allow_outside_symlinks,
+    secrets = secret_values(o.secret_env),
+  }
+  if not r then return { error = err, code = code, refused = partial and list_or_empty(partial.refused) or {} } end
+  return M.result_object("restore", r, require("ferry.state").read(r.state or item.state))
+end
+
+-- The per-sandbox object: the verb's result, or {ok = false, error, code}, with what the item named filled in.
+local function many_entry(verb, item, index, obj, raised, ms)
+  local e = obj or { error = tostring(raised), code = "EFAULT" }
+  e.verb, e.index, e.ms = verb, index, math.floor(ms + 0.5)
+  e.ok = e.error == nil
+  if verb == "restore" and not e.ok then
+    local st = require("ferry.state").read(item.state) or {}
+    e.provider, e.remote_dir, e.workspace = st.provider, st.remote_dir, st.workspace
+  end
+  for k, v in pairs(item) do
+    if e[k] == nil then e[k] = v end
+  end
+  e.bytes = e.bytes or 0
+  return e
+end
+
+--- Run `verb` over the items, at most `jobs` at once; print a line (or a JSON object with --json) per sandbox
+--- as it finishes, then with --json {"event":"result","ok":...,"results":[...]} (in FILE order).
+--- Exit 1 when any failed, else 3 when a restore had conflicts, else 0.
+local function run_many(verb, o, items, jobs, run_item)
+  local cjson = require "cjson"
+  local core = require "ferry.core"
+  local started = {}
+  local entries = {}
+  require("ferry.pool").run(items, jobs, function(item, i)
+    started[i] = core.now_ms()
+    return run_item(item)
+  end, function(i, value, err)
+    local e = many_entry(verb, items[i], i, value, err, core.now_ms() - started[i])
+    entries[i] = e
+    if o.json then
+      local event = copy_fields(e)
+      event.event = "sandbox"
+      say(io.stdout, cjson.encode(event), "\n")
+    else
+      say(io.stdout, many_line(verb, e), "\n")
+    end
+    io.stdout:flush()
+  end)
+  local n_failed, conflicts = 0, 0
+  for i = 1, #items do
+    if not entries[i].ok then n_failed = n_failed + 1 end
+    if entries[i].conflicts and #entries[i].conflicts > 0 then conflicts = conflicts + 1 end
+  end
+  if o.json then
+    -- cjson writes an empty table as {}: the results list is joined by hand so that it is always a list.
+    local encoded = {}
+    for i, e in ipairs(entries) do encoded[i] = cjson.encode(e) end
+    local head = cjson.encode { event = "result", verb = verb, ok = n_failed == 0, failed = n_failed }
+    say(io.stdout, head:sub(1, -2), ',"results":[', table.concat(encoded, ","), "]}\n")
+  else
+    say(io.stdout, verb, " --many: ", #items - n_failed, " ok, ", n_failed, " failed",
+      conflicts > 0 and (", " .. conflicts .. " with conflicts") or "", "\n")
+  end
+  if n_failed > 0 then return EXIT.failed end
+  if conflicts > 0 then return EXIT.conflicts end
+  return EXIT.ok
+end
+
 define("prepare", [[
 usage: ferry prepare -p PROVIDER [-a ADAPTER] -w WORKSPACE [-r REMOTE_DIR] [--exclude PAT]... [--asset KEY=DIR]...
                      [--state FILE] [--json] [--secret-env NAME]...
+       ferry prepare --many FILE [--jobs N] [--exclude PAT]... [--asset KEY=DIR]... [--json] [--secret-env NAME]...
 Prepare a managed runtime in the sandbox: install the adapter's agent CLI unless it is already there, copy
 the workspace in (minus excludes), copy the assets to REMOTE_DIR/.ferry-runtime/ADAPTER/KEY, and write the
 state file that `ferry restore` needs.
@@ -479,9 +645,15 @@ state file that `ferry restore` needs.
   --state FILE             where to write the state (default: $XDG_STATE_HOME/ferry/<hash>.json)
   --json                   progress events as JSON lines on stdout; the result object is the last line
   --secret-env NAME        replace the value of env NAME by *** everywhere (repeatable)
-Exit: 0 ok, 1 failed, 2 usage.
+  --many FILE              prepare several sandboxes from FILE, a JSON list of objects
+                           {"provider", "workspace", "state", "adapter" (optional), "remote_dir" (optional)},
+                           all on one loop; one failure does not stop the others. A line per sandbox as it
+                           finishes: ok|FAILED WORKSPACE -> PROVIDER:REMOTE_DIR (BYTES, MS ms); with --json one
+                           object per sandbox, then {"event":"result","ok":...,"results":[...]}
+  --jobs N                 with --many: at most N sandboxes at a time (default 8)
+Exit: 0 ok, 1 failed (with --many: any failed), 2 usage (with --many: a bad FILE, naming the item, from 1).
 ]], {
-  options = { PROVIDER, SECRET_ENV, JSON,
+  options = { PROVIDER, SECRET_ENV, JSON, MANY, JOBS,
     { names = { "-a", "--adapter" }, key = "adapter", value = "ADAPTER" },
     { names = { "-w", "--workspace" }, key = "workspace", value = "DIR" },
     { names = { "-r", "--remote-dir" }, key = "remote_dir", value = "DIR" },
@@ -491,6 +663,12 @@ Exit: 0 ok, 1 failed, 2 usage.
   },
   secrets = true, max_args = 0,
 }, function(o)
+  local items, jobs = check_many_options("prepare", o, { { "provider", "-p" }, { "workspace", "-w" },
+    { "remote_dir", "-r" }, { "adapter", "-a" }, { "state", "--state" } })
+  if items then
+    parse_assets(o.asset)
+    return run_many("prepare", o, items, jobs, function(item) return prepare_item(item, o) end)
+  end
   if not o.provider then usage("missing -p PROVIDER") end
   if not o.workspace then usage("missing -w WORKSPACE") end
   local assets = parse_assets(o.asset)
@@ -507,6 +685,7 @@ end)
 
 define("restore", [[
 usage: ferry restore --state FILE [--json] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
+       ferry restore --many FILE [--jobs N] [--json] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
 Bring the sandbox's workspace back (state FILE from `ferry prepare`) and merge it into the host workspace
 against the baseline taken at prepare: the sandbox's changes are taken, edits made on the host meanwhile are
 kept, and a file changed on both sides keeps the host version with the sandbox's beside it as
@@ -517,19 +696,29 @@ symlink), a link, device or fifo is refused and nothing is written.
   --secret-env NAME          replace the value of env NAME by *** everywhere (repeatable)
   --allow-outside-symlinks   accept symlinks whose target is outside the workspace
   --max-bytes N              refuse an archive over N bytes of content (K, M, G suffixes; default 1G)
-Exit: 0 ok, 1 failed (or refused), 2 usage, 3 finished with conflicts.
+  --many FILE                restore several sandboxes from FILE, a JSON list of objects with a "state" field
+                             (the FILE given to prepare --many does), all on one loop; one failure does not stop
+                             the others. A line per sandbox: ok|FAILED STATE -> PROVIDER:REMOTE_DIR (BYTES, MS ms);
+                             with --json one object per sandbox, then {"event":"result","ok":...,"results":[...]}
+  --jobs N                   with --many: at most N sandboxes at a time (default 8)
+Exit: 0 ok, 1 failed (or refused; with --many: any), 2 usage (or a bad --many FILE), 3 finished with conflicts
+(with --many: none failed, some had conflicts).
 ]], {
-  options = { SECRET_ENV, JSON, MAX_BYTES,
+  options = { SECRET_ENV, JSON, MAX_BYTES, MANY, JOBS,
     { names = { "--state" }, key = "state", value = "FILE" },
     { names = { "--allow-outside-symlinks" }, key = "allow_outside_symlinks" },
   },
   secrets = true, max_args = 0,
 }, function(o)
-  if not o.state then usage("missing --state FILE") end
+  local items, jobs = check_many_options("restore", o, { { "state", "--state" } })
+  if not items and not o.state then usage("missing --state FILE") end
   local max_bytes
   if o.max_bytes then
     max_bytes = M.parse_size(o.max_bytes)
     if not max_bytes then usage("--max-bytes expects a byte count, got '" .. o.max_bytes .. "'") end
+  end
+  if items then
+    return run_many("restore", o, items, jobs, function(item) return restore_item(item, o, max_bytes) end)
   end
   local p = progress_for(o)
   local r, err, code, partial = require("ferry").restore {
