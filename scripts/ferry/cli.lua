@@ -20,6 +20,8 @@ usage: ferry VERB [ARGS...]
                              install the agent, copy the workspace and assets into the sandbox
   restore --state FILE [--json] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
                              bring the sandbox's workspace back, 3-way merged with host edits
+  prepare --many FILE [--jobs N] [--json]    many sandboxes at once (FILE: JSON list of
+  restore --many FILE [--jobs N] [--json]    {provider, adapter, workspace, remote_dir, state})
   adapters                   each adapter and the file it is loaded from
   providers                  each provider and the file it is loaded from
   --version                  print the version
