@@ -649,7 +649,8 @@ end
 --- Open a sandbox on a provider string: "local", "bwrap:DIR", "cmd:ARGV...", or any provider found by
 --- ferry.policy ("NAME" or "NAME:ARG").
 --- opts: caps (overrides what the provider declares, e.g. {binary=false} to force base64), on_exec(argv,
---- script) called before every command, log(level, message), probe (false skips a provider's probe).
+--- script) called before every command, log(level, message), probe (false skips a provider's probe),
+--- session (true: every command goes through one long-lived shell in the sandbox, see ferry.session).
 ---@param spec string
 ---@param opts table|nil
 ---@return table|nil sandbox, string|nil err, string|nil code
@@ -667,6 +668,7 @@ function M.open(spec, opts)
   end
   local provider, err, code = mod.open(arg, opts)
   if not provider then return nil, err, code end
+  if opts.session then require("ferry.session").wrap(provider, { on_exec = opts.on_exec }) end
   local caps = {}
   for k, v in pairs(provider.caps or {}) do caps[k] = v end
   for k, v in pairs(opts.caps or {}) do caps[k] = v end

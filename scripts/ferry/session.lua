@@ -1,0 +1,354 @@
+--- ferry.session: one long-lived shell in the sandbox that runs every command of a provider (opt-in:
+-- ferry.open(spec, {session = true})). A command then costs one round trip on the open channel, not a new
+-- ssh/bwrap/docker exec.
+--
+-- The shell runs BOOT (below) as `sh -c`, so the shell itself never reads its stdin: only `read` (one byte
+-- at a time) and `dd iflag=fullblock` (exactly the bytes asked) do, so nothing can desynchronise the stream.
+-- (busybox `head -c N` reads past N on a pipe; dd does not.) Per command the host sends
+--   "<script bytes> <has stdin 0|1> <marker> <timeout s|0> <grace s>\n" <script>
+--   [ "<n>\n" <n bytes> ... "0\n" ]            stdin, staged in a scratch file before the command starts
+-- and the shell answers "\n<marker> <exit code> <timed out 0|1>\n" on stdout and "\n<marker>\n" on stderr
+-- after the command's own output; exactly that one newline before the marker is stripped.
+-- The command runs as `setsid sh -c SCRIPT` (its own process group) with stdin from the scratch file or
+-- /dev/null; a timeout is enforced inside the sandbox by a watchdog that signals that group (TERM, then KILL
+-- after the grace period): a kill sent through a second provider command would not reach a bwrap sandbox,
+-- whose processes live in their own pid namespace.
+local core = require "ferry.core"
+local task = require "ferry.task"
+
+local M = {}
+
+local STDIN_CHUNK = 256 * 1024
+local DEFAULT_GRACE_MS = 2000
+local DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+local BACKSTOP_MS = 10000 -- past timeout + grace, the host gives up on the sandbox's watchdog
+local CLOSE_GRACE_MS = 2000
+
+local BOOT = [[
+ferry_tmp=%s/.ferry-session-$$
+ferry_ss=
+command -v setsid >/dev/null 2>&1 && ferry_ss=setsid
+ferry_take() { [ "$1" -gt 0 ] || return 0; dd bs="$1" count=1 iflag=fullblock 2>/dev/null; }
+while IFS=' ' read -r ferry_sl ferry_in ferry_mk ferry_to ferry_gr; do
+  ferry_s=$(ferry_take "$ferry_sl" && echo x) || exit 96
+  ferry_s=${ferry_s%%x}
+  ferry_src=/dev/null
+  if [ "$ferry_in" = 1 ]; then
+    ferry_src=$ferry_tmp
+    { while IFS= read -r ferry_n && [ "$ferry_n" -gt 0 ]; do ferry_take "$ferry_n" || exit 97; done; } \
+      > "$ferry_tmp" || exit 97
+  fi
+  $ferry_ss sh -c "$ferry_s" sh < "$ferry_src" &
+  ferry_p=$!
+  ferry_w=
+  if [ "$ferry_to" != 0 ]; then
+    rm -f "$ferry_tmp.to"
+    ( sleep "$ferry_to"; : > "$ferry_tmp.to"; kill -TERM -"$ferry_p" 2>/dev/null || kill -TERM "$ferry_p"
+      sleep "$ferry_gr"; kill -KILL -"$ferry_p" 2>/dev/null || kill -KILL "$ferry_p" ) </dev/null >/dev/null 2>&1 &
+    ferry_w=$!
+  fi
+  wait "$ferry_p" 2>/dev/null
+  ferry_rc=$?
+  ferry_t=0
+  if [ -n "$ferry_w" ]; then
+    kill "$ferry_w" 2>/dev/null; wait "$ferry_w" 2>/dev/null
+    [ -e "$ferry_tmp.to" ] && ferry_t=1
+  fi
+  rm -f "$ferry_tmp" "$ferry_tmp.to"
+  printf '\n%%s %%d %%d\n' "$ferry_mk" "$ferry_rc" "$ferry_t"
+  printf '\n%%s\n' "$ferry_mk" >&2
+done
+]]
+
+local SIGNALS = { [1] = "SIGHUP", [2] = "SIGINT", [9] = "SIGKILL", [15] = "SIGTERM" }
+
+local Session = {}
+Session.__index = Session
+
+local counter = 0
+local function new_marker()
+  counter = counter + 1
+  return "FERRY" .. core.sha256(string.format("%d:%d:%d:%s", core.time_ms(), core.getpid(), counter,
+    tostring(math.random()))):sub(1, 40)
+end
+
+local function tail(text)
+  local lines = {}
+  for line in (text or ""):gmatch("[^\r\n]+") do
+    if line:match("%S") then lines[#lines + 1] = line end
+  end
+  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
+  return #out > 400 and out:sub(-400) or out
+end
+
+-- One output stream of the current command: what comes before `pattern` (the framing) is the command's,
+-- delivered as it arrives except the last `hold` bytes, which might be the start of the framing.
+local function stream(pattern, hold, emit, max)
+  local s = { buf = "", parts = {}, size = 0, truncated = false }
+  local function deliver(data)
+    if data == "" then return end
+    if emit then
+      local ok, err = pcall(emit, data)
+      if not ok and not s.err then s.err = err end
+      return
+    end
+    local room = max - s.size
+    if #data > room then
+      s.truncated = true
+      data = data:sub(1, room)
+    end
+    s.parts[#s.parts + 1] = data
+    s.size = s.size + #data
+  end
+  function s.push(chunk)
+    if s.done then return end
+    s.buf = s.buf .. chunk
+    local at, _, a, b = s.buf:find(pattern)
+    if at then
+      deliver(s.buf:sub(1, at - 1))
+      -- anything after the framing is stray output of a background process: dropped
+      s.done, s.fields, s.buf = true, { a, b }, ""
+      return
+    end
+    if #s.buf > 2 * hold then
+      deliver(s.buf:sub(1, -hold - 1))
+      s.buf = s.buf:sub(-hold)
+    end
+  end
+  function s.flush() deliver(s.buf); s.buf = "" end
+  function s.text() return table.concat(s.parts) end
+  return s
+end
+
+-- Start the shell. Returns true or nil, message, code.
+function Session:start()
+  local argv = self.provider:command(self.boot)
+  if self.on_exec then self.on_exec(argv, self.boot) end
+  local gen = {}
+  self.gen = gen
+  local handle, err, code = core.proc_start({
+    argv = argv, stdin = true,
+    on_stdout = function(c) if self.gen == gen and self.cur then self.cur.on_out(c) end end,
+    on_stderr = function(c)
+      if self.gen ~= gen then return end
+      if self.cur then self.cur.on_err(c) else self.stray = (self.stray or "") .. c end
+    end,
+  }, function(res) if self.gen == gen then self:died(res) end end)
+  if not handle then return nil, "session to " .. self.name .. ": " .. err, code end
+  self.handle, self.alive, self.pid, self.stray = handle, true, handle.pid, nil
+  self.starts = self.starts + 1
+  return true
+end
+
+-- The shell exited or the channel dropped: the running command (if any) fails; the next one reopens.
+function Session:died(res)
+  self.alive, self.handle = false, nil
+  self.exit = res
+  local cur = self.cur
+  if cur and not cur.finished then cur.finish() end
+  if self.on_dead then self.on_dead() end
+end
+
+local function write(handle, data)
+  local err = task.await(function(wake)
+    local ok, werr = handle:write(data, wake)
+    if not ok then wake(werr) end
+  end)
+  return err == nil, err
+end
+
+-- Send the header, the script and the stdin chunks. Returns true or nil, message.
+local function send(handle, header, script, stdin)
+  local ok, err = write(handle, header .. script)
+  if not ok or stdin == nil then return ok, err end
+  local read = stdin
+  if type(stdin) == "string" then
+    local off = 1
+    read = function()
+      if off > #stdin then return nil end
+      local piece = stdin:sub(off, off + STDIN_CHUNK - 1)
+      off = off + #piece
+      return piece
+    end
+  end
+  while true do
+    local chunk = read()
+    if chunk == nil then break end
+    if type(chunk) ~= "string" then
+      error("session: the stdin function returned a " .. type(chunk) .. ", expected a string or nil", 0)
+    end
+    if #chunk > 0 then
+      ok, err = write(handle, #chunk .. "\n" .. chunk)
+      if not ok then return nil, err end
+    end
+  end
+  return write(handle, "0\n")
+end
+
+-- The script with popts.cwd and popts.env applied, as the non-session path would (proc.run's cwd/env).
+local function with_context(script, popts)
+  local pre = {}
+  if popts.cwd then pre[#pre + 1] = "cd " .. core.sh_quote(popts.cwd) .. " || exit 1" end
+  if popts.env then
+    local names = {}
+    for k in pairs(popts.env) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do pre[#pre + 1] = "export " .. k .. "=" .. core.sh_quote(tostring(popts.env[k])) end
+  end
+  if #pre == 0 then return script end
+  return table.concat(pre, "\n") .. "\n" .. script
+end
+
+local function seconds(ms) return string.format("%.3f", ms / 1000) end
+
+-- Run one command on a live session; returns the result or nil, message, code.
+function Session:run(script, popts)
+  local marker = new_marker()
+  local max = popts.max_output or DEFAULT_MAX_OUTPUT
+  local hold = #marker + 32
+  local out = stream("\n" .. marker .. " (%d+) (%d)\n", hold, popts.on_stdout, max)
+  local err = stream("\n" .. marker .. "\n", hold, popts.on_stderr, max)
+  local started, started_at = core.now_ms(), core.time_ms()
+  local cur = {}
+  local wake
+  function cur.finish()
+    cur.finished = true
+    if wake then wake() end
+  end
+  function cur.on_out(c)
+    out.push(c)
+    if out.done and err.done then cur.finish() end
+  end
+  function cur.on_err(c)
+    err.push(c)
+    if out.done and err.done then cur.finish() end
+  end
+  self.cur = cur
+  if self.stray then -- stderr that arrived between commands (a background process): this command's
+    err.push(self.stray)
+    self.stray = nil
+  end
+  local timeout = popts.timeout_ms or 0
+  local grace = popts.kill_grace_ms or DEFAULT_GRACE_MS
+  local backstop
+  if timeout > 0 then
+    backstop = core.timer(math.floor(timeout + grace + BACKSTOP_MS), function()
+      if not cur.finished and self.handle then
+        cur.backstopped = true
+        self.handle:kill("SIGKILL")
+      end
+    end)
+  end
+  local header = string.format("%d %d %s %s %s\n", #script, popts.stdin ~= nil and 1 or 0, marker,
+    timeout > 0 and seconds(timeout) or "0", seconds(grace))
+  if popts.on_spawn then popts.on_spawn(self.pid, started_at) end
+  local handle = self.handle
+  local sent, serr = send(handle, header, script, popts.stdin)
+  if not cur.finished then task.await(function(w) wake = w end) end
+  self.cur = nil
+  if backstop then backstop:stop() end
+  if not (out.done and err.done) then
+    out.flush()
+    err.flush()
+    if cur.backstopped then
+      return { code = 128 + 9, signal = "SIGKILL", timed_out = true, stdout = not popts.on_stdout and out.text()
+        or nil, stderr = not popts.on_stderr and err.text() or nil, truncated = out.truncated or err.truncated,
+        pid = self.pid, started_at = started_at, duration_ms = core.now_ms() - started }
+    end
+    local ex = self.exit or {}
+    local why = tail(ex.stderr ~= nil and ex.stderr or err.text())
+    return nil, string.format("session to %s: the sandbox shell exited (%s)%s while running a command%s; "
+      .. "the next command reopens it", self.name, ex.signal or ("exit code " .. tostring(ex.code)),
+      why ~= "" and (": " .. why) or "", sent and "" or (" (" .. tostring(serr) .. ")")), "EIO"
+  end
+  local code, timed_out = tonumber(out.fields[1]), out.fields[2] == "1"
+  if out.err or err.err then error(out.err or err.err, 0) end
+  return {
+    code = code, signal = timed_out and code > 128 and SIGNALS[code - 128] or nil, timed_out = timed_out,
+    stdout = not popts.on_stdout and out.text() or nil, stderr = not popts.on_stderr and err.text() or nil,
+    truncated = out.truncated or err.truncated, pid = self.pid, started_at = started_at,
+    duration_ms = core.now_ms() - started,
+  }
+end
+
+-- Commands run one at a time: a task that finds the session busy waits its turn.
+function Session:lock()
+  if not self.busy then
+    self.busy = true
+    return
+  end
+  task.await(function(wake) self.queue[#self.queue + 1] = wake end)
+end
+
+function Session:unlock()
+  local nxt = table.remove(self.queue, 1)
+  if nxt then nxt() else self.busy = false end
+end
+
+--- Run `script` in the session; the result looks like ferry.proc.run's. popts: stdin (string or reader),
+--- cwd, env, timeout_ms, kill_grace_ms, max_output, on_stdout, on_stderr, on_spawn.
+--- Errors: "session to <provider>: <spawn error>", "session to <provider>: the sandbox shell exited (...)
+--- while running a command; the next command reopens it" (EIO), "session to <provider>: closed" (EPIPE).
+---@param script string
+---@param popts table|nil
+---@return table|nil result, string|nil err, string|nil code
+function Session:exec(script, popts)
+  popts = popts or {}
+  if self.closed then return nil, "session to " .. self.name .. ": closed", "EPIPE" end
+  self:lock()
+  local ok, res, err, code = pcall(function()
+    if not self.alive then
+      local started, serr, scode = self:start()
+      if not started then return nil, serr, scode end
+    end
+    return self:run(with_context(script, popts), popts)
+  end)
+  self:unlock()
+  if not ok then error(res, 0) end
+  return res, err, code
+end
+
+--- End the shell: EOF on its stdin, then SIGKILL if it is still there after a short grace.
+function Session:close()
+  if self.closed then return end
+  self.closed = true
+  local handle = self.handle
+  if not handle then return end
+  handle:close_stdin()
+  local timer
+  task.await(function(wake)
+    self.on_dead = wake
+    timer = core.timer(CLOSE_GRACE_MS, function() handle:kill("SIGKILL") end)
+  end)
+  timer:stop()
+end
+
+--- Wrap a provider so that every command goes through one long-lived shell: installs provider:exec (used by
+--- the client for every command) and a provider:close that ends the shell first. Returns the provider;
+--- provider.session is the Session (pid, starts = how many shells were started).
+--- opts: on_exec(argv, script) called when a shell is started.
+---@param provider table
+---@param opts table|nil
+---@return table provider
+function M.wrap(provider, opts)
+  opts = opts or {}
+  if type(provider) ~= "table" or type(provider.command) ~= "function" then
+    error("session.wrap: expected a provider with a command method", 2)
+  end
+  local s = setmetatable({
+    provider = provider, name = provider.name or "sandbox", on_exec = opts.on_exec, queue = {}, starts = 0,
+    boot = string.format(BOOT, core.sh_quote(provider.scratch_dir or "/tmp")),
+  }, Session)
+  local inner_close = provider.close
+  provider.session = s
+  provider.exec = function(_, script, popts) return s:exec(script, popts) end
+  provider.close = function(p)
+    s:close()
+    if inner_close then inner_close(p) end
+  end
+  return provider
+end
+
+M.Session = Session
+
+return M

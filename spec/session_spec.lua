@@ -1,0 +1,217 @@
+-- Persistent session (ferry.open(spec, {session = true})): same results as one process per command, one
+-- sandbox process for many commands, per-command timeouts that spare the session, a dead shell reopened.
+local ferry = require "ferry"
+local core = require "ferry.core"
+local helpers = require "support.helpers"
+local sandboxes = require "support.sandboxes"
+local sshd = require "support.sshd"
+
+local MARKER_LIKE = "\nFERRY" .. string.rep("ab", 20) .. " 0 0\n0\n12\n\0\0"
+
+-- Scripts whose results must not depend on the path a command takes.
+local CASES = {
+  { "echo hi; echo err >&2; exit 3" },
+  { "printf '\\000\\377ab\\n\\nc'" },           -- binary, no trailing newline
+  { "printf 'x\\n\\n'; printf 'e\\n\\n' >&2" },  -- trailing newlines kept exactly
+  { "printf err >&2; exit 0" },
+  { "" },
+  { "cat", stdin = MARKER_LIKE },
+  { "cat", stdin = "" },
+  { "cat" },                                     -- no stdin: reads /dev/null
+  { "wc -c; printf '%s' \"$0\"", stdin = string.rep("\0", 70000) },
+  { "pwd; echo \"$FOO\"; exit 7", cwd = "/tmp", env = { FOO = "a b 'c'" } },
+}
+
+local function same_result(a, b, what)
+  for _, k in ipairs { "code", "stdout", "stderr", "timed_out", "signal" } do
+    assert.are.equal(a[k], b[k], what .. ": " .. k)
+  end
+end
+
+local function median(list)
+  table.sort(list)
+  return list[(#list + 1) // 2]
+end
+
+local function round_trip_ms(sb, n)
+  local times = {}
+  for i = 1, n do
+    local t0 = core.now_ms()
+    local res = assert(sb:exec("true"))
+    assert.equal(0, res.code)
+    times[i] = core.now_ms() - t0
+  end
+  return median(times)
+end
+
+-- The checks every provider gets, given a function opening a fresh sandbox (opts -> sandbox) and a dir in it.
+local function provider_cases(label, open, dir)
+  it("gives the same results as one process per command (" .. label .. ")", function()
+    local plain, sess = open {}, open { session = true }
+    local blob = helpers.random_bytes(300000) .. MARKER_LIKE
+    local cases = { { "cat", stdin = blob }, { "head -c 5; echo", stdin = blob } }
+    table.move(CASES, 1, #CASES, #cases + 1, cases)
+    for i, case in ipairs(cases) do
+      local opts = { stdin = case.stdin, cwd = case.cwd, env = case.env }
+      local a = assert(plain:exec(case[1], opts))
+      local b = assert(sess:exec(case[1], opts))
+      same_result(a, b, label .. " case " .. i .. " " .. case[1])
+    end
+    -- every client operation goes through the session too
+    assert(plain:mkdir(dir()))
+    local path = dir() .. "/f.bin"
+    assert(sess:write(path, blob))
+    assert.equal(blob, assert(plain:read(path)))
+    assert.equal(blob, assert(sess:read(path)))
+    assert.same(assert(plain:ls(dir())), assert(sess:ls(dir())))
+    assert.equal(1, sess.provider.session.starts)
+    plain:close()
+    sess:close()
+  end)
+
+  it("runs many commands in one sandbox process and prints the round trip (" .. label .. ")", function()
+    local plain, sess = open {}, open { session = true }
+    local shells = {}
+    for i = 1, 40 do
+      local res = assert(sess:exec("echo $PPID; echo " .. i))
+      shells[res.stdout:match("^(%d+)\n")] = true
+      assert.equal(i, tonumber(res.stdout:match("\n(%d+)\n$")))
+    end
+    assert.equal(1, sess.provider.session.starts)
+    local count = 0
+    for _ in pairs(shells) do count = count + 1 end
+    assert.equal(1, count)
+    local with, without = round_trip_ms(sess, 30), round_trip_ms(plain, 30)
+    print(string.format("\n%s: median round trip %.2f ms through the session, %.2f ms one process per command "
+      .. "(x%.2f)", label, with, without, without / with))
+    -- a local `sh -c` costs one fork+exec, less than the session's framing; elsewhere starting a process is dear
+    if label ~= "local" then assert.is_true(with < without, "the session is slower than a process per command") end
+    plain:close()
+    sess:close()
+  end)
+
+  it("kills a timed-out command's process group, not the session (" .. label .. ")", function()
+    local sess = open { session = true }
+    local res = assert(sess:exec("sleep 30 & echo $!; wait", { timeout_ms = 300 }))
+    assert.is_true(res.timed_out)
+    assert.equal(143, res.code)
+    assert.equal("SIGTERM", res.signal)
+    assert.is_true(res.duration_ms < 5000, res.duration_ms)
+    local child = res.stdout:match("^(%d+)\n$")
+    assert.is_truthy(child, res.stdout)
+    -- gone, or a zombie where the sandbox's pid 1 does not reap orphans
+    local state = assert(sess:exec("awk '{print $3}' /proc/" .. child .. "/stat 2>/dev/null")).stdout
+    assert.is_true(state == "" or state == "Z\n", "the background sleep lives: " .. state)
+    -- a command that ignores TERM gets KILL after the grace period
+    res = assert(sess:exec("trap '' TERM; sleep 30", { timeout_ms = 200, kill_grace_ms = 200 }))
+    assert.is_true(res.timed_out)
+    assert.equal(137, res.code)
+    assert.equal("SIGKILL", res.signal)
+    res = assert(sess:exec("echo still here"))
+    assert.same({ 0, "still here\n", false }, { res.code, res.stdout, res.timed_out })
+    assert.equal(1, sess.provider.session.starts)
+    sess:close()
+  end)
+
+  it("reopens a shell that died (" .. label .. ")", function()
+    local sess = open { session = true }
+    local first = assert(sess:exec("echo $PPID")).stdout
+    local res, err, code = sess:exec("kill -9 $PPID; sleep 0.1")
+    assert.is_nil(res)
+    assert.equal("EIO", code)
+    assert.matches("^session to " .. sess.provider.name:gsub("%p", "%%%0")
+      .. ": the sandbox shell exited %(.-%) while running a command; the next command reopens it$", err)
+    local again = assert(sess:exec("echo $PPID; echo ok"))
+    assert.equal(0, again.code)
+    assert.matches("\nok\n$", again.stdout)
+    assert.equal(2, sess.provider.session.starts)
+    -- killed from the host while idle: the next command just reopens it
+    assert(ferry.proc.run { argv = { "kill", "-9", tostring(sess.provider.session.pid) } })
+    ferry.sleep(100)
+    assert.equal("ok\n", assert(sess:exec("echo ok")).stdout)
+    assert.equal(3, sess.provider.session.starts)
+    assert.are_not.equal(first, again.stdout)
+    sess:close()
+    assert.same({ nil, "session to " .. sess.provider.name .. ": closed", "EPIPE" },
+      { sess.provider.session:exec("true") })
+  end)
+end
+
+describe("session", function()
+  local boxes = {}
+  after_each(function()
+    for _, box in ipairs(boxes) do box:cleanup() end
+    boxes = {}
+  end)
+
+  for _, label in ipairs { "local", "bwrap" } do
+    local current
+    local function open(opts)
+      if not current then
+        current = sandboxes.make(label)
+        boxes[#boxes + 1] = current
+      end
+      local sb = current:open(opts)
+      return sb
+    end
+    before_each(function() current = nil end)
+    provider_cases(label, open, function() return current.root end)
+  end
+
+  it("starts one sandbox process for many commands (counted by the provider)", function()
+    local box = sandboxes.counting("cmd")
+    boxes[#boxes + 1] = box
+    local sb = box:open { session = true }
+    box:reset() -- the provider's probe at open time
+    for i = 1, 25 do assert.equal(tostring(i) .. "\n", assert(sb:exec("echo " .. i)).stdout) end
+    assert(sb:write(box.root .. "/x", "data"))
+    assert.equal("data", assert(sb:read(box.root .. "/x")))
+    assert.equal(1, box:count())
+    sb:close()
+    local plain = box:open()
+    box:reset()
+    for i = 1, 5 do assert(plain:exec("echo " .. i)) end
+    assert.equal(5, box:count())
+  end)
+
+  it("runs concurrent tasks' commands one at a time, each with its own output", function()
+    local box = sandboxes.make("local")
+    boxes[#boxes + 1] = box
+    local sb = box:open { session = true }
+    local tasks = {}
+    for i = 1, 8 do
+      tasks[i] = ferry.spawn(function()
+        local res = assert(sb:exec("cat; echo " .. i .. " >&2", { stdin = string.rep(tostring(i), 50000) }))
+        return res.stdout == string.rep(tostring(i), 50000) and res.stderr == i .. "\n"
+      end)
+    end
+    for _, ok in ipairs(ferry.wait(tasks)) do assert.is_true(ok) end
+    assert.equal(1, sb.provider.session.starts)
+    sb:close()
+  end)
+
+  it("ends its shell on close", function()
+    local box = sandboxes.make("local")
+    boxes[#boxes + 1] = box
+    local sb = box:open { session = true }
+    assert(sb:exec("true"))
+    local pid = sb.provider.session.pid
+    sb:close()
+    assert.equal(1, ferry.proc.run({ argv = { "sh", "-c", "kill -0 " .. pid .. " 2>/dev/null" } }).code)
+  end)
+
+  describe("over ssh", function()
+    local server, started = nil, nil
+    setup(function()
+      local ok, s = pcall(sshd.start)
+      if ok then server, started = s, true end
+    end)
+    teardown(function() if server then server:stop() end end)
+    local function open(opts)
+      assert(started, "sshd did not start")
+      return assert(ferry.open(server:url(), opts))
+    end
+    local remote = "/tmp/ferry-session-spec-" .. core.getpid() .. "-" .. math.random(1, 1e9)
+    provider_cases("ssh", open, function() return remote end)
+  end)
+end)
