@@ -69,7 +69,7 @@ check: all lint
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so):$$($(CC) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  FERRY_CPATH=$(B)/asan/lua/?.so FERRY_SANITIZED=1 $(BUSTED) --cpath='$(B)/asan/lua/?.so'
-	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --track-fds=yes \
+	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite --track-fds=yes \
 	  --quiet $(B)/ferry run spec/support/valgrind_smoke.lua
 
 lint:

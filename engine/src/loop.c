@@ -9,7 +9,8 @@
 
 #include "internal.h"
 
-#define LOOP_KEY "ferry.loop"
+#define LOOP_KEY "ferry.loop"    /* registry: the engine's loopctx */
+#define LOOP_MT "ferry.loopctx"  /* its metatable */
 
 typedef struct loopctx {
   uv_loop_t *loop;
@@ -34,7 +35,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 }
 
 static int loopctx_gc(lua_State *L) {
-  loopctx *c = luaL_checkudata(L, 1, LOOP_KEY);
+  loopctx *c = luaL_checkudata(L, 1, LOOP_MT);
   c->closing = 1;
   if (c->loop) ferry_proc_kill_all(L, 1);
   if (c->owns && c->loop) {
@@ -59,7 +60,7 @@ static loopctx *ctx_get(lua_State *L) {
   c = lua_newuserdatauv(L, sizeof *c, 0);
   memset(c, 0, sizeof *c);
   c->error_ref = LUA_NOREF;
-  if (luaL_newmetatable(L, LOOP_KEY)) {
+  if (luaL_newmetatable(L, LOOP_MT)) {
     lua_pushcfunction(L, loopctx_gc);
     lua_setfield(L, -2, "__gc");
   }
