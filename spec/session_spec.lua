@@ -1,5 +1,6 @@
--- Persistent session (ferry.open(spec, {session = true})): same results as one process per command, one
--- sandbox process for many commands, per-command timeouts that spare the session, a dead shell reopened.
+-- Persistent session (ferry.open(spec, {session = true})) over local, bwrap, busybox (busybox sh, dd and
+-- setsid) and ssh: same results as one process per command, one sandbox process for many commands,
+-- per-command timeouts that spare the session, a dead shell reopened.
 local ferry = require "ferry"
 local core = require "ferry.core"
 local helpers = require "support.helpers"
@@ -144,7 +145,7 @@ describe("session", function()
     boxes = {}
   end)
 
-  for _, label in ipairs { "local", "bwrap" } do
+  for _, label in ipairs { "local", "bwrap", "busybox" } do
     local current
     local function open(opts)
       if not current then

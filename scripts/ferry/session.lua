@@ -5,14 +5,14 @@
 -- The shell runs BOOT (below) as `sh -c`, so the shell itself never reads its stdin: only `read` (one byte
 -- at a time) and `dd iflag=fullblock` (exactly the bytes asked) do, so nothing can desynchronise the stream.
 -- (busybox `head -c N` reads past N on a pipe; dd does not.) Per command the host sends
---   "<script bytes> <has stdin 0|1> <marker> <timeout s|0> <grace s>\n" <script>
+--   "<script bytes, or -lines> <has stdin 0|1> <marker> <timeout s|0> <grace s>\n" <script>
 --   [ "<n>\n" <n bytes> ... "0\n" ]            stdin, staged in a scratch file before the command starts
 -- and the shell answers "\n<marker> <exit code> <timed out 0|1>\n" on stdout and "\n<marker>\n" on stderr
 -- after the command's own output; exactly that one newline before the marker is stripped.
--- The command runs as `setsid sh -c SCRIPT` (its own process group) with stdin from the scratch file or
--- /dev/null; a timeout is enforced inside the sandbox by a watchdog that signals that group (TERM, then KILL
--- after the grace period): a kill sent through a second provider command would not reach a bwrap sandbox,
--- whose processes live in their own pid namespace.
+-- The command runs as `sh -c SCRIPT` with stdin from the scratch file or /dev/null. With a timeout it runs
+-- in the background as `setsid sh -c SCRIPT` (its own process group) and a watchdog inside the sandbox
+-- signals that group (TERM, then KILL after the grace period): a kill sent through a second provider command
+-- would not reach a bwrap sandbox, whose processes live in their own pid namespace.
 local core = require "ferry.core"
 local task = require "ferry.task"
 
@@ -23,6 +23,7 @@ local DEFAULT_GRACE_MS = 2000
 local DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 local BACKSTOP_MS = 10000 -- past timeout + grace, the host gives up on the sandbox's watchdog
 local CLOSE_GRACE_MS = 2000
+local LINE_MODE_MAX = 8192 -- a script this short is sent as lines the shell reads itself (no dd process)
 
 local BOOT = [[
 ferry_tmp=%s/.ferry-session-$$
@@ -30,25 +31,38 @@ ferry_ss=
 command -v setsid >/dev/null 2>&1 && ferry_ss=setsid
 ferry_take() { [ "$1" -gt 0 ] || return 0; dd bs="$1" count=1 iflag=fullblock 2>/dev/null; }
 while IFS=' ' read -r ferry_sl ferry_in ferry_mk ferry_to ferry_gr; do
-  ferry_s=$(ferry_take "$ferry_sl" && echo x) || exit 96
-  ferry_s=${ferry_s%%x}
+  if [ "$ferry_sl" -lt 0 ]; then
+    ferry_s= ferry_k=$((-ferry_sl))
+    while [ "$ferry_k" -gt 0 ]; do
+      IFS= read -r ferry_l || exit 96
+      ferry_s="$ferry_s$ferry_l
+"
+      ferry_k=$((ferry_k - 1))
+    done
+  else
+    ferry_s=$(ferry_take "$ferry_sl" && echo x) || exit 96
+    ferry_s=${ferry_s%%x}
+  fi
   ferry_src=/dev/null
   if [ "$ferry_in" = 1 ]; then
     ferry_src=$ferry_tmp
     { while IFS= read -r ferry_n && [ "$ferry_n" -gt 0 ]; do ferry_take "$ferry_n" || exit 97; done; } \
       > "$ferry_tmp" || exit 97
   fi
-  $ferry_ss sh -c "$ferry_s" sh < "$ferry_src" &
-  ferry_p=$!
   ferry_w=
-  if [ "$ferry_to" != 0 ]; then
+  if [ "$ferry_to" = 0 ]; then
+    sh -c "$ferry_s" sh < "$ferry_src"
+    ferry_rc=$?
+  else
+    $ferry_ss sh -c "$ferry_s" sh < "$ferry_src" &
+    ferry_p=$!
     rm -f "$ferry_tmp.to"
     ( sleep "$ferry_to"; : > "$ferry_tmp.to"; kill -TERM -"$ferry_p" 2>/dev/null || kill -TERM "$ferry_p"
       sleep "$ferry_gr"; kill -KILL -"$ferry_p" 2>/dev/null || kill -KILL "$ferry_p" ) </dev/null >/dev/null 2>&1 &
     ferry_w=$!
+    wait "$ferry_p" 2>/dev/null
+    ferry_rc=$?
   fi
-  wait "$ferry_p" 2>/dev/null
-  ferry_rc=$?
   ferry_t=0
   if [ -n "$ferry_w" ]; then
     kill "$ferry_w" 2>/dev/null; wait "$ferry_w" 2>/dev/null
@@ -239,7 +253,12 @@ function Session:run(script, popts)
       end
     end)
   end
-  local header = string.format("%d %d %s %s %s\n", #script, popts.stdin ~= nil and 1 or 0, marker,
+  local size = #script
+  if size <= LINE_MODE_MAX and not script:find("[%z\r]") and not script:find("\\\n?$") then
+    if script:sub(-1) ~= "\n" then script = script .. "\n" end
+    size = -select(2, script:gsub("\n", ""))
+  end
+  local header = string.format("%d %d %s %s %s\n", size, popts.stdin ~= nil and 1 or 0, marker,
     timeout > 0 and seconds(timeout) or "0", seconds(grace))
   if popts.on_spawn then popts.on_spawn(self.pid, started_at) end
   local handle = self.handle
