@@ -2,7 +2,8 @@
 --
 -- prepare: install the adapter's CLI unless its detect probe finds it (one command, under a lock dir in the
 -- sandbox so racing prepares install once; a failure is a warning), send the workspace as one tar stream
--- made in-process (one command: create the remote dir, clear it except preserved names, extract), send
+-- made in-process (one command: create the remote dir, clear it except preserved names, extract) or, after
+-- an earlier prepare of the same sandbox, only the difference (one listing, one delete-and-extract), send
 -- the adapter's assets (one stream), and write the state file with the baseline snapshot.
 -- restore: take the workspace lock, receive the sandbox's workspace as one tar stream into a spool file,
 -- check every entry (ferry.guard), then 3-way merge it into the local workspace (ferry.merge) with writes
@@ -69,16 +70,6 @@ end
 local function sorted(list)
   table.sort(list)
   return list
-end
-
--- Approximate tar size of a snapshot (headers, padded contents, end blocks), for progress totals.
-local function archive_estimate(snap)
-  local total = 1024
-  for rel, e in pairs(snap) do
-    total = total + 512 + (#rel > 100 and 1024 or 0)
-    if e.kind == "file" then total = total + ((e.size + 511) // 512) * 512 end
-  end
-  return total
 end
 
 -- ---- the sandbox ----
@@ -243,6 +234,63 @@ local function install(sb, adapter, runtime_dir, opts, progress, redact_fn)
   return r
 end
 
+-- ---- remote excludes (prepare and restore) ----
+
+local SIMPLE_NAME = "^[%w%._%-%*%?%+@,=:~ ]+$" -- one component, read alike by `case`, find -name and us
+
+-- A one-component exclude pattern as a shell `case` pattern: literal runs quoted, '*' and '?' bare.
+local function case_pattern(p)
+  return (p:gsub("[^%*%?]+", function(lit) return q(lit) end))
+end
+
+-- The exclude patterns the sandbox can apply itself, by kind: top-level names (`case`, any tar) and names
+-- at any depth (find -name, when find and tar can read a NUL-separated list); each for any entry or for
+-- directories only. The sandbox may leave out less than the local excludes do, never more (a path missing
+-- from the stream reads as deleted remotely), so nothing is left out when a pattern re-includes ('!').
+local function remote_excludes(patterns)
+  local x = { top = {}, top_dirs = {}, any = {}, any_dirs = {} }
+  for _, p in ipairs(patterns) do
+    if p:sub(1, 1) == "!" then return { top = {}, top_dirs = {}, any = {}, any_dirs = {} } end
+  end
+  for _, p in ipairs(patterns) do
+    local body, dirs = p:match("^(.-)(/?)$")
+    local anchored = body:match("^/(.+)$")
+    local name = anchored or body
+    if name:match(SIMPLE_NAME) then
+      local top = dirs == "/" and x.top_dirs or x.top
+      top[#top + 1] = case_pattern(name)
+      if not anchored then
+        local any = dirs == "/" and x.any_dirs or x.any
+        any[#any + 1] = q(name)
+      end
+    end
+  end
+  return x
+end
+
+local function find_names(list)
+  local parts = {}
+  for _, n in ipairs(list) do parts[#parts + 1] = "-name " .. n end
+  return table.concat(parts, " -o ")
+end
+
+-- find's test for the excluded names the sandbox can apply at any depth (nil when there are none).
+local function prune_condition(x)
+  local prune = {}
+  if #x.any_dirs > 0 then prune[#prune + 1] = "-type d \\( " .. find_names(x.any_dirs) .. " \\)" end
+  if #x.any > 0 then prune[#prune + 1] = "\\( " .. find_names(x.any) .. " \\)" end
+  if #prune == 0 then return nil end
+  return "\\( " .. table.concat(prune, " -o ") .. " \\)"
+end
+
+-- find's expression that prunes the excluded names at any depth, then prints the rest NUL-terminated.
+local function find_expression(x)
+  local cond = prune_condition(x)
+  if not cond then return "-print0" end
+  return cond .. " -prune -o -print0"
+end
+
+
 -- ---- prepare: sync and assets ----
 
 -- Shell lines that remove everything in "$ferry_r" but the names in `keep`.
@@ -269,25 +317,281 @@ local function preserved_names(adapter)
   return keep
 end
 
-local function sync(sb, ws, names, remote_dir, keep, progress, estimate)
-  progress:phase("sync", estimate)
-  local script = "ferry_r=" .. q(remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
-    .. clear_script(keep)
-    .. '\ntar -x -f - -C "$ferry_r"'
-  local writer = core.tar_writer(ws, names)
+-- ---- prepare: sync (full or delta) ----
+--
+-- After every sync the same command lists the remote tree (kind, mode, size, mtime of each entry) when the
+-- sandbox's find can -printf (GNU find), and touches a marker file in the runtime dir; the state keeps that
+-- listing as `remote_stat`. The next prepare with the same provider, remote dir, excludes and preserved
+-- names lists the tree again in one command, hashing only the files modified after the marker, and works
+-- out what a full sync would change: a file whose size, mtime or mode is as ferry left it holds what ferry
+-- sent (the baseline), the quick check rsync uses; any other file is judged by its SHA-256, or resent when
+-- it has none. Then one command deletes what should go and extracts one tar stream of what should come.
+
+local MARK_FILE = M.RUNTIME_DIR .. "/sync.mark"
+local LIST_FORMAT = "%y\\0%m\\0%s\\0%T@\\0%p\\0%l\\0" -- kind, mode, size, mtime, ./path, link target
+local LIST_FIELDS = 6
+local KINDS = { f = "file", d = "dir", l = "symlink" }
+local MAX_DELTA_SCRIPT = 96 * 1024 -- the script travels as one argument (Linux allows 128 KiB)
+local HAS_GNU_FIND = "find . -maxdepth 0 -printf '' >/dev/null 2>&1"
+-- prints "<path>\0<sha256sum output>\0" for each argument; an unreadable file gets an empty hash
+local HASH_LOOP = 'for f do printf "%s\\0" "$f"; h=$(sha256sum < "$f" 2>/dev/null) || h=; printf "%s\\0" "$h"; done'
+
+-- Shell lines (cwd "$ferry_r") that set "$@" to "./<name>" for each top-level entry but the `keep` names.
+local function top_entries(keep)
+  local names = {}
+  for _, n in ipairs(keep) do names[#names + 1] = q(n) end
+  return table.concat({
+    "set --",
+    "for f in * .[!.]* ..?*; do",
+    "  case $f in " .. table.concat(names, "|") .. ") continue ;; esac",
+    '  if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "./$f"; fi',
+    "done",
+  }, "\n")
+end
+
+-- Shell lines printing the tree under "$ferry_r" but the kept names as NUL-separated records (LIST_FORMAT;
+-- an excluded name the sandbox can match is listed, not entered), with `hashes` then "H" and the SHA-256
+-- of each file modified after the marker, then "E". Needs GNU find; exits 1 when find fails.
+local function list_lines(keep, patterns, hashes)
+  local cond = prune_condition(remote_excludes(patterns))
+  local lines = {
+    'cd "$ferry_r" || exit 1',
+    top_entries(keep),
+    'if [ $# -gt 0 ]; then find "$@" -printf ' .. q(LIST_FORMAT) .. (cond and " " .. cond .. " -prune" or "")
+      .. " || exit 1; fi",
+  }
+  if hashes then
+    lines[#lines + 1] = "printf 'H\\0'"
+    lines[#lines + 1] = 'if [ $# -gt 0 ] && [ -f ' .. q(MARK_FILE) .. " ] && command -v sha256sum >/dev/null 2>&1; then"
+    lines[#lines + 1] = '  find "$@" ' .. (cond and cond .. " -prune -o " or "") .. "-type f -newer " .. q(MARK_FILE)
+      .. " -exec sh -c " .. q(HASH_LOOP) .. " sh {} + || exit 1"
+    lines[#lines + 1] = "fi"
+  end
+  lines[#lines + 1] = "printf 'E\\0'"
+  return table.concat(lines, "\n")
+end
+
+-- Shell lines ending a sync: touch the marker and list the tree (base64 for a channel that is not 8-bit
+-- clean). A failure here only leaves the listing out (the next prepare is a full sync), never the sync.
+local function record_lines(keep, patterns, binary)
+  return "if " .. HAS_GNU_FIND .. "; then\n( : > \"$ferry_r/" .. MARK_FILE .. '" || exit 1\n'
+    .. list_lines(keep, patterns, false) .. "\n)" .. (binary and "" or " | base64") .. "\nfi\nexit 0"
+end
+
+-- Parse list_lines output: rel -> {kind, mode (octal string), size, mtime, target, sha256}; nil when the
+-- output is cut short or malformed.
+local function parse_listing(text)
+  local entries, fields, pos, hashing = {}, {}, 1, false
+  while true do
+    local z = text:find("\0", pos, true)
+    if not z then return nil end
+    local field = text:sub(pos, z - 1)
+    pos = z + 1
+    if #fields == 0 and field == "E" then return entries end
+    if #fields == 0 and field == "H" and not hashing then
+      hashing = true
+    else
+      fields[#fields + 1] = field
+      if hashing and #fields == 2 then
+        local rel, sum = fields[1]:match("^%./(.+)$"), fields[2]:match("^(%x+)")
+        if not rel then return nil end
+        local e = entries[rel]
+        if e and e.kind == "file" and sum and #sum == 64 then e.sha256 = sum:lower() end
+        fields = {}
+      elseif not hashing and #fields == LIST_FIELDS then
+        local rel = fields[5]:match("^%./(.+)$")
+        if not rel or not fields[2]:match("^%d+$") then return nil end
+        entries[rel] = { kind = KINDS[fields[1]] or "other", mode = fields[2], size = fields[3],
+          mtime = fields[4], target = fields[6] }
+        fields = {}
+      end
+    end
+  end
+end
+
+-- What ferry records of a remote entry: a file's kind, mode, size and mtime; a dir's kind and mode.
+local function stat_key(e)
+  if e.kind == "file" then return "f " .. e.mode .. " " .. e.size .. " " .. e.mtime end
+  if e.kind == "dir" then return "d " .. e.mode end
+  return nil
+end
+
+local function recorded_stats(entries)
+  local out = {}
+  for rel, e in pairs(entries) do out[rel] = stat_key(e) end
+  return out
+end
+
+local function same_list(a, b)
+  if type(a) ~= "table" or #a ~= #b then return false end
+  for i = 1, #b do
+    if a[i] ~= b[i] then return false end
+  end
+  return true
+end
+
+-- The state of an earlier prepare that a delta can start from, or nil and why not (nil when there is none).
+local function delta_base(path, provider_string, remote_dir, patterns, keep)
+  local st, err, code = state_file.read(path)
+  if not st then return nil, code ~= "ENOENT" and err or nil end
+  if st.provider ~= provider_string then return nil, "the state is of provider " .. st.provider end
+  if st.remote_dir ~= remote_dir then return nil, "the state is of remote dir " .. st.remote_dir end
+  if not same_list(st.excludes, patterns) then return nil, "the excludes changed" end
+  if not same_list(st.preserve, keep) then return nil, "the preserved names changed" end
+  if type(st.remote_stat) ~= "table" then return nil, "the earlier sync did not list the sandbox (no GNU find)" end
+  return st
+end
+
+-- Does the remote entry hold what the local one has? `rec` is ferry's record of it, `base` the baseline.
+local function up_to_date(l, r, rec, base)
+  if r.kind ~= l.kind then return false end
+  if l.kind == "symlink" then return r.target == l.target end
+  local mode_kept = rec ~= nil and rec:match("^%a (%d+)") == r.mode and base ~= nil and base.kind == l.kind
+    and base.mode == l.mode
+  if not mode_kept or l.kind == "dir" then return mode_kept end
+  if rec == stat_key(r) and base.sha256 == l.sha256 then return true end
+  return r.sha256 ~= nil and r.sha256 == l.sha256
+end
+
+local function parent_of(rel)
+  return rel:match("^(.*)/[^/]*$")
+end
+
+-- The delta from the remote listing to the local snapshot: names to send (walk order, with their parent
+-- dirs), paths to delete (topmost only, sorted) and the number of entries that changed.
+local function delta_plan(remote, snap, names, st)
+  local wanted, changed, doomed = {}, 0, {}
+  for rel, l in pairs(snap) do
+    local r = remote[rel]
+    if not r or not up_to_date(l, r, st.remote_stat[rel], st.baseline[rel]) then
+      changed = changed + 1
+      if r and (r.kind ~= l.kind or l.kind == "symlink") then doomed[rel] = true end
+      local p = rel
+      while p and not wanted[p] do
+        wanted[p] = true
+        p = parent_of(p)
+      end
+    end
+  end
+  for rel in pairs(remote) do
+    if not snap[rel] then doomed[rel] = true end
+  end
+  local delete = {}
+  for rel in pairs(doomed) do
+    local p, covered = parent_of(rel), false
+    while p and not covered do
+      covered = doomed[p] or false
+      p = parent_of(p)
+    end
+    if not covered then delete[#delete + 1] = rel end
+  end
+  local send = {}
+  for _, rel in ipairs(names) do
+    if wanted[rel] then send[#send + 1] = rel end
+  end
+  return { send = send, delete = sorted(delete), changed = changed }
+end
+
+local function delete_lines(delete)
+  if #delete == 0 then return "" end
+  local words = {}
+  for i, rel in ipairs(delete) do words[i] = q("./" .. rel) end
+  return 'cd "$ferry_r" || exit 1\nrm -rf -- ' .. table.concat(words, " ") .. " || exit 1\ncd / || exit 1"
+end
+
+-- Approximate tar size of a snapshot, or of its entries in `names` (headers, padded contents, end blocks),
+-- for progress totals.
+local function archive_estimate(snap, names)
+  local total = 1024
+  local function add(rel, e)
+    total = total + 512 + (#rel > 100 and 1024 or 0)
+    if e.kind == "file" then total = total + ((e.size + 511) // 512) * 512 end
+  end
+  if names then
+    for _, rel in ipairs(names) do add(rel, snap[rel]) end
+  else
+    for rel, e in pairs(snap) do add(rel, e) end
+  end
+  return total
+end
+
+-- One command: `head` (clearing or deleting), the tar stream of `names` extracted (none when empty), the
+-- marker and the listing. Returns {bytes, warnings, recorded = rel -> stat_key | nil} or nil, message, code.
+local function send_tree(sb, job, head, names)
+  job.progress:phase("sync", archive_estimate(job.snap, names))
+  local binary = not sb.caps or sb.caps.binary ~= false
+  local script = "ferry_r=" .. q(job.remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
+    .. head .. "\n" .. (#names > 0 and 'tar -x -f - -C "$ferry_r" || exit $?\n' or "")
+    .. record_lines(job.keep, job.patterns, binary)
+  local writer = #names > 0 and core.tar_writer(job.ws, names)
   local sent = 0
-  local res, err, code = sb:pipe_in(script, function() return writer:read() end, {
-    what = "sync to " .. remote_dir,
+  local res, err, code = sb:pipe_in(script, writer and function() return writer:read() end or "", {
+    what = "sync to " .. job.remote_dir,
     on_progress = function(n)
-      progress:advance(n - sent)
+      job.progress:advance(n - sent)
       sent = n
     end,
   })
   if not res then return nil, "prepare: " .. err, code end
   if res.code ~= 0 or res.timed_out then
-    return nil, "prepare: " .. command_failure("sync to " .. remote_dir, res), "EIO"
+    return nil, "prepare: " .. command_failure("sync to " .. job.remote_dir, res), "EIO"
   end
-  return { bytes = writer:bytes(), warnings = writer:warnings() }
+  local out = res.stdout or ""
+  if not binary then out = core.b64_decode(out) or "" end
+  local listed = parse_listing(out)
+  return { bytes = writer and writer:bytes() or 0, warnings = writer and writer:warnings() or {},
+    recorded = listed and recorded_stats(listed) }
+end
+
+-- The remote tree with hashes of what changed since the marker, or nil and why not.
+local function list_remote(sb, remote_dir, keep, patterns)
+  local parts = {}
+  local script = "ferry_r=" .. q(remote_dir) .. "\n"
+    .. 'if [ ! -d "$ferry_r" ]; then echo "ferry-delta: $ferry_r is missing" >&2; exit 3; fi\n'
+    .. "if ! " .. HAS_GNU_FIND .. '; then echo "ferry-delta: find cannot -printf" >&2; exit 4; fi\n'
+    .. list_lines(keep, patterns, true)
+  local res, err = sb:pipe_out(script, function(chunk) parts[#parts + 1] = chunk end,
+    { what = "listing " .. remote_dir })
+  if not res then return nil, err end
+  if res.code ~= 0 or res.timed_out then return nil, command_failure("listing " .. remote_dir, res) end
+  local remote = parse_listing(table.concat(parts))
+  if not remote then return nil, "listing " .. remote_dir .. ": malformed output" end
+  return remote
+end
+
+-- A delta sync, or nil and why it cannot be done (then the full sync runs); errors after the sandbox
+-- changed are returned as nil, nil, message, code.
+local function delta_sync(sb, job, st)
+  local remote, why = list_remote(sb, job.remote_dir, job.keep, job.patterns)
+  if not remote then return nil, why end
+  local plan = delta_plan(remote, job.snap, job.names, st)
+  local head = delete_lines(plan.delete)
+  if #head > MAX_DELTA_SCRIPT then return nil, #plan.delete .. " paths to delete (the script would be too long)" end
+  local synced, err, code = send_tree(sb, job, head, plan.send)
+  if not synced then return nil, nil, err, code end
+  synced.delta, synced.delta_files, synced.delta_deleted = true, plan.changed, #plan.delete
+  return synced
+end
+
+-- Sync the workspace: a delta from the earlier prepare's state when it fits, else a full sync (clear all
+-- but the preserved names, send everything). Returns send_tree's result with delta = true|false (and
+-- delta_files, delta_deleted; delta_fallback: why an earlier state was not used) or nil, message, code.
+local function sync(sb, job, use_delta)
+  local fallback
+  if use_delta then
+    local st
+    st, fallback = delta_base(job.state_path, job.provider, job.remote_dir, job.patterns, job.keep)
+    if st then
+      local synced, why, err, code = delta_sync(sb, job, st)
+      if synced then return synced end
+      if err then return nil, err, code end
+      fallback = why
+    end
+  end
+  local synced, err, code = send_tree(sb, job, clear_script(job.keep), job.names)
+  if not synced then return nil, err, code end
+  synced.delta, synced.delta_fallback = false, fallback
+  return synced
 end
 
 local function check_key(key)
@@ -509,9 +813,13 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
 
   local hooked, herr = run_hook(adapter, "before_sync", ctx)
   if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
-  local synced, serr, scode = sync(sb, ws, names, remote_dir, preserved_names(adapter), progress,
-    archive_estimate(snap))
+  local path = opts.state and absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
+  local synced, serr, scode = sync(sb, { ws = ws, snap = snap, names = names, remote_dir = remote_dir,
+    keep = preserved_names(adapter), patterns = patterns, progress = progress, state_path = path,
+    provider = provider_string }, opts.delta ~= false)
   if not synced then return nil, redact_fn(serr), scode end
+  result.delta, result.delta_files, result.delta_deleted = synced.delta, synced.delta_files, synced.delta_deleted
+  result.delta_fallback = synced.delta_fallback
   for _, w in ipairs(synced.warnings) do result.warnings[#result.warnings + 1] = w end
   for _, rel in ipairs(info.skipped) do
     result.warnings[#result.warnings + 1] = rel .. ": not a file, dir or symlink; skipped"
@@ -524,12 +832,11 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
   result.bytes_sent = synced.bytes + asset_bytes
 
   progress:phase("finalize")
-  local path = opts.state and absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
   local record = redact_deep({
     version = state_file.VERSION, ferry_version = core.version, provider = provider_string,
     remote_dir = remote_dir, runtime_dir = runtime_dir, adapter = adapter.name, workspace = ws,
     excludes = patterns, preserve = preserved_names(adapter), assets = asset_dirs, baseline = snap,
-    created_at = os.time(),
+    remote_stat = synced.recorded, created_at = os.time(),
   })
   local wrote, werr, wcode = state_file.write(path, record)
   if not wrote then return nil, "prepare: " .. werr, wcode end
@@ -548,10 +855,13 @@ end
 ---   state           state file path (default ferry.state.default_path(provider, remote_dir))
 ---   progress        a ferry.progress reporter (phases install, sync, assets, finalize); secrets: list of
 ---                   values to redact; on_exec(argv, script) for every command; install_timeout_ms (300 s)
+---   delta           false: always a full sync (default: a delta when the state file is of an earlier
+---                   prepare with the same provider string, remote dir, excludes and preserved names)
 --- Returns {workspace, provider, remote_dir, runtime_dir, asset_dirs = {key = dir}, installed = true|false|nil,
 --- install_status
 --- ("none"|"present"|"installed"|"failed"|"missing"), install_warning, bytes_sent, commands, state, files,
---- dirs, symlinks, warnings} or nil, message, code.
+--- dirs, symlinks, warnings, delta = true|false, delta_files (entries sent), delta_deleted (paths removed),
+--- delta_fallback (why an earlier state was not used for a delta)} or nil, message, code.
 ---@param opts table
 ---@return table|nil result, string|nil err, string|nil code
 function M.prepare(opts)
@@ -566,53 +876,6 @@ function M.prepare(opts)
 end
 
 -- ---- restore ----
-
-local SIMPLE_NAME = "^[%w%._%-%*%?%+@,=:~ ]+$" -- one component, read alike by `case`, find -name and us
-
--- A one-component exclude pattern as a shell `case` pattern: literal runs quoted, '*' and '?' bare.
-local function case_pattern(p)
-  return (p:gsub("[^%*%?]+", function(lit) return q(lit) end))
-end
-
--- The exclude patterns the sandbox can apply itself, by kind: top-level names (`case`, any tar) and names
--- at any depth (find -name, when find and tar can read a NUL-separated list); each for any entry or for
--- directories only. The sandbox may leave out less than the local excludes do, never more (a path missing
--- from the stream reads as deleted remotely), so nothing is left out when a pattern re-includes ('!').
-local function remote_excludes(patterns)
-  local x = { top = {}, top_dirs = {}, any = {}, any_dirs = {} }
-  for _, p in ipairs(patterns) do
-    if p:sub(1, 1) == "!" then return { top = {}, top_dirs = {}, any = {}, any_dirs = {} } end
-  end
-  for _, p in ipairs(patterns) do
-    local body, dirs = p:match("^(.-)(/?)$")
-    local anchored = body:match("^/(.+)$")
-    local name = anchored or body
-    if name:match(SIMPLE_NAME) then
-      local top = dirs == "/" and x.top_dirs or x.top
-      top[#top + 1] = case_pattern(name)
-      if not anchored then
-        local any = dirs == "/" and x.any_dirs or x.any
-        any[#any + 1] = q(name)
-      end
-    end
-  end
-  return x
-end
-
-local function find_names(list)
-  local parts = {}
-  for _, n in ipairs(list) do parts[#parts + 1] = "-name " .. n end
-  return table.concat(parts, " -o ")
-end
-
--- find's expression that prunes the excluded names at any depth, then prints the rest NUL-terminated.
-local function find_expression(x)
-  local prune = {}
-  if #x.any_dirs > 0 then prune[#prune + 1] = "-type d \\( " .. find_names(x.any_dirs) .. " \\)" end
-  if #x.any > 0 then prune[#prune + 1] = "\\( " .. find_names(x.any) .. " \\)" end
-  if #prune == 0 then return "-print0" end
-  return "\\( " .. table.concat(prune, " -o ") .. " \\) -prune -o -print0"
-end
 
 -- Shell script that writes the remote workspace as a tar stream on stdout: names "./<top>/...", without
 -- the runtime dir, preserved names and the excludes the sandbox can apply (see remote_excludes).
