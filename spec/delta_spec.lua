@@ -176,6 +176,23 @@ for _, label in ipairs { "local", "bwrap" } do
         assert.is_true(prepare { excludes = { "*.sh" } }.delta)
       end)
 
+    it("redoes a full sync when the sandbox changed between the listing and the delta", function()
+      fill(ws)
+      prepare()
+      W.write(ws, "keep me.txt", "changed locally\n")
+      local listed = false
+      local res = prepare { on_exec = function(_, script)
+        if listed and script:find("tar -x", 1, true) and not W.read(box.host_root, "late stray") then
+          W.write(box.host_root, "late stray", "written while ferry worked\n")
+        end
+        listed = listed or script:find("ferry-delta", 1, true) ~= nil
+      end }
+      assert.is_false(res.delta)
+      assert.equal("after the delta, late stray differed in the sandbox", res.delta_fallback)
+      assert.is_nil(W.read(box.host_root, "late stray"))
+      assert.equal("changed locally\n", W.read(box.host_root, "keep me.txt"))
+    end)
+
     it("falls back when the state is of another provider or unreadable", function()
       W.write(ws, "a", "a\n")
       prepare()
@@ -216,6 +233,25 @@ describe("delta re-sync over every transfer mode", function()
       assert.equal(big, W.read(box.root, "same"))
       sb:close()
     end
+    box:cleanup()
+    helpers.rmtree(tmp)
+  end)
+end)
+
+describe("delta re-sync with a long delete list", function()
+  it("does a full sync instead of a script over the argument limit", function()
+    local box, tmp = sandboxes.make("local"), helpers.tmpdir()
+    local opts = { provider = "local", workspace = tmp .. "/ws", remote_dir = box.root, state = tmp .. "/s.json" }
+    W.write(tmp, "ws/a", "a\n")
+    assert(runtime.prepare(opts))
+    local long = ("x"):rep(100)
+    assert(os.execute("cd " .. q(box.root) .. " && for i in $(seq 1000); do : > \"stray $i " .. long .. "\"; done"))
+    local res = assert(runtime.prepare(opts))
+    assert.is_false(res.delta)
+    assert.equal("1000 paths to delete (the script would be too long)", res.delta_fallback)
+    local left = assert(core.fs_readdir(box.root))
+    table.sort(left)
+    assert.same({ ".ferry-runtime", "a" }, left)
     box:cleanup()
     helpers.rmtree(tmp)
   end)

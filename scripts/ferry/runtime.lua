@@ -540,7 +540,23 @@ local function send_tree(sb, job, head, names)
   if not binary then out = core.b64_decode(out) or "" end
   local listed = parse_listing(out)
   return { bytes = writer and writer:bytes() or 0, warnings = writer and writer:warnings() or {},
-    recorded = listed and recorded_stats(listed) }
+    listed = listed, recorded = listed and recorded_stats(listed) }
+end
+
+-- The first path where the listed remote tree and the snapshot disagree (kind, size, link target, or a path
+-- on one side only), or nil when they agree.
+local function disagreement(listed, snap)
+  for rel, r in pairs(listed) do
+    local l = snap[rel]
+    if not l or l.kind ~= r.kind or (l.kind == "file" and tostring(l.size) ~= r.size)
+      or (l.kind == "symlink" and l.target ~= r.target) then
+      return rel
+    end
+  end
+  for rel in pairs(snap) do
+    if not listed[rel] then return rel end
+  end
+  return nil
 end
 
 -- The remote tree with hashes of what changed since the marker, or nil and why not.
@@ -569,6 +585,10 @@ local function delta_sync(sb, job, st)
   if #head > MAX_DELTA_SCRIPT then return nil, #plan.delete .. " paths to delete (the script would be too long)" end
   local synced, err, code = send_tree(sb, job, head, plan.send)
   if not synced then return nil, nil, err, code end
+  -- the listing taken after the delta must show the local tree (a race with the sandbox, or a bug, would
+  -- not): else the full sync puts it right
+  local odd = synced.listed and disagreement(synced.listed, job.snap)
+  if odd then return nil, "after the delta, " .. odd .. " differed in the sandbox" end
   synced.delta, synced.delta_files, synced.delta_deleted = true, plan.changed, #plan.delete
   return synced
 end
