@@ -9,11 +9,12 @@ local function machine()
 end
 
 print(string.format("ferry bench, %s, %s", os.date("!%Y-%m-%d %H:%M UTC"), machine()))
-for _, name in ipairs { "proc", "b64" } do
+for _, name in ipairs { "proc", "b64", "transport" } do
   local ok, mod = pcall(require, "bench." .. name)
   if ok then
     print(string.format("\n== %s ==", name))
-    mod.report(mod.run())
+    local ran, err = pcall(function() mod.report(mod.run()) end) -- one failing bench does not stop the others
+    if not ran then print(string.format("== %s: failed (%s) ==", name, err)) end
   else
     print(string.format("\n== %s: unavailable (%s) ==", name, mod))
   end
