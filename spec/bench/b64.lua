@@ -122,11 +122,15 @@ function M.run()
   os.remove(raw_file)
   os.remove(text_file)
   if not ok then error(rows, 0) end
-  print_table(rows)
   return { encode = rows[1], decode = rows[2] }
 end
 
+--- Print the table for figures from M.run().
+function M.report(res)
+  print_table { res.encode, res.decode }
+end
+
 local modname = ...
-if type(modname) ~= "string" or not modname:find("b64$") then M.run() end
+if type(modname) ~= "string" or not modname:find("b64$") then M.report(M.run()) end
 
 return M
