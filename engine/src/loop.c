@@ -225,6 +225,7 @@ static int l_timer(lua_State *L) {
   t->L = main;
   lua_pushvalue(L, 2);
   t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_update_time(t->handle.loop); /* the loop's cached time may be stale: never fire early */
   uv_timer_start(&t->handle, timer_cb, (uint64_t)ms, 0);
   luatimer **ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = t;
