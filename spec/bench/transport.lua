@@ -318,6 +318,16 @@ local function round_trips(sb, server, f)
   f.exec_ms, f.new_ssh_ms, f.direct_ms = stats.median(ex), stats.median(new), stats.median(direct)
 end
 
+-- The same round trip through a persistent session (one long-lived sh over the shared connection).
+local function session_round_trips(server, f)
+  local sb = assert(ferry.open(server:url(), { session = true }))
+  assert(sb:exec("true").code == 0) -- opens the session
+  local times = {}
+  for i = 1, 30 do times[i] = timed(function() assert(sb:exec("true").code == 0) end) end
+  sb:close()
+  f.session_ms = stats.median(times)
+end
+
 local function ssh_section(f)
   local sshd = require "support.sshd"
   local server = sshd.start()
@@ -326,6 +336,7 @@ local function ssh_section(f)
     local sb = assert(ferry.open(server:url(), { on_exec = function() counter.n = counter.n + 1 end }))
     local inner_ok, inner_err = pcall(function()
       round_trips(sb, server, f)
+      session_round_trips(server, f)
       ssh_transfers(sb, counter, f)
     end)
     sb:close()
@@ -493,6 +504,10 @@ local function summary_rows(f)
   if f.exec_ms then
     row("round trip: sb:exec('true') vs new ssh HOST true", millis(f.exec_ms), millis(f.new_ssh_ms),
       f.exec_ms / f.new_ssh_ms, "<= 5 ms" .. verdict(f.exec_ms, 5))
+  end
+  if f.session_ms then
+    row("round trip in a session (session=true) vs new ssh HOST true", millis(f.session_ms),
+      millis(f.new_ssh_ms), f.session_ms / f.new_ssh_ms, "<= 5 ms" .. verdict(f.session_ms, 5))
   end
   if f.cold_ms and f.cold_commands then
     row("commands per cold prepare (vs Paperclip's)", tostring(f.cold_commands),
