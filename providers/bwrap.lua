@@ -6,6 +6,7 @@
 -- rather than `--ro-bind / /`: bwrap cannot create the /sandbox mount point inside a read-only root.
 local core = require "ferry.core"
 local proc = require "ferry.proc"
+local util = require "ferry.provider_util"
 
 local M = {}
 
@@ -17,15 +18,6 @@ local HINT = "use -p local to run without isolation"
 
 local root_args   -- host / entries as bwrap arguments, computed once per process
 local bwrap_works -- set once a sandbox started in this process
-
-local function tail(text)
-  local lines = {}
-  for line in (text or ""):gmatch("[^\r\n]+") do
-    if line:match("%S") then lines[#lines + 1] = line end
-  end
-  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
-  return #out > 400 and out:sub(-400) or out
-end
 
 local function host_root_args()
   if root_args then return root_args end
@@ -52,7 +44,7 @@ local function prepare_dir(name, dir)
   local res, err = proc.run { argv = { "sh", "-c", script, "sh", dir } }
   if not res then return nil, name .. ": cannot create the sandbox dir: " .. err, "EIO" end
   if res.code ~= 0 then
-    return nil, name .. ": cannot create the sandbox dir " .. dir .. ": " .. tail(res.stderr), "EIO"
+    return nil, name .. ": cannot create the sandbox dir " .. dir .. ": " .. util.tail(res.stderr), "EIO"
   end
   return (res.stdout:gsub("\n$", ""))
 end
@@ -64,29 +56,20 @@ Bwrap.__index = Bwrap
 ---@param script string
 ---@return string[]
 function Bwrap:command(script)
-  local argv = table.move(self.argv, 1, #self.argv, 1, {})
-  argv[#argv + 1] = "sh"
-  argv[#argv + 1] = "-c"
-  argv[#argv + 1] = script
-  return argv
+  return util.with(self.argv, "sh", "-c", script)
 end
 
 function Bwrap.close() end
 
 -- Start one sandbox running `true`: tells a missing bwrap or a kernel that refuses namespaces from a working one.
 local function probe(p, opts)
-  local argv = table.move(p.argv, 1, #p.argv, 1, {})
-  argv[#argv + 1] = "true"
-  if opts.on_exec then opts.on_exec(argv, "true") end
-  local res, err, code = proc.run { argv = argv, timeout_ms = 30000 }
-  if not res and code == "ENOENT" then
-    return nil, p.name .. ": bubblewrap is not installed (apt-get install bubblewrap) or not on PATH; " .. HINT,
-      "ENOENT"
+  local res, err, code = util.run_shown(util.with(p.argv, "true"), "true", opts, 30000)
+  if not res then
+    return util.start_error(p.name, err, code,
+      { program = "bwrap", shown = "bubblewrap", install = " (apt-get install bubblewrap)", after = "; " .. HINT })
   end
-  if not res then return nil, p.name .. ": cannot run bwrap: " .. err .. "; " .. HINT, code end
   if res.code ~= 0 then
-    return nil, string.format("%s: bubblewrap cannot create a sandbox here (%s); %s", p.name,
-      tail(res.stderr) ~= "" and tail(res.stderr) or ("exit code " .. tostring(res.code or res.signal)), HINT),
+    return nil, string.format("%s: bubblewrap cannot create a sandbox here (%s); %s", p.name, util.why(res), HINT),
       "EPERM"
   end
   bwrap_works = true

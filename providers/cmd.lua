@@ -2,14 +2,13 @@
 -- on this host with stdin and stdout piped (e.g. `cmd:docker exec -i box`, `cmd:env PATH=/opt/bin:/bin`).
 -- The words are split as a POSIX shell splits them (quotes and backslashes), without any expansion.
 local core = require "ferry.core"
-local proc = require "ferry.proc"
+local util = require "ferry.provider_util"
 
 local M = {}
 
 M.usage = "cmd:ARGV..."
 M.help = "runs ARGV... sh -c SCRIPT on this host (e.g. cmd:docker exec -i BOX)"
 
-local PROBE = "echo ferry-probe-ok"
 local PROBE_TIMEOUT_MS = 30000
 
 -- The text of a double-quoted word from s[i] (just after the quote): returns text, index after the closing quote.
@@ -72,15 +71,6 @@ function M.split(s)
   return words
 end
 
-local function tail(text)
-  local lines = {}
-  for line in (text or ""):gmatch("[^\r\n]+") do
-    if line:match("%S") then lines[#lines + 1] = line end
-  end
-  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
-  return #out > 400 and out:sub(-400) or out
-end
-
 local Cmd = {}
 Cmd.__index = Cmd
 
@@ -88,21 +78,15 @@ Cmd.__index = Cmd
 ---@param script string
 ---@return string[]
 function Cmd:command(script)
-  local argv = table.move(self.prefix, 1, #self.prefix, 1, {})
-  argv[#argv + 1] = "sh"
-  argv[#argv + 1] = "-c"
-  argv[#argv + 1] = script
-  return argv
+  return util.with(self.prefix, "sh", "-c", script)
 end
 
 function Cmd.close() end
 
 -- One command through the prefix tells a missing program or an unreachable sandbox from a working one.
 local function probe(p, opts)
-  local argv = p:command(PROBE)
-  if opts.on_exec then opts.on_exec(argv, PROBE) end
   local timeout = opts.probe_timeout_ms or PROBE_TIMEOUT_MS
-  local res, err, code = proc.run { argv = argv, timeout_ms = timeout }
+  local res, err, code = util.probe(p, opts, timeout)
   local prefix_shown = core.sh_join(p.prefix)
   if not res then
     return nil, string.format("%s: cannot run '%s': %s; the words after cmd: must start with an installed "
@@ -112,11 +96,10 @@ local function probe(p, opts)
     return nil, string.format("%s: the sandbox did not answer within %d s; check that `%s sh -c true` "
       .. "works in a terminal", p.name, timeout // 1000, prefix_shown), "ETIMEDOUT"
   end
-  if res.code ~= 0 or not res.stdout:find("ferry-probe-ok", 1, true) then
-    local why = tail(res.stderr)
+  if not util.answered(res) then
     return nil, string.format("%s: the sandbox is unreachable: a probe exited with code %s%s; check that "
-      .. "`%s sh -c true` works in a terminal", p.name, tostring(res.code or res.signal),
-      why ~= "" and (" (" .. why .. ")") or "", prefix_shown), "EHOSTUNREACH"
+      .. "`%s sh -c true` works in a terminal", p.name, tostring(res.code or res.signal), util.stderr_note(res),
+      prefix_shown), "EHOSTUNREACH"
   end
   return true
 end
@@ -140,11 +123,7 @@ function M.open(arg, opts)
     default_remote_dir = nil,
     scratch_dir = "/tmp",
   }, Cmd)
-  if opts.probe ~= false then
-    local ok, perr, code = probe(p, opts)
-    if not ok then return nil, perr, code end
-  end
-  return p
+  return util.checked(p, opts, probe)
 end
 
 return M

@@ -1,19 +1,9 @@
 --- Provider `docker:CONTAINER`: commands run in a running container with `docker exec -i CONTAINER sh -c
 -- SCRIPT` (no tty, so stdin and stdout are 8-bit clean). `engine(program)` makes the same provider for a
 -- docker-compatible CLI (providers/podman.lua).
-local proc = require "ferry.proc"
+local util = require "ferry.provider_util"
 
-local PROBE = "echo ferry-probe-ok"
 local PROBE_TIMEOUT_MS = 30000
-
-local function tail(text)
-  local lines = {}
-  for line in (text or ""):gmatch("[^\r\n]+") do
-    if line:match("%S") then lines[#lines + 1] = line end
-  end
-  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
-  return #out > 400 and out:sub(-400) or out
-end
 
 --- A provider module for the docker-compatible CLI `program` ("docker", "podman"): usage, help, open, engine.
 ---@param program string
@@ -39,23 +29,16 @@ local function engine(program)
   -- One command in the container: tells a missing CLI, a stopped container or a daemon that is not running
   -- from a working sandbox.
   local function probe(p, opts)
-    local argv = p:command(PROBE)
-    if opts.on_exec then opts.on_exec(argv, PROBE) end
     local timeout = opts.probe_timeout_ms or PROBE_TIMEOUT_MS
-    local res, err, code = proc.run { argv = argv, timeout_ms = timeout }
-    if not res and code == "ENOENT" then
-      return nil, p.name .. ": " .. program .. " is not installed or not on PATH", "ENOENT"
-    end
-    if not res then return nil, p.name .. ": cannot run " .. program .. ": " .. err, code end
+    local res, err, code = util.probe(p, opts, timeout)
+    if not res then return util.start_error(p.name, err, code, { program = program }) end
     if res.timed_out then
       return nil, string.format("%s: the container did not answer within %d s", p.name, timeout // 1000),
         "ETIMEDOUT"
     end
-    if res.code ~= 0 or not res.stdout:find("ferry-probe-ok", 1, true) then
-      local why = tail(res.stderr)
-      if why == "" then why = "exit code " .. tostring(res.code or res.signal) end
+    if not util.answered(res) then
       return nil, string.format("%s: cannot run a command in container %s: %s; check that it is running (%s ps)",
-        p.name, p.container, why, program), "EHOSTUNREACH"
+        p.name, p.container, util.why(res), program), "EHOSTUNREACH"
     end
     return true
   end
@@ -80,11 +63,7 @@ local function engine(program)
       default_remote_dir = nil,
       scratch_dir = "/tmp",
     }, Container)
-    if opts.probe ~= false then
-      local ok, err, code = probe(p, opts)
-      if not ok then return nil, err, code end
-    end
-    return p
+    return util.checked(p, opts, probe)
   end
 
   E.engine = engine

@@ -1,28 +1,14 @@
 --- Provider `kubectl:[NAMESPACE/]POD[:CONTAINER][?context=CTX]`: commands run in a pod with
 -- `kubectl [--context CTX] exec -i [-n NAMESPACE] POD [-c CONTAINER] -- sh -c SCRIPT` (no tty, so stdin and
 -- stdout are 8-bit clean). Without a namespace or context, kubectl's current ones apply.
-local proc = require "ferry.proc"
+local util = require "ferry.provider_util"
 
 local M = {}
 
 M.usage = "kubectl:[NAMESPACE/]POD[:CONTAINER][?context=CTX]"
 M.help = "commands run in a pod with kubectl exec -i (optional namespace, container, ?context=)"
 
-local PROBE = "echo ferry-probe-ok"
 local PROBE_TIMEOUT_MS = 60000
-
-local function tail(text)
-  local lines = {}
-  for line in (text or ""):gmatch("[^\r\n]+") do
-    if line:match("%S") then lines[#lines + 1] = line end
-  end
-  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
-  return #out > 400 and out:sub(-400) or out
-end
-
-local function url_decode(s)
-  return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
-end
 
 -- Kubernetes object names: lower-case letters, digits, '-' and '.', starting with a letter or digit.
 local function k8s_name(s)
@@ -40,7 +26,7 @@ function M.parse(arg)
     if key ~= "context" then
       return nil, "the only query key is context (?context=CTX), got '" .. pair .. "'"
     end
-    t.context = url_decode(value)
+    t.context = util.url_decode(value)
     if t.context == "" or t.context:find("^%-") or t.context:find("%c") then
       return nil, "'" .. t.context .. "' is not a context name"
     end
@@ -63,11 +49,7 @@ Pod.__index = Pod
 ---@param script string
 ---@return string[]
 function Pod:command(script)
-  local argv = table.move(self.prefix, 1, #self.prefix, 1, {})
-  argv[#argv + 1] = "sh"
-  argv[#argv + 1] = "-c"
-  argv[#argv + 1] = script
-  return argv
+  return util.with(self.prefix, "sh", "-c", script)
 end
 
 --- Nothing to release: every command is a process of its own.
@@ -86,20 +68,15 @@ end
 
 -- One command in the pod: tells a missing kubectl, an unknown pod or an unreachable cluster from a working one.
 local function probe(p, opts)
-  local argv = p:command(PROBE)
-  if opts.on_exec then opts.on_exec(argv, PROBE) end
   local timeout = opts.probe_timeout_ms or PROBE_TIMEOUT_MS
-  local res, err, code = proc.run { argv = argv, timeout_ms = timeout }
-  if not res and code == "ENOENT" then return nil, p.name .. ": kubectl is not installed or not on PATH", "ENOENT" end
-  if not res then return nil, p.name .. ": cannot run kubectl: " .. err, code end
+  local res, err, code = util.probe(p, opts, timeout)
+  if not res then return util.start_error(p.name, err, code, { program = "kubectl" }) end
   if res.timed_out then
     return nil, string.format("%s: the pod did not answer within %d s", p.name, timeout // 1000), "ETIMEDOUT"
   end
-  if res.code ~= 0 or not res.stdout:find("ferry-probe-ok", 1, true) then
-    local why = tail(res.stderr)
-    if why == "" then why = "exit code " .. tostring(res.code or res.signal) end
+  if not util.answered(res) then
     return nil, string.format("%s: cannot run a command in pod %s: %s; check the pod (kubectl get pod%s) and "
-      .. "the context", p.name, p.pod, why, p.namespace and " -n " .. p.namespace or ""), "EHOSTUNREACH"
+      .. "the context", p.name, p.pod, util.why(res), p.namespace and " -n " .. p.namespace or ""), "EHOSTUNREACH"
   end
   return true
 end
@@ -123,11 +100,7 @@ function M.open(arg, opts)
     default_remote_dir = nil,
     scratch_dir = "/tmp",
   }, Pod)
-  if opts.probe ~= false then
-    local ok, perr, code = probe(p, opts)
-    if not ok then return nil, perr, code end
-  end
-  return p
+  return util.checked(p, opts, probe)
 end
 
 return M

@@ -12,6 +12,7 @@
 -- login shell parses them again, so the script is quoted once for that shell.
 local core = require "ferry.core"
 local proc = require "ferry.proc"
+local util = require "ferry.provider_util"
 
 local M = {}
 
@@ -20,23 +21,9 @@ M.help = "commands run on HOST over one shared ssh connection; query keys are Op
 
 local CONNECT_TIMEOUT_S = 10
 local PERSIST = "60s"
-local PROBE = "echo ferry-probe-ok"
 
 -- Short and fixed rather than $TMPDIR: a unix socket path must fit in 108 bytes (the name is 40 hex digits).
 local CONTROL_PREFIX = "/tmp/ferry-ssh-"
-
-local function tail(text)
-  local lines = {}
-  for line in (text or ""):gmatch("[^\r\n]+") do
-    if line:match("%S") then lines[#lines + 1] = line end
-  end
-  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
-  return #out > 400 and out:sub(-400) or out
-end
-
-local function url_decode(s)
-  return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
-end
 
 -- Query "A=1&B=x%20y" -> list of {key, value}; option names are letters and digits, as OpenSSH spells them.
 local function parse_query(query)
@@ -45,7 +32,7 @@ local function parse_query(query)
     local key, value = pair:match("^([^=]*)=(.*)$")
     if not key then return nil, "expected Option=Value in the query, got '" .. pair .. "'" end
     if not key:match("^%a%w*$") then return nil, "'" .. key .. "' is not an ssh option name" end
-    value = url_decode(value)
+    value = util.url_decode(value)
     if value == "" or value:find("[%c]") then
       return nil, "the value of " .. key .. " must be non-empty and without control characters"
     end
@@ -76,7 +63,7 @@ function M.parse(arg)
   if host == "" then return nil, "expected ssh://[USER@]HOST[:PORT], got no host" end
   if host:find("^%-") or host:find("[%s/@]") then return nil, "'" .. host .. "' is not a host name" end
   if user then
-    user = url_decode(user)
+    user = util.url_decode(user)
     if user == "" or user:find("^%-") or user:find("[%c%s]") then return nil, "'" .. user .. "' is not a user name" end
   end
   local portnum = port and tonumber(port:match("^%d+$") or "")
@@ -120,23 +107,17 @@ local function base_argv(t, control_dir)
   return argv
 end
 
-local function with(argv, ...)
-  local out = table.move(argv, 1, #argv, 1, {})
-  for _, a in ipairs { ... } do out[#out + 1] = a end
-  return out
-end
-
 --- The argv that runs `script` with sh on the host (through the shared connection).
 ---@param script string
 ---@return string[]
 function Ssh:command(script)
-  return with(self.argv, "--", self.host, "sh -c " .. core.sh_quote(script))
+  return util.with(self.argv, "--", self.host, "sh -c " .. core.sh_quote(script))
 end
 
 -- The user ssh logs in as: the URL's, else what the ssh config resolves (`ssh -G` makes no connection).
 function Ssh:login_user()
   if self.user then return self.user end
-  local res = proc.run { argv = with(self.argv, "-G", "--", self.host), timeout_ms = 10000 }
+  local res = proc.run { argv = util.with(self.argv, "-G", "--", self.host), timeout_ms = 10000 }
   local user = res and res.code == 0 and res.stdout:match("\nuser ([^\n]+)")
   return user or os.getenv("USER") or "?"
 end
@@ -179,7 +160,7 @@ function Ssh:explain(res)
       .. "ssh_config, e.g. IdentityFile=%22/path/with space%22)", "EINVAL"
   end
   if err:find("Control socket", 1, true) or err:find("mux_client", 1, true) then
-    return name .. ": the shared connection failed: " .. tail(err), "EIO"
+    return name .. ": the shared connection failed: " .. util.tail(err), "EIO"
   end
   return nil
 end
@@ -187,29 +168,25 @@ end
 -- One command through the connection: starts the master, and tells an unreachable host, refused
 -- credentials or a wrong host key from a working sandbox.
 local function probe(p, opts)
-  local argv = p:command(PROBE)
-  if opts.on_exec then opts.on_exec(argv, PROBE) end
   local timeout = p.connect_timeout * 1000 + 30000
-  local res, err, code = proc.run { argv = argv, timeout_ms = timeout }
-  if not res and code == "ENOENT" then
-    return nil, p.name .. ": ssh is not installed (apt-get install openssh-client) or not on PATH", "ENOENT"
+  local res, err, code = util.probe(p, opts, timeout)
+  if not res then
+    return util.start_error(p.name, err, code, { program = "ssh", install = " (apt-get install openssh-client)" })
   end
-  if not res then return nil, p.name .. ": cannot run ssh: " .. err, code end
   if res.timed_out then
     return nil, string.format("%s: cannot connect: no answer within %d s", p.name, timeout // 1000), "ETIMEDOUT"
   end
-  if res.code == 0 and res.stdout:find("ferry-probe-ok", 1, true) then return true end
+  if util.answered(res) then return true end
   local msg, mcode = p:explain(res)
   if msg then return nil, msg, mcode end
-  local why = tail(res.stderr)
   return nil, string.format("%s: a probe command failed with exit code %s%s; check that `ssh %s true` works",
-    p.name, tostring(res.code or res.signal), why ~= "" and (" (" .. why .. ")") or "", p.host), "EIO"
+    p.name, tostring(res.code or res.signal), util.stderr_note(res), p.host), "EIO"
 end
 
 --- End the shared connection and remove its socket directory. Safe to call twice.
 function Ssh:close()
   if not self.control_dir then return end
-  proc.run { argv = with(self.argv, "-O", "exit", "--", self.host), timeout_ms = 10000 }
+  proc.run { argv = util.with(self.argv, "-O", "exit", "--", self.host), timeout_ms = 10000 }
   core.fs_remove_tree(self.control_dir)
   self.control_dir = nil
 end
@@ -243,14 +220,7 @@ function M.open(arg, opts)
     default_remote_dir = nil,
     scratch_dir = "/tmp",
   }, Ssh)
-  if opts.probe ~= false then
-    local ok, err, code = probe(p, opts)
-    if not ok then
-      p:close()
-      return nil, err, code
-    end
-  end
-  return p
+  return util.checked(p, opts, probe)
 end
 
 return M

@@ -1,28 +1,18 @@
 --- claude: Anthropic Claude Code. Brings the user's skills into the sandbox and, after the workspace sync,
 --- writes the user's MCP servers to <runtime>/mcp-config/mcp.json for `claude --mcp-config`. Project MCP
 --- servers (.mcp.json) travel with the workspace; the sign-in never leaves the host.
-local core = require "ferry.core"
+local util = require "ferry.adapter_util"
 local cjson = require("cjson").new()
 
 local MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
-local function nonempty(value)
-  if type(value) == "string" and value:match("%S") then return value end
-  return nil
-end
-
-local function is_dir(path)
-  local st = core.fs_stat(path)
-  return st ~= nil and st.kind == "dir"
-end
-
 local function config_dir(ctx)
-  return nonempty(ctx.env("CLAUDE_CONFIG_DIR")) or (ctx.home .. "/.claude")
+  return util.env_dir(ctx, "CLAUDE_CONFIG_DIR", ctx.home .. "/.claude")
 end
 
 -- ~/.claude.json holds the user's MCP servers; with CLAUDE_CONFIG_DIR set, it lives inside that dir.
 local function settings_file(ctx)
-  local dir = nonempty(ctx.env("CLAUDE_CONFIG_DIR"))
+  local dir = util.nonempty(ctx.env("CLAUDE_CONFIG_DIR"))
   if dir then return dir .. "/.claude.json" end
   return ctx.home .. "/.claude.json"
 end
@@ -95,9 +85,7 @@ return {
   preserve = {},
   --- skills: <config dir>/skills, symlinked skills resolved (skill folders are often links into a repo).
   assets = function(ctx)
-    local skills = config_dir(ctx) .. "/skills"
-    if not is_dir(skills) then return {} end
-    return { skills = { dir = skills, follow_symlinks = true, exclude = {} } }
+    return util.existing { skills = { dir = config_dir(ctx) .. "/skills", follow_symlinks = true, exclude = {} } }
   end,
   hooks = { after_sync = write_mcp_config },
 }

@@ -2,24 +2,15 @@
 --- run copies a refreshed auth.json back to the host: Codex refresh tokens are single-use, so the host copy
 --- is dead once the sandbox has refreshed it.
 local core = require "ferry.core"
+local util = require "ferry.adapter_util"
 local cjson = require("cjson").new()
 
 local MAX_AUTH_BYTES = 1024 * 1024
 local LOCK_WAIT_MS = 5000
 local LOCK_STEP_MS = 50
 
-local function nonempty(value)
-  if type(value) == "string" and value:match("%S") then return value end
-  return nil
-end
-
-local function is_dir(path)
-  local st = core.fs_stat(path)
-  return st ~= nil and st.kind == "dir"
-end
-
 local function codex_home(ctx)
-  return nonempty(ctx.env("CODEX_HOME")) or (ctx.home .. "/.codex")
+  return util.env_dir(ctx, "CODEX_HOME", ctx.home .. "/.codex")
 end
 
 -- Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
@@ -59,7 +50,7 @@ local function later(a, b)
 end
 
 local function has_text(t, key)
-  return nonempty(t[key]) ~= nil
+  return util.nonempty(t[key]) ~= nil
 end
 
 --- What decides a copy-back: the ChatGPT account and when its tokens were last refreshed. nil for anything
@@ -70,7 +61,7 @@ local function parse_auth(text)
   if has_text(doc, "OPENAI_API_KEY") then return nil end
   local tokens = doc.tokens
   if type(tokens) ~= "table" then return nil end
-  local account = nonempty(tokens.account_id)
+  local account = util.nonempty(tokens.account_id)
   if not account then return nil end
   if not (has_text(tokens, "refresh_token") or has_text(tokens, "access_token") or has_text(tokens, "id_token")) then
     return nil
@@ -177,11 +168,9 @@ return {
   preserve = {},
   --- home: the Codex home without scratch space, logs and past sessions (large, and private).
   assets = function(ctx)
-    local home = codex_home(ctx)
-    if not is_dir(home) then return {} end
-    return {
+    return util.existing {
       home = {
-        dir = home,
+        dir = codex_home(ctx),
         follow_symlinks = false,
         exclude = { "/tmp", "/.tmp", "/log", "/sessions", "/archived_sessions", "/.auth.json.ferry-lock" },
       },

@@ -1,11 +1,6 @@
 --- gemini: Google Gemini CLI. Brings ~/.gemini (settings with MCP servers, GEMINI.md, extensions, commands,
 --- the sign-in) into the sandbox, without its per-project scratch space.
-local core = require "ferry.core"
-
-local function is_dir(path)
-  local st = core.fs_stat(path)
-  return st ~= nil and st.kind == "dir"
-end
+local util = require "ferry.adapter_util"
 
 return {
   name = "gemini",
@@ -16,9 +11,9 @@ return {
   preserve = {},
   --- home: ~/.gemini; run the agent with HOME set so that <HOME>/.gemini is this dir, or link it there.
   assets = function(ctx)
-    local home = ctx.home .. "/.gemini"
-    if not is_dir(home) then return {} end
-    return { home = { dir = home, follow_symlinks = false, exclude = { "/tmp", "/history" } } }
+    return util.existing {
+      home = { dir = ctx.home .. "/.gemini", follow_symlinks = false, exclude = { "/tmp", "/history" } },
+    }
   end,
   hooks = {},
 }

@@ -1,16 +1,6 @@
 --- pi: Mario Zechner's pi coding agent. Brings its agent dir (PI_CODING_AGENT_DIR or ~/.pi/agent: settings,
 --- models, sign-in, skills, prompts, extensions) into the sandbox, without past sessions.
-local core = require "ferry.core"
-
-local function nonempty(value)
-  if type(value) == "string" and value:match("%S") then return value end
-  return nil
-end
-
-local function is_dir(path)
-  local st = core.fs_stat(path)
-  return st ~= nil and st.kind == "dir"
-end
+local util = require "ferry.adapter_util"
 
 return {
   name = "pi",
@@ -21,9 +11,8 @@ return {
   preserve = {},
   --- agent: the agent dir; point PI_CODING_AGENT_DIR at it in the sandbox.
   assets = function(ctx)
-    local dir = nonempty(ctx.env("PI_CODING_AGENT_DIR")) or (ctx.home .. "/.pi/agent")
-    if not is_dir(dir) then return {} end
-    return { agent = { dir = dir, follow_symlinks = false, exclude = { "/sessions" } } }
+    local dir = util.env_dir(ctx, "PI_CODING_AGENT_DIR", ctx.home .. "/.pi/agent")
+    return util.existing { agent = { dir = dir, follow_symlinks = false, exclude = { "/sessions" } } }
   end,
   hooks = {},
 }

@@ -15,6 +15,7 @@
 local core = require "ferry.core"
 local proc = require "ferry.proc"
 local policy = require "ferry.policy"
+local provider_util = require "ferry.provider_util"
 
 local M = {}
 
@@ -28,6 +29,7 @@ local BUILTIN_ORDER = { "local", "bwrap", "cmd" }
 local ENOENT, EISDIR, ESHORT, EFBIG, ENOTDIR = 200, 201, 202, 203, 204
 
 local q = core.sh_quote
+local tail = provider_util.tail
 
 local Sandbox = {}
 Sandbox.__index = Sandbox
@@ -57,22 +59,11 @@ local function split_path(path)
   return dir == "" and "/" or dir, base
 end
 
-local function tail(text)
-  local lines = {}
-  for line in (text or ""):gmatch("[^\r\n]+") do
-    if line:match("%S") then lines[#lines + 1] = line end
-  end
-  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
-  return #out > 400 and out:sub(-400) or out
-end
-
 -- nil, "<what>: <why>", code for a command that failed.
 local function command_error(res, what)
   if res.timed_out then return nil, what .. ": timed out", "ETIMEDOUT" end
-  local why = tail(res.stderr)
-  local code = why:find("Permission denied", 1, true) and "EACCES" or "EIO"
-  if why == "" then why = "exit code " .. tostring(res.code or res.signal) end
-  return nil, what .. ": " .. why, code
+  local why = provider_util.why(res)
+  return nil, what .. ": " .. why, why:find("Permission denied", 1, true) and "EACCES" or "EIO"
 end
 
 -- The lines every script starts with: cwd (default /) and exported variables.

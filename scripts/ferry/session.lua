@@ -15,6 +15,7 @@
 -- would not reach a bwrap sandbox, whose processes live in their own pid namespace.
 local core = require "ferry.core"
 local task = require "ferry.task"
+local tail = require("ferry.provider_util").tail
 
 local M = {}
 
@@ -84,15 +85,6 @@ local function new_marker()
   counter = counter + 1
   return "FERRY" .. core.sha256(string.format("%d:%d:%d:%s", core.time_ms(), core.getpid(), counter,
     tostring(math.random()))):sub(1, 40)
-end
-
-local function tail(text)
-  local lines = {}
-  for line in (text or ""):gmatch("[^\r\n]+") do
-    if line:match("%S") then lines[#lines + 1] = line end
-  end
-  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
-  return #out > 400 and out:sub(-400) or out
 end
 
 -- One output stream of the current command: what comes before `pattern` (the framing) is the command's,
