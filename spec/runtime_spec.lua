@@ -573,6 +573,30 @@ describe("runtime state and errors", function()
     assert.equal("ENOENT", rcode)
   end)
 
+  it("says an unreachable sandbox is unreachable, as the provider's probe puts it", function()
+    local commands = 0
+    local ok, err, code = runtime.prepare { provider = "cmd:ferry-no-such-program", workspace = ws,
+      remote_dir = box.root, state = tmp .. "/state.json", on_exec = function() commands = commands + 1 end }
+    assert.is_nil(ok)
+    assert.matches("^prepare: cmd:ferry%-no%-such%-program: cannot run 'ferry%-no%-such%-program': ", err)
+    assert.equal("ENOENT", code)
+    assert.equal(2, commands) -- the sync, then the probe that explains its failure
+    ok, err, code = runtime.prepare { provider = "cmd:sh -c 'echo gone >&2; exit 255' x", workspace = ws,
+      remote_dir = box.root, state = tmp .. "/state.json" }
+    assert.is_nil(ok)
+    assert.matches("the sandbox is unreachable: a probe exited with code 255 (gone)", err, 1, true)
+    assert.equal("EHOSTUNREACH", code)
+    assert.is_nil(core.fs_stat(tmp .. "/state.json"))
+    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json" })
+    local text = W.read(tmp, "state.json"):gsub('"provider":"local"', '"provider":"cmd:ferry-no-such-program"')
+    W.write(tmp, "state.json", text)
+    ok, err, code = ferry.restore { state = res.state }
+    assert.is_nil(ok)
+    assert.matches("^restore: cmd:ferry%-no%-such%-program: cannot run 'ferry%-no%-such%-program': ", err)
+    assert.equal("ENOENT", code)
+  end)
+
   it("fails a restore when the remote dir is gone, without touching the workspace", function()
     local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json" })

@@ -62,9 +62,39 @@ local function tail_lines(text)
   return #out > TAIL_CHARS and out:sub(1, TAIL_CHARS) or out
 end
 
+-- Every distinct string (keys too) in `value`, into `out` (a set).
+local function collect_strings(value, out, seen)
+  for k, v in next, value do
+    if type(k) == "string" then out[k] = true elseif type(k) == "table" and not seen[k] then
+      seen[k] = true
+      collect_strings(k, out, seen)
+    end
+    if type(v) == "string" then out[v] = true elseif type(v) == "table" and not seen[v] then
+      seen[v] = true
+      collect_strings(v, out, seen)
+    end
+  end
+end
+
+-- redact.deep(value, fn), but a table whose strings the redactor leaves alone is returned as it is, found
+-- with one redactor call over all its distinct strings joined by NUL instead of one call per string (a
+-- state file holds a few strings per file of the workspace). No pattern of ferry.redact matches a NUL
+-- outside the part it replaces, and no replacement holds one, so a match spanning two strings changes the
+-- joined text, and any match inside one string matches the same in the joined text: the joined text comes
+-- back unchanged exactly when every string would.
+local function redact_table(value, fn)
+  if type(value) ~= "table" then return fn(value) end
+  local set, list = {}, {}
+  collect_strings(value, set, { [value] = true })
+  for s in pairs(set) do list[#list + 1] = s end
+  local joined = table.concat(list, "\0")
+  if fn(joined) == joined then return value end
+  return redact.deep(value, fn)
+end
+
 local function make_redactor(secrets)
   local fn = redact.new(secrets or {})
-  return fn, function(value) return redact.deep(value, fn) end
+  return fn, function(value) return redact_table(value, fn) end
 end
 
 local function sorted(list)
@@ -94,10 +124,28 @@ local function open_sandbox(provider, on_exec)
   if type(provider) ~= "string" or provider == "" then
     error("runtime: opts.provider must be a provider string or an opened sandbox", 3)
   end
-  local sb, err, code = require("ferry.client").open(provider, { on_exec = counted })
+  -- no probe command at open: the first real command fails as well on an unreachable sandbox, and only
+  -- then does diagnose() run the probe, for its clearer message
+  local client = require "ferry.client"
+  local sb, err, code = client.open(provider, { on_exec = counted, probe = false })
   if not sb then return nil, err, code end
   counter.release = function() sb:close() end
+  counter.diagnose = function()
+    local probed, perr, pcode = client.open(provider, { on_exec = counted })
+    if not probed then return perr, pcode end
+    probed:close()
+    return nil
+  end
   return sb, provider, counter
+end
+
+-- After a failed prepare or restore on a sandbox opened without a probe: the probe's message when the
+-- sandbox is unreachable (what opening it with a probe would have said first), else the failure itself.
+local function diagnosed(counter, prefix, err, code, ...)
+  if not counter.diagnose then return nil, err, code, ... end
+  local why, wcode = counter.diagnose()
+  if why then return nil, prefix .. why, wcode, ... end
+  return nil, err, code, ...
 end
 
 local function load_adapter(adapter)
@@ -892,7 +940,8 @@ function M.prepare(opts)
   local ok, result, err, code = pcall(run_prepare, opts, sb, provider_string, counter, inputs)
   counter.release()
   if not ok then error(result, 0) end
-  return result, err, code
+  if not result then return diagnosed(counter, "prepare: ", err, code) end
+  return result
 end
 
 -- ---- restore ----
@@ -1134,7 +1183,8 @@ local function restore_locked(opts, st, path, ws, progress, redact_deep, result)
   result.commands = counter.n
   counter.release()
   if not ok then error(r1, 0) end
-  return r1, r2, r3, r4
+  if not r1 then return diagnosed(counter, "restore: ", r2, r3, r4) end
+  return r1
 end
 
 --- Restore the sandbox's workspace into the local one. opts:
