@@ -1,10 +1,11 @@
 --- ferry.runtime: prepare a managed runtime in a sandbox, and restore the work from it (README "Runtime").
 --
--- prepare: install the adapter's CLI unless its detect probe finds it (one command, under a lock dir in the
--- sandbox so racing prepares install once; a failure is a warning), send the workspace as one tar stream
--- made in-process (one command: create the remote dir, clear it except preserved names, extract) or, after
--- an earlier prepare of the same sandbox, only the difference (one listing, one delete-and-extract), send
--- the adapter's assets (one stream), and write the state file with the baseline snapshot.
+-- prepare: send the workspace as one tar stream made in-process (one command: run the adapter's detect
+-- probe, create the remote dir, clear it except preserved names, extract) or, after an earlier prepare of
+-- the same sandbox, only the difference (one listing, one delete-and-extract); install the adapter's CLI
+-- when the probe did not find it (one more command, under a lock dir in the sandbox so racing prepares
+-- install once; a failure is a warning), send the adapter's assets (one stream, none without assets), and
+-- write the state file with the baseline snapshot. The sandbox is opened without a probe command.
 -- restore: take the workspace lock, receive the sandbox's workspace as one tar stream into a spool file,
 -- check every entry (ferry.guard), then 3-way merge it into the local workspace (ferry.merge) with writes
 -- that never follow a symlink and land by rename.
@@ -280,6 +281,37 @@ local function install(sb, adapter, runtime_dir, opts, progress, redact_fn)
     progress:event({ level = "warn", message = r.warning })
   end
   return r
+end
+
+-- Shell line (for the sync command) telling whether the adapter's CLI is there: "ferry-install: present" or
+-- "ferry-install: missing" on stderr, by the detect probe or, without one, the marker of an earlier install;
+-- nil when the adapter has neither detect nor install.
+local function install_check_line(adapter, runtime_dir)
+  local check
+  if adapter.detect then
+    check = "command -v " .. q(adapter.detect) .. " >/dev/null 2>&1"
+  elseif adapter.install then
+    check = "[ -e " .. q(runtime_dir .. "/" .. adapter.name .. ".installed") .. " ]"
+  else
+    return nil
+  end
+  return "if " .. check .. "; then echo 'ferry-install: present' >&2; else echo 'ferry-install: missing' >&2; fi"
+end
+
+-- The install step after a sync that ran install_check_line: nothing more when the CLI is there, the
+-- install command (install()) when it is missing and there is one; install() alone when the sync did not
+-- report (`found` nil). Returns install()'s result.
+local function install_after_check(found, sb, adapter, runtime_dir, opts, progress, redact_fn)
+  if not adapter.detect and not adapter.install then return { status = "none" } end
+  if found == "present" then return { status = "present" } end
+  if found == "missing" and not adapter.install then
+    local warning = redact_fn("install: " .. adapter.detect .. " is not in the sandbox and adapter " .. adapter.name
+      .. " has no install command")
+    progress:phase("install")
+    progress:event({ level = "warn", message = warning })
+    return { status = "missing", warning = warning }
+  end
+  return install(sb, adapter, runtime_dir, opts, progress, redact_fn)
 end
 
 -- ---- remote excludes (prepare and restore) ----
@@ -568,7 +600,8 @@ end
 local function send_tree(sb, job, head, names)
   job.progress:phase("sync", archive_estimate(job.snap, names))
   local binary = not sb.caps or sb.caps.binary ~= false
-  local script = "ferry_r=" .. q(job.remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
+  local script = (job.check_line and job.check_line .. "\n" or "")
+    .. "ferry_r=" .. q(job.remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
     .. head .. "\n" .. (#names > 0 and 'tar -x -f - -C "$ferry_r" || exit $?\n' or "")
     .. record_lines(job.keep, job.patterns, binary)
   local writer = #names > 0 and core.tar_writer(job.ws, names)
@@ -588,7 +621,8 @@ local function send_tree(sb, job, head, names)
   if not binary then out = core.b64_decode(out) or "" end
   local listed = parse_listing(out)
   return { bytes = writer and writer:bytes() or 0, warnings = writer and writer:warnings() or {},
-    listed = listed, recorded = listed and recorded_stats(listed) }
+    listed = listed, recorded = listed and recorded_stats(listed),
+    install_check = (res.stderr or ""):match("ferry%-install: (%a+)") }
 end
 
 -- The first path where the listed remote tree and the snapshot disagree (kind, size, link target, or a path
@@ -876,16 +910,15 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
   local result = { workspace = ws, provider = provider_string, remote_dir = remote_dir, runtime_dir = runtime_dir,
     asset_dirs = asset_dirs,
     adapter = adapter.name, files = info.files, dirs = info.dirs, symlinks = info.symlinks, warnings = {} }
-  local inst = install(sb, adapter, runtime_dir, opts, progress, redact_fn)
-  result.installed, result.install_status, result.install_warning = inst.installed, inst.status, inst.warning
-
   local hooked, herr = run_hook(adapter, "before_sync", ctx)
   if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
   local path = opts.state and absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
   local synced, serr, scode = sync(sb, { ws = ws, snap = snap, names = names, remote_dir = remote_dir,
     keep = preserved_names(adapter), patterns = patterns, progress = progress, state_path = path,
-    provider = provider_string }, opts.delta ~= false)
+    provider = provider_string, check_line = install_check_line(adapter, runtime_dir) }, opts.delta ~= false)
   if not synced then return nil, redact_fn(serr), scode end
+  local inst = install_after_check(synced.install_check, sb, adapter, runtime_dir, opts, progress, redact_fn)
+  result.installed, result.install_status, result.install_warning = inst.installed, inst.status, inst.warning
   result.delta, result.delta_files, result.delta_deleted = synced.delta, synced.delta_files, synced.delta_deleted
   result.delta_fallback = synced.delta_fallback
   for _, w in ipairs(synced.warnings) do result.warnings[#result.warnings + 1] = w end
@@ -921,7 +954,7 @@ end
 ---   excludes        extra exclude patterns (ferry.excludes syntax), after the defaults and the adapter's
 ---   assets          extra assets: {key = dir | {dir, follow_symlinks, exclude}}
 ---   state           state file path (default ferry.state.default_path(provider, remote_dir))
----   progress        a ferry.progress reporter (phases install, sync, assets, finalize); secrets: list of
+---   progress        a ferry.progress reporter (phases sync, install, assets, finalize); secrets: list of
 ---                   values to redact; on_exec(argv, script) for every command; install_timeout_ms (300 s)
 ---   delta           false: always a full sync (default: a delta when the state file is of an earlier
 ---                   prepare with the same provider string, remote dir, excludes and preserved names)
