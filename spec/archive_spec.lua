@@ -190,6 +190,47 @@ describe("core.tar_writer", function()
     assert.same({ "dangling", "symlink", "nowhere" }, { entries[3].name, entries[3].kind, entries[3].linkname })
   end)
 
+  it("hashes each file as it archives it: the digest of the bytes the archive carries", function()
+    make_workspace(ws)
+    local names = walk(ws)
+    local w = assert(core.tar_writer(ws, names, { hash = true }))
+    assert.same({}, w:digests())
+    helpers.write_file(ws .. "/src/with space", "changed after the walk") -- the archive carries this
+    local tarfile = dir .. "/h.tar"
+    local f = assert(io.open(tarfile, "wb"))
+    for chunk in w.read, w do f:write(chunk) end
+    f:close()
+    local want = {}
+    for _, e in ipairs(core.tar_scan(tarfile)) do
+      if e.kind == "file" then want[e.name] = e.sha256 end
+    end
+    assert.same(want, w:digests())
+    assert.equal(core.sha256("changed after the walk"), w:digests()["src/with space"])
+    assert.equal(core.sha256(""), w:digests().zero)
+    assert.equal(core.sha256_file(ws .. "/big"), w:digests().big)
+    assert.is_nil(w:digests().link)
+    assert.is_nil(w:digests().src)
+    assert.has_error(function() core.tar_writer(ws, { "zero" }):digests() end,
+      "tar_writer: digests: the writer was made without opts.hash")
+  end)
+
+  it("hashes the zeros that stand for a file that shrank mid-way, and nothing for a file cut off", function()
+    sh("head -c 4000000 /dev/urandom > " .. ws .. "/f && cp " .. ws .. "/f " .. dir .. "/copy")
+    local w = assert(core.tar_writer(ws, { "f" }, { hash = true }))
+    local parts = { assert(w:read()) }
+    sh("truncate -s 1000000 " .. ws .. "/f")
+    for chunk in w.read, w do parts[#parts + 1] = chunk end
+    helpers.write_file(dir .. "/shrunk.tar", table.concat(parts))
+    assert.matches("^f: shrank while being archived", w:warnings()[1])
+    local e = core.tar_scan(dir .. "/shrunk.tar")[1]
+    assert.equal(e.sha256, w:digests().f)
+    assert.are_not.equal(core.sha256_file(dir .. "/copy"), w:digests().f)
+    local cut = assert(core.tar_writer(dir, { "copy" }, { hash = true }))
+    assert.is_string(cut:read())
+    cut:close()
+    assert.same({}, cut:digests())
+  end)
+
   it("fails on a missing root, raises on misuse and after close, and releases files", function()
     assert.same({ nil, "tar_writer " .. dir .. "/nope: No such file or directory", "ENOENT" },
       { core.tar_writer(dir .. "/nope", {}) })

@@ -512,6 +512,7 @@ describe("runtime state and errors", function()
 
   it("writes a 0600 JSON state file without secrets", function()
     local secret = "hunter2-very-secret-value"
+    W.symlink(ws, "link", "x-" .. secret)
     local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/st/state.json", excludes = { "*" .. secret .. "*" }, secrets = { secret } })
     assert.equal(384, core.fs_lstat(res.state).mode)
@@ -525,6 +526,30 @@ describe("runtime state and errors", function()
     assert.equal(ws, st.workspace)
     assert.equal("file", st.baseline["a.txt"].kind)
     assert.equal(core.sha256("a\n"), st.baseline["a.txt"].sha256)
+    assert.equal("x-***", st.baseline.link.target)
+  end)
+
+  it("records in the baseline the hash of what it sent, for a file changed or removed after the walk", function()
+    W.write(ws, "moving.txt", "as walked\n")
+    W.write(ws, "going.txt", "here at the walk\n")
+    local adapter = shell_adapter { hooks = { before_sync = function() -- after the walk, before the stream
+      W.write(ws, "moving.txt", "as sent, longer than before\n")
+      os.remove(ws .. "/going.txt")
+    end } }
+    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json", adapter = adapter })
+    assert.same({ "going.txt: vanished before it was archived" }, res.warnings)
+    assert.equal("as sent, longer than before\n", W.read(box.root, "moving.txt"))
+    local st = assert(require("ferry.state").read(res.state))
+    assert.equal(core.sha256("as sent, longer than before\n"), st.baseline["moving.txt"].sha256)
+    assert.is_nil(st.baseline["going.txt"])
+    assert.equal(core.sha256("a\n"), st.baseline["a.txt"].sha256)
+    -- the baseline matches both sides: a restore changes nothing, and a file made again locally stays
+    W.write(ws, "going.txt", "made again\n")
+    local got = assert(ferry.restore { state = res.state })
+    assert.same({}, got.changed)
+    assert.same({}, got.deleted)
+    assert.equal("made again\n", W.read(ws, "going.txt"))
   end)
 
   it("defaults the state path under XDG_STATE_HOME, keyed by provider and remote dir", function()

@@ -1,12 +1,16 @@
 /* Tar streams through libarchive: write a workspace as a pax archive in chunks, scan an archive, extract the
  * planned entries of one with the confined writes of fs.c.
  *
- * core.tar_writer(root, names[, {follow_symlinks=false}]) -> writer | nil, "tar_writer <root>: <reason>", code
+ * core.tar_writer(root, names[, {follow_symlinks=false, hash=false}]) -> writer | nil, "tar_writer <root>: <reason>",
+ *   code
  *   names: relative paths in emit order (dirs before their contents), archived exactly as given (no "./"):
  *   files (streamed 64 KiB at a time), dirs, symlinks; other kinds are skipped with a warning. pax-restricted,
  *   uid/gid 0, no user/group names, xattrs or ACLs. follow_symlinks archives what a symlink points to.
  *   writer:read() -> next chunk (up to ~200 KiB) | nil at the end; raises on a libarchive failure
  *   writer:bytes() -> bytes returned by read() so far; writer:warnings() -> list of strings
+ *   writer:digests() (with hash) -> {name = sha256 hex} of each file archived in full so far: the SHA-256 of
+ *   the content bytes the archive carries (zeros included where a file shrank mid-way), computed as they are
+ *   read, so nothing reads a file twice; raises "tar_writer: digests: the writer was made without opts.hash".
  *   writer:close() (also on gc): stops early and releases the open file.
  * core.tar_scan(path[, {max_bytes=1 GiB, max_entries=1e6}]) -> list of
  *   {name, kind, mode, size, mtime, linkname, sha256}  in archive order (names raw, as stored; kind: "file" |
@@ -98,6 +102,8 @@ typedef struct tar_writer {
   lua_Integer produced;
   unsigned char *block;
   locale_t loc;
+  EVP_MD_CTX *md; /* with opts.hash: the SHA-256 of the file being streamed */
+  int hash;
 } tar_writer;
 
 enum { WRITING, DONE, FAILED, CLOSED };
@@ -138,6 +144,8 @@ static void writer_release(tar_writer *w, int state) {
   w->root = NULL;
   free(w->block);
   w->block = NULL;
+  EVP_MD_CTX_free(w->md);
+  w->md = NULL;
   if (state == CLOSED) { /* not from read(): the locale may be in use there */
     free(w->out);
     w->out = NULL;
@@ -223,6 +231,27 @@ static int write_failed(lua_State *L, tar_writer *w, const char *name) {
   return 0;
 }
 
+static void hex(const unsigned char *md, char *out);
+
+/* Record the finished digest of names[i] in the digests table (uservalue 3). 1, or 0 with a message pushed. */
+static int record_digest(lua_State *L, tar_writer *w, lua_Integer i) {
+  unsigned char md[DIGEST_LEN];
+  char digest[2 * DIGEST_LEN + 1];
+  lua_getiuservalue(L, 1, 1);
+  lua_rawgeti(L, -1, i);
+  if (!EVP_DigestFinal_ex(w->md, md, NULL)) {
+    lua_pushfstring(L, "tar_writer: %s: sha256 failed", lua_tostring(L, -1));
+    return 0;
+  }
+  hex(md, digest);
+  lua_getiuservalue(L, 1, 3);
+  lua_pushvalue(L, -2);
+  lua_pushstring(L, digest);
+  lua_rawset(L, -3);
+  lua_pop(L, 3);
+  return 1;
+}
+
 /* Archive the header of names[i]; a file's data follows in stream_file. 1, or 0 with a message pushed. */
 static int add_entry(lua_State *L, tar_writer *w, lua_Integer i) {
   lua_getiuservalue(L, 1, 1);
@@ -267,6 +296,14 @@ static int add_entry(lua_State *L, tar_writer *w, lua_Integer i) {
   /* A name that is not UTF-8 goes out as raw bytes (hdrcharset=BINARY): nothing is lost, nothing to report. */
   if (r == ARCHIVE_WARN && strncmp(archive_error_string(w->a), "Can't translate", 15) != 0)
     warn(L, "%s: %s", name, archive_error_string(w->a));
+  lua_pop(L, 2);
+  if (fd >= 0 && w->hash && !EVP_DigestInit_ex(w->md, EVP_sha256(), NULL)) {
+    close(fd);
+    lua_getiuservalue(L, 1, 1);
+    lua_rawgeti(L, -1, i);
+    lua_pushfstring(L, "tar_writer: %s: sha256 failed", lua_tostring(L, -1));
+    return 0;
+  }
   if (fd >= 0 && st.st_size > 0) {
     w->fd = fd;
     w->cur = i;
@@ -274,8 +311,8 @@ static int add_entry(lua_State *L, tar_writer *w, lua_Integer i) {
     w->short_read = 0;
   } else if (fd >= 0) {
     close(fd);
+    if (w->hash) return record_digest(L, w, i);
   }
-  lua_pop(L, 2);
   return 1;
 }
 
@@ -298,6 +335,12 @@ static int stream_file(lua_State *L, tar_writer *w) {
     }
   }
   if (w->short_read) n = (ssize_t)want;
+  if (w->hash && !EVP_DigestUpdate(w->md, w->block, (size_t)n)) {
+    lua_getiuservalue(L, 1, 1);
+    lua_rawgeti(L, -1, w->cur);
+    lua_pushfstring(L, "tar_writer: %s: sha256 failed", lua_tostring(L, -1));
+    return 0;
+  }
   if (archive_write_data(w->a, w->block, (size_t)n) < 0) {
     lua_getiuservalue(L, 1, 1);
     lua_rawgeti(L, -1, w->cur);
@@ -315,6 +358,7 @@ static int stream_file(lua_State *L, tar_writer *w) {
     }
     close(w->fd);
     w->fd = -1;
+    if (w->hash) return record_digest(L, w, w->cur);
   }
   return 1;
 }
@@ -372,6 +416,20 @@ static int l_warnings(lua_State *L) {
   return 1;
 }
 
+static int l_digests(lua_State *L) {
+  tar_writer *w = check_writer(L, "digests");
+  if (!w->hash) return luaL_error(L, "tar_writer: digests: the writer was made without opts.hash");
+  lua_getiuservalue(L, 1, 3);
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, -3)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  return 1;
+}
+
 static int l_writer_close(lua_State *L) {
   writer_release(check_writer(L, "close"), CLOSED);
   return 0;
@@ -412,19 +470,22 @@ static int l_tar_writer(lua_State *L) {
   const char *root = check_string(L, 1, "tar_writer", "root", &rootlen);
   if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3))
     return luaL_error(L, "tar_writer: opts must be a table, got %s", luaL_typename(L, 3));
-  int follow = 0;
+  int follow = 0, hash = 0;
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "follow_symlinks");
     follow = lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    lua_getfield(L, 3, "hash");
+    hash = lua_toboolean(L, -1);
+    lua_pop(L, 2);
   }
   lua_settop(L, 2);
   lua_Integer n = copy_names(L); /* 3 */
-  tar_writer *w = lua_newuserdatauv(L, sizeof *w, 2); /* 4 */
+  tar_writer *w = lua_newuserdatauv(L, sizeof *w, 3); /* 4 */
   memset(w, 0, sizeof *w);
   w->rootfd = w->fd = -1;
   w->state = WRITING;
   w->follow = follow;
+  w->hash = hash;
   w->next = 1;
   w->count = n;
   luaL_setmetatable(L, WRITER_MT);
@@ -432,6 +493,8 @@ static int l_tar_writer(lua_State *L) {
   lua_setiuservalue(L, 4, 1);
   lua_newtable(L);
   lua_setiuservalue(L, 4, 2);
+  lua_newtable(L);
+  lua_setiuservalue(L, 4, 3);
   w->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (w->rootfd < 0) return sys_fail(L, errno, "tar_writer %s%s: %s", root, "");
   w->root = malloc(rootlen + 1);
@@ -439,7 +502,9 @@ static int l_tar_writer(lua_State *L) {
   w->entry = archive_entry_new();
   w->a = archive_write_new();
   w->loc = utf8_locale();
-  if (!w->root || !w->block || !w->entry || !w->a) return luaL_error(L, "tar_writer: out of memory");
+  if (hash) w->md = EVP_MD_CTX_new();
+  if (!w->root || !w->block || !w->entry || !w->a || (hash && !w->md))
+    return luaL_error(L, "tar_writer: out of memory");
   memcpy(w->root, root, rootlen + 1);
   if (archive_write_set_format_pax_restricted(w->a) != ARCHIVE_OK ||
       archive_write_set_bytes_in_last_block(w->a, 1) != ARCHIVE_OK ||
@@ -795,7 +860,8 @@ static int l_tar_extract(lua_State *L) {
 
 void ferry_open_archive(lua_State *L) {
   static const luaL_Reg writer_methods[] = {
-      {"read", l_read}, {"bytes", l_bytes}, {"warnings", l_warnings}, {"close", l_writer_close}, {NULL, NULL}};
+      {"read", l_read},         {"bytes", l_bytes}, {"warnings", l_warnings},
+      {"digests", l_digests}, {"close", l_writer_close}, {NULL, NULL}};
   static const luaL_Reg writer_meta[] = {
       {"__gc", l_writer_gc}, {"__close", l_writer_gc}, {"__tostring", l_writer_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {

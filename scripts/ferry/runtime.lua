@@ -595,6 +595,19 @@ local function archive_estimate(snap, names)
   return total
 end
 
+-- The baseline holds what the sandbox received: each sent file gets the SHA-256 of the bytes the stream
+-- carried (a file changed since the walk included), and a file the stream left out (it vanished or stopped
+-- being a file before it was sent; the writer warned) is no file ferry sent, so it leaves the snapshot.
+local function record_digests(snap, names, digests)
+  for _, rel in ipairs(names) do
+    local e = snap[rel]
+    if e and e.kind == "file" then
+      e.sha256 = digests[rel]
+      if not e.sha256 then snap[rel] = nil end
+    end
+  end
+end
+
 -- One command: `head` (clearing or deleting), the tar stream of `names` extracted (none when empty), the
 -- marker and the listing. Returns {bytes, warnings, recorded = rel -> stat_key | nil} or nil, message, code.
 local function send_tree(sb, job, head, names)
@@ -604,7 +617,7 @@ local function send_tree(sb, job, head, names)
     .. "ferry_r=" .. q(job.remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
     .. head .. "\n" .. (#names > 0 and 'tar -x -f - -C "$ferry_r" || exit $?\n' or "")
     .. record_lines(job.keep, job.patterns, binary)
-  local writer = #names > 0 and core.tar_writer(job.ws, names)
+  local writer = #names > 0 and core.tar_writer(job.ws, names, { hash = true })
   local sent = 0
   local res, err, code = sb:pipe_in(script, writer and function() return writer:read() end or "", {
     what = "sync to " .. job.remote_dir,
@@ -617,6 +630,7 @@ local function send_tree(sb, job, head, names)
   if res.code ~= 0 or res.timed_out then
     return nil, "prepare: " .. command_failure("sync to " .. job.remote_dir, res), "EIO"
   end
+  if writer then record_digests(job.snap, names, writer:digests()) end
   local out = res.stdout or ""
   if not binary then out = core.b64_decode(out) or "" end
   local listed = parse_listing(out)
@@ -675,20 +689,15 @@ local function delta_sync(sb, job, st)
   return synced
 end
 
--- Sync the workspace: a delta from the earlier prepare's state when it fits, else a full sync (clear all
--- but the preserved names, send everything). Returns send_tree's result with delta = true|false (and
+-- Sync the workspace: a delta from the earlier prepare's state `st` (delta_base's) when it fits, else a full
+-- sync (clear all but the preserved names, send everything). Returns send_tree's result with delta = true|false (and
 -- delta_files, delta_deleted; delta_fallback: why an earlier state was not used) or nil, message, code.
-local function sync(sb, job, use_delta)
-  local fallback
-  if use_delta then
-    local st
-    st, fallback = delta_base(job.state_path, job.provider, job.remote_dir, job.patterns, job.keep)
-    if st then
-      local synced, why, err, code = delta_sync(sb, job, st)
-      if synced then return synced end
-      if err then return nil, err, code end
-      fallback = why
-    end
+local function sync(sb, job, st, fallback)
+  if st then
+    local synced, why, err, code = delta_sync(sb, job, st)
+    if synced then return synced end
+    if err then return nil, err, code end
+    fallback = why
   end
   local synced, err, code = send_tree(sb, job, clear_script(job.keep), job.names)
   if not synced then return nil, err, code end
@@ -904,7 +913,14 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
   if not assets then return nil, aerr, acode end
   for key in pairs(assets) do asset_dirs[key] = runtime_dir .. "/" .. adapter.name .. "/" .. key end
 
-  local snap, names, info = snapshot.take(ws, { matcher = matcher })
+  local path = opts.state and absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
+  local keep = preserved_names(adapter)
+  local base, fallback
+  if opts.delta ~= false then
+    base, fallback = delta_base(path, provider_string, remote_dir, patterns, keep)
+  end
+  -- a delta compares local hashes with the sandbox's before it sends; a full sync hashes while it sends
+  local snap, names, info = snapshot.take(ws, { matcher = matcher, hash = base ~= nil })
   if not snap then return nil, "prepare: " .. names, info end
 
   local result = { workspace = ws, provider = provider_string, remote_dir = remote_dir, runtime_dir = runtime_dir,
@@ -912,10 +928,9 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
     adapter = adapter.name, files = info.files, dirs = info.dirs, symlinks = info.symlinks, warnings = {} }
   local hooked, herr = run_hook(adapter, "before_sync", ctx)
   if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
-  local path = opts.state and absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
   local synced, serr, scode = sync(sb, { ws = ws, snap = snap, names = names, remote_dir = remote_dir,
-    keep = preserved_names(adapter), patterns = patterns, progress = progress, state_path = path,
-    provider = provider_string, check_line = install_check_line(adapter, runtime_dir) }, opts.delta ~= false)
+    keep = keep, patterns = patterns, progress = progress, check_line = install_check_line(adapter, runtime_dir) },
+    base, fallback)
   if not synced then return nil, redact_fn(serr), scode end
   local inst = install_after_check(synced.install_check, sb, adapter, runtime_dir, opts, progress, redact_fn)
   result.installed, result.install_status, result.install_warning = inst.installed, inst.status, inst.warning
