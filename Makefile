@@ -47,7 +47,7 @@ $(B)/libferry.so: $(CORE_OBJ) $(ENGINE_OBJ)
 
 # -Wl,-E: system Lua C modules (lpeg, lfs, ...) resolve the Lua API from the binary.
 $(B)/ferry: $(B)/obj/main.o $(B)/libferry.a
-	$(CC) -o $@ $(B)/obj/main.o $(B)/libferry.a $(CJSON) $(LIBS) -Wl,-E
+	$(CC) $(CFLAGS) -o $@ $(B)/obj/main.o $(B)/libferry.a $(CJSON) $(LIBS) -Wl,-E
 
 $(B)/lua/ferry/core.so: $(CORE_OBJ)
 	@mkdir -p $(@D)
@@ -62,15 +62,16 @@ $(B)/ferry.pc: engine/tools/ferry.pc.in engine/include/ferry.h
 test: all
 	$(BUSTED)
 
-# Sanitizers over the specs (the core module built with ASan/UBSan), the binary under valgrind, luacheck.
+# Sanitizers: the specs run inside a ferry binary built with ASan/UBSan (busted is a Lua script), so the
+# instrumented core is the one they load and child processes stay uninstrumented. Then the binary under
+# valgrind, then luacheck.
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 check: all lint
-	$(MAKE) --no-print-directory B=$(B)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" $(B)/asan/lua/ferry/core.so
-	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so):$$($(CC) -print-file-name=libubsan.so)" \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  FERRY_CPATH=$(B)/asan/lua/?.so FERRY_SANITIZED=1 $(BUSTED) --cpath='$(B)/asan/lua/?.so'
-	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite --track-fds=yes \
-	  --quiet $(B)/ferry run spec/support/valgrind_smoke.lua
+	$(MAKE) --no-print-directory B=$(B)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" $(B)/asan/ferry
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  FERRY_SANITIZED=1 $(B)/asan/ferry run $$(command -v busted)
+	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
+	  --track-fds=yes --quiet $(B)/ferry run spec/support/valgrind_smoke.lua
 
 lint:
 	luacheck --quiet scripts providers spec engine/tools
