@@ -65,15 +65,17 @@ end
 
 -- Every distinct string (keys too) in `value`, into `out` (a set).
 local function collect_strings(value, out, seen)
+  local function note(x)
+    if type(x) == "string" then
+      out[x] = true
+    elseif type(x) == "table" and not seen[x] then
+      seen[x] = true
+      collect_strings(x, out, seen)
+    end
+  end
   for k, v in next, value do
-    if type(k) == "string" then out[k] = true elseif type(k) == "table" and not seen[k] then
-      seen[k] = true
-      collect_strings(k, out, seen)
-    end
-    if type(v) == "string" then out[v] = true elseif type(v) == "table" and not seen[v] then
-      seen[v] = true
-      collect_strings(v, out, seen)
-    end
+    note(k)
+    note(v)
   end
 end
 
