@@ -211,6 +211,129 @@ for _, label in ipairs { "local", "bwrap" } do
   end)
 end
 
+describe("delta re-sync on the local side", function()
+  local box, tmp, ws, opts
+
+  before_each(function()
+    box = sandboxes.make("local")
+    tmp = helpers.tmpdir()
+    ws = tmp .. "/ws"
+    opts = { provider = box.provider, workspace = ws, remote_dir = box.root, state = tmp .. "/state.json",
+      adapter = ADAPTER }
+  end)
+  after_each(function()
+    box:cleanup()
+    helpers.rmtree(tmp)
+  end)
+
+  local function set_mtime(rel, seconds)
+    assert(os.execute("touch -d @" .. seconds .. " " .. q(ws .. "/" .. rel)))
+  end
+
+  -- Write in place (same inode), as an editor that truncates would.
+  local function overwrite(rel, data)
+    local f = assert(io.open(ws .. "/" .. rel, "wb"))
+    assert(f:write(data))
+    assert(f:close())
+  end
+
+  -- runtime.prepare(opts), and the workspace files whose contents were read to hash (sorted).
+  local function prepare_counting()
+    local real, read = core.sha256_file, {}
+    core.sha256_file = function(path, ...)
+      read[#read + 1] = path:sub(#ws + 2)
+      return real(path, ...)
+    end
+    local ok, res, err = pcall(runtime.prepare, opts)
+    core.sha256_file = real
+    assert(ok, res)
+    assert(res, err)
+    table.sort(read)
+    return res, read
+  end
+
+  it("reads only the files whose mode, size, inode or mtime moved, before and after a restore", function()
+    fill(ws)
+    local old = os.time() - 100
+    assert(os.execute("find " .. q(ws) .. " -type f -exec touch -d @" .. old .. " {} +"))
+    local cold, cold_read = prepare_counting()
+    assert.is_false(cold.delta)
+    assert.equal(0, cold.hashed_files)
+    assert.same({}, cold_read)
+
+    local warm, warm_read = prepare_counting()
+    assert.is_true(warm.delta, warm.delta_fallback)
+    assert.same({}, warm_read)
+    assert.equal(0, warm.hashed_files)
+    assert.equal(0, warm.delta_files)
+    print(string.format("\nhashed files: %d in the workspace, cold %d (hashed while sent), warm %d",
+      cold.files, cold.hashed_files, warm.hashed_files))
+
+    -- same size, a new mtime out of the racy window; and a file renamed over another with the old mtime
+    overwrite("keep me.txt", "KEPT\n")
+    set_mtime("keep me.txt", old + 50)
+    W.write(ws, "line\nbreak.txt", "BEFORE\n")
+    set_mtime("line\nbreak.txt", old)
+    assert(core.fs_safe_chmod(ws, "chmod me.sh", 448))
+    local changed, changed_read = prepare_counting()
+    assert.is_true(changed.delta, changed.delta_fallback)
+    assert.same({ "chmod me.sh", "keep me.txt", "line\nbreak.txt" }, changed_read)
+    assert.equal(3, changed.hashed_files)
+    assert.equal(3, changed.delta_files)
+    assert.equal("KEPT\n", W.read(box.root, "keep me.txt"))
+    assert.equal("BEFORE\n", W.read(box.root, "line\nbreak.txt"))
+    assert.equal(448, core.fs_lstat(box.root .. "/chmod me.sh").mode)
+
+    -- a restore lands the sandbox's edit by rename: only that file is read again
+    W.write(box.root, "sub dir/remote edit.txt", "edited in the sandbox\n")
+    local got = assert(ferry.restore { state = opts.state })
+    assert.same({ "sub dir/remote edit.txt" }, got.changed)
+    local after, after_read = prepare_counting()
+    assert.is_true(after.delta, after.delta_fallback)
+    assert.same({ "sub dir/remote edit.txt" }, after_read)
+    assert.equal(0, after.delta_files)
+  end)
+
+  it("hashes again a file written within 2 s of the earlier walk, even with its mtime and inode kept",
+    function()
+      W.write(ws, "steady", "steady\n")
+      set_mtime("steady", os.time() - 100)
+      W.write(ws, "racy", "first\n")
+      local now = os.time()
+      set_mtime("racy", now)
+      prepare_counting()
+      local before = assert(core.fs_lstat(ws .. "/racy"))
+      overwrite("racy", "again\n")
+      set_mtime("racy", now)
+      local st = assert(core.fs_lstat(ws .. "/racy"))
+      assert.same({ before.mtime, before.size, before.ino }, { st.mtime, st.size, st.ino })
+      local warm, read = prepare_counting()
+      assert.is_true(warm.delta, warm.delta_fallback)
+      assert.same({ "racy" }, read)
+      assert.equal(1, warm.delta_files)
+      assert.equal("again\n", W.read(box.root, "racy"))
+    end)
+
+  it("hashes every file when the state has no quick records (an older ferry wrote it), then none", function()
+    W.write(ws, "a", "a\n")
+    W.write(ws, "b/c", "c\n")
+    assert(os.execute("find " .. q(ws) .. " -type f -exec touch -d @" .. (os.time() - 100) .. " {} +"))
+    prepare_counting()
+    local state_file = require "ferry.state"
+    local st = assert(state_file.read(opts.state))
+    assert.matches("^644 2 %d+ %d+%.?%d* " .. ("%x"):rep(64) .. "$", st.local_stat.a)
+    st.local_stat = nil
+    assert(state_file.write(opts.state, st))
+    local warm, read = prepare_counting()
+    assert.is_true(warm.delta, warm.delta_fallback)
+    assert.same({ "a", "b/c" }, read)
+    assert.equal(0, warm.delta_files)
+    local again, again_read = prepare_counting()
+    assert.is_true(again.delta, again.delta_fallback)
+    assert.same({}, again_read)
+  end)
+end)
+
 describe("delta re-sync over every transfer mode", function()
   it("lists, deletes and sends through raw, base64 and chunked channels", function()
     local box, tmp = sandboxes.make("local"), helpers.tmpdir()

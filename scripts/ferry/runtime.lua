@@ -408,6 +408,9 @@ end
 -- out what a full sync would change: a file whose size, mtime or mode is as ferry left it holds what ferry
 -- sent (the baseline), the quick check rsync uses; any other file is judged by its SHA-256, or resent when
 -- it has none. Then one command deletes what should go and extracts one tar stream of what should come.
+-- The local side has its quick check too: the state keeps `local_stat` (snapshot.quick_records), and the
+-- walk reads only the files whose mode, size, inode or mtime moved since, or that were written too close
+-- to the earlier walk for their mtime to tell.
 
 local MARK_FILE = M.RUNTIME_DIR .. "/sync.mark"
 local LIST_FORMAT = "%y\\0%m\\0%s\\0%T@\\0%p\\0%l\\0" -- kind, mode, size, mtime, ./path, link target
@@ -921,13 +924,17 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
   if opts.delta ~= false then
     base, fallback = delta_base(path, provider_string, remote_dir, patterns, keep)
   end
-  -- a delta compares local hashes with the sandbox's before it sends; a full sync hashes while it sends
-  local snap, names, info = snapshot.take(ws, { matcher = matcher, hash = base ~= nil })
+  -- a delta compares local hashes with the sandbox's before it sends (trusting the earlier prepare's
+  -- quick records for files whose lstat did not change); a full sync hashes while it sends
+  local taken_at = os.time()
+  local snap, names, info = snapshot.take(ws, { matcher = matcher, hash = base ~= nil,
+    known = base and base.local_stat, stats = true })
   if not snap then return nil, "prepare: " .. names, info end
 
   local result = { workspace = ws, provider = provider_string, remote_dir = remote_dir, runtime_dir = runtime_dir,
     asset_dirs = asset_dirs,
-    adapter = adapter.name, files = info.files, dirs = info.dirs, symlinks = info.symlinks, warnings = {} }
+    adapter = adapter.name, files = info.files, dirs = info.dirs, symlinks = info.symlinks, hashed_files = info.hashed,
+    warnings = {} }
   local hooked, herr = run_hook(adapter, "before_sync", ctx)
   if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
   local synced, serr, scode = sync(sb, { ws = ws, snap = snap, names = names, remote_dir = remote_dir,
@@ -954,7 +961,8 @@ local function run_prepare(opts, sb, provider_string, counter, inputs)
     version = state_file.VERSION, ferry_version = core.version, provider = provider_string,
     remote_dir = remote_dir, runtime_dir = runtime_dir, adapter = adapter.name, workspace = ws,
     excludes = patterns, preserve = preserved_names(adapter), assets = asset_dirs, baseline = snap,
-    remote_stat = synced.recorded, created_at = os.time(),
+    remote_stat = synced.recorded, local_stat = snapshot.quick_records(snap, info.stats, taken_at),
+    created_at = os.time(),
   })
   local wrote, werr, wcode = state_file.write(path, record)
   if not wrote then return nil, "prepare: " .. werr, wcode end
@@ -979,7 +987,8 @@ end
 --- install_status
 --- ("none"|"present"|"installed"|"failed"|"missing"), install_warning, bytes_sent, commands, state, files,
 --- dirs, symlinks, warnings, delta = true|false, delta_files (entries sent), delta_deleted (paths removed),
---- delta_fallback (why an earlier state was not used for a delta)} or nil, message, code.
+--- delta_fallback (why an earlier state was not used for a delta), hashed_files (local files read to hash
+--- before a delta; 0 for a full sync, which hashes what it sends)} or nil, message, code.
 ---@param opts table
 ---@return table|nil result, string|nil err, string|nil code
 function M.prepare(opts)

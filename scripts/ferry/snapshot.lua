@@ -22,13 +22,39 @@ local function join(root, rel)
   return root .. "/" .. rel
 end
 
-local function describe(path, st, hash)
+--- The quick-check key of a file's lstat (or stat): permission bits, size, inode and mtime, the mtime exact
+--- (%.17g gives back the same double). rsync's quick check, plus the inode: a file renamed over another
+--- can bring an old mtime along.
+---@param st table  core.fs_lstat's table
+---@return string
+function M.quick_key(st)
+  return string.format("%o %d %d %.17g", st.mode & MODE_MASK, st.size, st.ino, st.mtime)
+end
+
+-- The sha256 a quick record ("<quick key> <sha256>", see M.quick_records) vouches for, when `st` still
+-- gives its key.
+local function vouched_sum(record, st)
+  if type(record) ~= "string" then return nil end
+  local key = M.quick_key(st)
+  if record:sub(1, #key + 1) ~= key .. " " then return nil end
+  local sum = record:sub(#key + 2)
+  if #sum ~= 64 or sum:find("[^%x]") then return nil end
+  return sum
+end
+
+local function describe(path, rel, st, state)
   local entry = { kind = st.kind, mode = st.mode & MODE_MASK }
   if st.kind == "file" then
     entry.size = st.size
-    if hash then
-      local sum, err, code = core.sha256_file(path)
-      if not sum then return nil, err, code end
+    if state.stats then state.stats[rel] = st end
+    if state.hash then
+      local sum = vouched_sum(state.known[rel], st)
+      if not sum then
+        local err, code
+        sum, err, code = core.sha256_file(path)
+        if not sum then return nil, err, code end
+        state.info.hashed = state.info.hashed + 1
+      end
       entry.sha256 = sum
     end
   elseif st.kind == "symlink" then
@@ -68,7 +94,7 @@ local function walk(root, rel, state)
       if not COUNTERS[st.kind] then
         state.info.skipped[#state.info.skipped + 1] = child
       else
-        local entry, derr, dcode = describe(path, st, state.hash)
+        local entry, derr, dcode = describe(path, child, st, state)
         if not entry then
           if dcode ~= "ENOENT" then return nil, derr, dcode end
         else
@@ -97,11 +123,14 @@ end
 --- Snapshot the tree under `root` (a directory; a symlink to one is followed, nothing below it is).
 ---@param root string
 ---@param opts table|nil  matcher = fn(rel, is_dir) -> excluded (ferry.excludes.compile); hash = false to
----                       skip the SHA-256 of files; follow_symlinks = true describes (and enters) what each
----                       symlink points to, as core.tar_writer's follow_symlinks archives it
+---                       skip the SHA-256 of files; known = rel -> quick record (M.quick_records): a file
+---                       whose lstat still gives the record's key takes its sha256 unread; stats = true
+---                       keeps each file's lstat table in info.stats; follow_symlinks = true describes (and
+---                       enters) what each symlink points to, as core.tar_writer's follow_symlinks archives it
 ---@return table|nil snapshot, string[]|string names_or_err, table|string info_or_code
 --- names: every path in walk order (a directory before its contents), for core.tar_writer;
---- info: {files, dirs, symlinks, bytes, skipped = {rel...}, temps = {rel...}}.
+--- info: {files, dirs, symlinks, bytes, hashed (files read to hash), skipped = {rel...}, temps = {rel...},
+--- stats = {rel -> lstat} with opts.stats}.
 --- Errors: nil, "snapshot <root>: not a directory", "ENOTDIR" and the core's lstat/readdir/hash errors.
 function M.take(root, opts)
   opts = opts or {}
@@ -110,12 +139,38 @@ function M.take(root, opts)
   if st.kind ~= "dir" then return nil, "snapshot " .. root .. ": not a directory", "ENOTDIR" end
   local state = {
     snap = {}, names = {}, matcher = opts.matcher, hash = opts.hash ~= false, follow = opts.follow_symlinks,
+    known = type(opts.known) == "table" and opts.known or {}, stats = opts.stats and {} or nil,
     open_dirs = { [st.dev .. ":" .. st.ino] = true },
-    info = { files = 0, dirs = 0, symlinks = 0, bytes = 0, skipped = {}, temps = {} },
+    info = { files = 0, dirs = 0, symlinks = 0, bytes = 0, hashed = 0, skipped = {}, temps = {} },
   }
   local ok, werr, wcode = walk(root, "", state)
   if not ok then return nil, "snapshot " .. root .. ": " .. werr, wcode end
+  state.info.stats = state.stats
   return state.snap, state.names, state.info
+end
+
+-- A file can be written again within the clock tick of its last write and keep its mtime (the racy-git
+-- problem; some filesystems keep 2 s). A write after the walk began gets an mtime past this margin.
+local RACY_SECONDS = 2
+
+--- Quick records of the files of `snap` whose sha256 a later walk may trust (opts.known of M.take):
+--- rel -> "<quick key> <sha256>" of each file with a sha256 and a lstat table in `stats` (info.stats of
+--- the walk that made `snap`), except a file modified less than 2 s before `taken_at` (the os.time() taken
+--- before that walk) or later: a change made in the same clock tick could leave its mtime as it was, so
+--- such a file is hashed again.
+---@param snap table
+---@param stats table
+---@param taken_at integer
+---@return table
+function M.quick_records(snap, stats, taken_at)
+  local out = {}
+  for rel, st in pairs(stats) do
+    local e = snap[rel]
+    if e and e.kind == "file" and e.sha256 and st.mtime < taken_at - RACY_SECONDS then
+      out[rel] = M.quick_key(st) .. " " .. e.sha256
+    end
+  end
+  return out
 end
 
 --- The absolute path with every symlink resolved and no '.' or '..' components (like realpath(3)).

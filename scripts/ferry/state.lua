@@ -2,7 +2,9 @@
 --
 -- A JSON object (lua-cjson): version, provider (the provider string), remote_dir, runtime_dir, adapter,
 -- workspace, excludes, preserve, assets (key -> remote dir), baseline (rel -> {kind, mode, size, sha256,
--- target}), created_at, updated_at. It is written atomically (a temp file beside it, then rename) with mode
+-- target}), remote_stat (rel -> what the sandbox's listing said after the sync), local_stat (rel -> quick
+-- record of a local file: "<mode> <size> <inode> <mtime> <sha256>", see ferry.snapshot.quick_records),
+-- created_at, updated_at. It is written atomically (a temp file beside it, then rename) with mode
 -- 0600, so a reader sees the old or the new file, never a half. It never holds a secret: the runtime passes
 -- every string through the redactor first and never stores environment values.
 --
@@ -110,6 +112,7 @@ function M.read(path)
     if type(state[k]) ~= "table" then state[k] = {} end
   end
   if type(state.assets) ~= "table" then state.assets = {} end
+  if type(state.local_stat) ~= "table" then state.local_stat = nil end
   return state
 end
 
