@@ -294,6 +294,34 @@ describe("delta re-sync on the local side", function()
     assert.equal(0, after.delta_files)
   end)
 
+  it("restore reads only the local files whose lstat moved since the prepare, and merges by their hashes",
+    function()
+      W.write(ws, "steady", "steady\n")
+      W.write(ws, "edited", "before\n")
+      W.write(ws, "sub/remote", "remote before\n")
+      local old = os.time() - 100
+      assert(os.execute("find " .. q(ws) .. " -type f -exec touch -d @" .. old .. " {} +"))
+      prepare_counting()
+      overwrite("edited", "AFTER\n")
+      set_mtime("edited", old + 50)
+      W.write(box.root, "sub/remote", "remote after\n")
+      local real, read = core.sha256_file, {}
+      core.sha256_file = function(path, ...)
+        if path:sub(1, #ws + 1) == ws .. "/" then read[#read + 1] = path:sub(#ws + 2) end
+        return real(path, ...)
+      end
+      local ok, got, err = pcall(ferry.restore, { state = opts.state })
+      core.sha256_file = real
+      assert(ok, got)
+      assert(got, err)
+      assert.same({ "edited" }, read)
+      assert.equal(1, got.hashed_files)
+      assert.same({ "sub/remote" }, got.changed)
+      assert.same({ "edited" }, got.kept)
+      assert.equal("AFTER\n", W.read(ws, "edited"))
+      assert.equal("remote after\n", W.read(ws, "sub/remote"))
+    end)
+
   it("hashes again a file written within 2 s of the earlier walk, even with its mtime and inode kept",
     function()
       W.write(ws, "steady", "steady\n")

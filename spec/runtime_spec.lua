@@ -529,6 +529,24 @@ describe("runtime state and errors", function()
     assert.equal("x-***", st.baseline.link.target)
   end)
 
+  it("keeps digests intact when a secret's text occurs in one, and still hides a name holding it", function()
+    local digest = core.sha256("a\n")
+    local secret = digest:sub(9, 24)
+    W.write(ws, "named " .. digest, "named\n")
+    assert(os.execute("touch -d @" .. (os.time() - 100) .. " " .. core.sh_quote(ws .. "/a.txt")))
+    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json", secrets = { secret } })
+    local st = assert(require("ferry.state").read(res.state))
+    assert.equal(digest, st.baseline["a.txt"].sha256)
+    assert.matches("^644 2 %d+ %d+%.?%d* " .. digest .. "$", st.local_stat["a.txt"])
+    assert.is_nil(st.baseline["named " .. digest])
+    assert.equal("file", st.baseline["named " .. digest:sub(1, 8) .. "***" .. digest:sub(25)].kind)
+    local again = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+      state = tmp .. "/state.json", secrets = { secret } })
+    assert.is_true(again.delta, again.delta_fallback)
+    assert.equal(1, again.hashed_files) -- the file whose name was redacted has no record to trust; a.txt has
+  end)
+
   it("records in the baseline the hash of what it sent, for a file changed or removed after the walk", function()
     W.write(ws, "moving.txt", "as walked\n")
     W.write(ws, "going.txt", "here at the walk\n")

@@ -63,23 +63,50 @@ local function tail_lines(text)
   return #out > TAIL_CHARS and out:sub(1, TAIL_CHARS) or out
 end
 
--- Every distinct string (keys too) in `value`, into `out` (a set).
-local function collect_strings(value, out, seen)
-  local function note(x)
-    if type(x) == "string" then
-      out[x] = true
-    elseif type(x) == "table" and not seen[x] then
-      seen[x] = true
-      collect_strings(x, out, seen)
-    end
-  end
+-- Strings ferry computed from lstat numbers and digests, never from a name, a file's text or the sandbox's
+-- words: a file's sha256 in a snapshot and a quick record in local_stat (snapshot.quick_records). They
+-- carry no secret, so they skip the redactor, which could only mangle them (a secret's characters can occur
+-- in a digest by chance). Most of a state file's text is such strings.
+local DIGEST = "^" .. ("%x"):rep(64) .. "$"
+local QUICK_RECORD = "^[0-7]+ %d+ %d+ [%d%.e%+%-]+ " .. ("%x"):rep(64) .. "$"
+
+local function computed(k, v, under)
+  return type(v) == "string" and ((k == "sha256" and v:find(DIGEST) ~= nil)
+    or (under == "local_stat" and v:find(QUICK_RECORD) ~= nil))
+end
+
+-- Every distinct string (keys too) in `value`, into `out` (a set), but the computed ones. `under` is the
+-- key `value` sits under in its parent.
+local function collect_strings(value, out, seen, under)
   for k, v in next, value do
-    note(k)
-    note(v)
+    if type(k) == "string" then out[k] = true end
+    if type(v) == "string" and not computed(k, v, under) then
+      out[v] = true
+    elseif type(v) == "table" and not seen[v] then
+      seen[v] = true
+      collect_strings(v, out, seen, k)
+    end
   end
 end
 
--- redact.deep(value, fn), but a table whose strings the redactor leaves alone is returned as it is, found
+-- redact.deep(value, fn), but the computed strings kept as they are.
+local function redact_copy(value, fn, seen, under)
+  if type(value) == "string" then return fn(value) end
+  if type(value) ~= "table" then return value end
+  if seen[value] then return seen[value] end
+  local out = {}
+  seen[value] = out
+  for k, v in next, value do
+    if computed(k, v, under) then
+      out[redact_copy(k, fn, seen)] = v
+    else
+      out[redact_copy(k, fn, seen)] = redact_copy(v, fn, seen, k)
+    end
+  end
+  return setmetatable(out, getmetatable(value))
+end
+
+-- redact_copy(value, fn), but a table whose strings the redactor leaves alone is returned as it is, found
 -- with one redactor call over all its distinct strings joined by NUL instead of one call per string (a
 -- state file holds a few strings per file of the workspace). No pattern of ferry.redact matches a NUL
 -- outside the part it replaces, and no replacement holds one, so a match spanning two strings changes the
@@ -92,7 +119,7 @@ local function redact_table(value, fn)
   for s in pairs(set) do list[#list + 1] = s end
   local joined = table.concat(list, "\0")
   if fn(joined) == joined then return value end
-  return redact.deep(value, fn)
+  return redact_copy(value, fn, {})
 end
 
 local function make_redactor(secrets)
@@ -465,31 +492,30 @@ end
 
 -- Parse list_lines output: rel -> {kind, mode (octal string), size, mtime, target, sha256}; nil when the
 -- output is cut short or malformed.
+local LIST_RECORD = "^" .. ("([^\0]*)\0"):rep(LIST_FIELDS) .. "()"
+local HASH_RECORD = "^([^\0]*)\0([^\0]*)\0()"
+
 local function parse_listing(text)
-  local entries, fields, pos, hashing = {}, {}, 1, false
+  local entries, pos, hashing = {}, 1, false
   while true do
-    local z = text:find("\0", pos, true)
-    if not z then return nil end
-    local field = text:sub(pos, z - 1)
-    pos = z + 1
-    if #fields == 0 and field == "E" then return entries end
-    if #fields == 0 and field == "H" and not hashing then
-      hashing = true
+    local head = text:sub(pos, pos + 1)
+    if head == "E\0" then return entries end
+    if head == "H\0" and not hashing then
+      hashing, pos = true, pos + 2
+    elseif hashing then
+      local path, sum, stop = text:match(HASH_RECORD, pos)
+      local rel = path and path:match("^%./(.+)$")
+      if not rel then return nil end
+      sum = sum:match("^(%x+)")
+      local e = entries[rel]
+      if e and e.kind == "file" and sum and #sum == 64 then e.sha256 = sum:lower() end
+      pos = stop
     else
-      fields[#fields + 1] = field
-      if hashing and #fields == 2 then
-        local rel, sum = fields[1]:match("^%./(.+)$"), fields[2]:match("^(%x+)")
-        if not rel then return nil end
-        local e = entries[rel]
-        if e and e.kind == "file" and sum and #sum == 64 then e.sha256 = sum:lower() end
-        fields = {}
-      elseif not hashing and #fields == LIST_FIELDS then
-        local rel = fields[5]:match("^%./(.+)$")
-        if not rel or not fields[2]:match("^%d+$") then return nil end
-        entries[rel] = { kind = KINDS[fields[1]] or "other", mode = fields[2], size = fields[3],
-          mtime = fields[4], target = fields[6] }
-        fields = {}
-      end
+      local kind, mode, size, mtime, path, target, stop = text:match(LIST_RECORD, pos)
+      local rel = path and path:match("^%./(.+)$")
+      if not rel or not mode:match("^%d+$") then return nil end
+      entries[rel] = { kind = KINDS[kind] or "other", mode = mode, size = size, mtime = mtime, target = target }
+      pos = stop
     end
   end
 end
@@ -1084,11 +1110,13 @@ local function receive(sb, remote_dir, st, spool, limit, progress)
 end
 
 -- The local snapshot for the merge: leftover temp files removed, and paths a killed restore had removed
--- (state.pending_removals) seen as the baseline had them, so the rerun finishes the same plan.
-local function local_snapshot(ws, matcher, st)
-  local snap, names, info = snapshot.take(ws, { matcher = matcher })
+-- (state.pending_removals) seen as the baseline had them, so the rerun finishes the same plan. Like a
+-- delta prepare, the walk reads only the files whose lstat moved since the state's quick records.
+local function local_snapshot(ws, matcher, st, result)
+  local snap, names, info = snapshot.take(ws, { matcher = matcher, known = st.local_stat })
   if not snap then return nil, names, info end
   for _, rel in ipairs(info.temps) do core.fs_safe_remove(ws, rel) end
+  result.hashed_files = info.hashed
   local pending = st.pending_removals
   if type(pending) == "table" then
     table.sort(pending)
@@ -1164,7 +1192,7 @@ local function merge_into(ws, entries, st, opts, result)
     baseline = st.baseline, allow_outside_symlinks = opts.allow_outside_symlinks })
   if #checked.refused > 0 then return refusal(checked, result) end
   local remote = guard.snapshot(checked)
-  local localsnap, lerr, lcode = local_snapshot(ws, matcher, st)
+  local localsnap, lerr, lcode = local_snapshot(ws, matcher, st, result)
   if not localsnap then return nil, "restore: " .. lerr, lcode end
   local plan, perr, pcode = merge.plan(st.baseline, localsnap, remote)
   if not plan then return nil, "restore: " .. perr, pcode end
@@ -1256,7 +1284,8 @@ end
 ---   max_stream_bytes  limit of the stream itself, headers included (default max_bytes + 256 MiB)
 ---   progress, secrets, on_exec   as for prepare (phases restore, finalize)
 --- Returns {changed, deleted, conflicts (paths), conflict_copies = {path = copy}, kept, refused, warnings,
---- bytes_received, commands, state, workspace, remote_dir, runtime_dir, provider} or nil, message, code[,
+--- bytes_received, commands, hashed_files (local files read to hash: those whose lstat moved since the
+--- state's quick records), state, workspace, remote_dir, runtime_dir, provider} or nil, message, code[,
 --- partial result with `refused` (one "<entry>: <reason>" per refused entry)].
 --- Errors: "restore: another restore of <workspace> is running" EBUSY; "restore refused: <entry>: <reason>"
 --- EPERM; "restore refused: archive exceeds the N byte limit at <entry>" and "restore refused: the sandbox
@@ -1282,7 +1311,7 @@ function M.restore(opts)
   local progress = opts.progress or QUIET
   local result = { state = path, workspace = ws, remote_dir = st.remote_dir, runtime_dir = st.runtime_dir,
     provider = st.provider, changed = {}, deleted = {}, conflicts = {}, refused = {}, warnings = {},
-    bytes_received = 0, commands = 0 }
+    bytes_received = 0, commands = 0, hashed_files = 0 }
   local inner = setmetatable({ redact_fn = redact_fn }, { __index = opts })
   local ok, r1, r2, r3, r4 = pcall(restore_locked, inner, st, path, ws, progress, redact_deep, result)
   lock:unlock()
