@@ -62,9 +62,14 @@ function M.same(a, b, mask)
 end
 
 local function bad_path(rel)
-  return rel == "" or rel:byte(1) == 47 or rel:byte(-1) == 47 or rel:find("//", 1, true) ~= nil
-    or rel:find("\0", 1, true) ~= nil or rel == "." or rel == ".." or rel:find("^%.%.?/") ~= nil
-    or rel:find("/%.%.?/") ~= nil or rel:find("/%.%.?$") ~= nil
+  if rel == "" or rel:byte(1) == 47 or rel:byte(-1) == 47 or rel:find("//", 1, true) ~= nil
+      or rel:find("\0", 1, true) ~= nil then
+    return true
+  end
+  -- a '.' or '..' component starts the path or follows a '/'; most paths have neither (plain finds only)
+  if rel:byte(1) ~= 46 and not rel:find("/.", 1, true) then return false end
+  return rel == "." or rel == ".." or rel:find("^%.%.?/") ~= nil or rel:find("/%.%.?/") ~= nil
+    or rel:find("/%.%.?$") ~= nil
 end
 
 local function entry_problem(snapshot, rel, entry)

@@ -67,12 +67,18 @@ end
 -- words: a file's sha256 in a snapshot and a quick record in local_stat (snapshot.quick_records). They
 -- carry no secret, so they skip the redactor, which could only mangle them (a secret's characters can occur
 -- in a digest by chance). Most of a state file's text is such strings.
-local DIGEST = "^" .. ("%x"):rep(64) .. "$"
-local QUICK_RECORD = "^[0-7]+ %d+ %d+ [%d%.e%+%-]+ " .. ("%x"):rep(64) .. "$"
+local QUICK_KEY = "^[0-7]+ %d+ %d+ [%d%.e%+%-]+ ()" -- then the sha256
+
+local function is_digest(v, from)
+  return #v - from == 63 and not v:find("%X", from)
+end
 
 local function computed(k, v, under)
-  return type(v) == "string" and ((k == "sha256" and v:find(DIGEST) ~= nil)
-    or (under == "local_stat" and v:find(QUICK_RECORD) ~= nil))
+  if type(v) ~= "string" then return false end
+  if k == "sha256" then return is_digest(v, 1) end
+  if under ~= "local_stat" then return false end
+  local sum_at = v:match(QUICK_KEY)
+  return sum_at ~= nil and is_digest(v, sum_at)
 end
 
 -- Every distinct string (keys too) in `value`, into `out` (a set), but the computed ones. `under` is the

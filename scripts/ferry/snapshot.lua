@@ -36,10 +36,11 @@ end
 local function vouched_sum(record, st)
   if type(record) ~= "string" then return nil end
   local key = M.quick_key(st)
-  if record:sub(1, #key + 1) ~= key .. " " then return nil end
-  local sum = record:sub(#key + 2)
-  if #sum ~= 64 or sum:find("[^%x]") then return nil end
-  return sum
+  if #record ~= #key + 65 or record:byte(#key + 1) ~= 32 or record:find(key, 1, true) ~= 1
+      or record:find("%X", #key + 2) then
+    return nil
+  end
+  return record:sub(#key + 2)
 end
 
 local function describe(path, rel, st, state)
