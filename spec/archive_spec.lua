@@ -2,20 +2,12 @@ local ferry = require "ferry"
 local core = require "ferry.core"
 local helpers = require "support.helpers"
 
-local function oct(s) return tonumber(s, 8) end
-
-local function sh(cmd)
-  assert(os.execute(cmd), "command failed: " .. cmd)
-end
+local oct, sh, fd_count = helpers.oct, helpers.sh, helpers.fd_count
 
 local function run(argv, cwd)
   return assert(ferry.proc.run { argv = argv, cwd = cwd })
 end
 
--- Open descriptors, listed without a child process (a popen's pipe ends would race the listing).
-local function fd_count()
-  return #assert(core.fs_readdir("/proc/self/fd"))
-end
 
 -- Relative paths under dir, each dir before its contents (the order tar_writer wants).
 local function walk(dir, prefix, out)

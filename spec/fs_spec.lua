@@ -2,16 +2,8 @@ local ferry = require "ferry"
 local core = require "ferry.core"
 local helpers = require "support.helpers"
 
-local function oct(s) return tonumber(s, 8) end
+local oct, sh, fd_count = helpers.oct, helpers.sh, helpers.fd_count
 
-local function sh(cmd)
-  assert(os.execute(cmd), "command failed: " .. cmd)
-end
-
--- Open descriptors, listed without a child process (a popen's pipe ends would race the listing).
-local function fd_count()
-  return #assert(core.fs_readdir("/proc/self/fd"))
-end
 
 -- Names in dir that look like ferry's temp files.
 local function temp_files(dir)

@@ -1,5 +1,6 @@
 -- ferry.hash: SHA-256 one-shot, streaming and over files, checked against NIST vectors and sha256sum.
 local ferry = require "ferry"
+local helpers = require "support.helpers"
 local hash = ferry.hash
 
 local EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -19,11 +20,7 @@ local function to_hex(s)
   return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
 
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  assert(f:write(data))
-  assert(f:close())
-end
+local write_file = helpers.write_file
 
 local function sha256sum(path)
   local res = assert(ferry.proc.run { argv = { "sha256sum", "--", path } })

@@ -3,9 +3,7 @@ local core = require "ferry.core"
 
 local run = ferry.proc.run
 
-local function fd_count()
-  return #assert(core.fs_readdir("/proc/self/fd"))
-end
+local fd_count = require("support.helpers").fd_count
 
 -- A zombie (killed, not yet reaped by init) counts as dead.
 local function alive(pid)

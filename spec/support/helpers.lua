@@ -4,9 +4,18 @@ local M = {}
 M.root = os.getenv("PWD")
 M.ferry_bin = M.root .. "/build/ferry"
 
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  assert(ok, "command failed: " .. cmd)
+--- Run a shell command; fail the spec when it fails.
+function M.sh(cmd)
+  assert(os.execute(cmd), "command failed: " .. cmd)
+end
+local sh = M.sh
+
+--- An octal mode written as in chmod: oct("755") == 493.
+function M.oct(s) return tonumber(s, 8) end
+
+--- Open descriptors of this process, listed without a child process (a popen's pipe would race the listing).
+function M.fd_count()
+  return #assert(require("ferry.core").fs_readdir("/proc/self/fd"))
 end
 
 --- A fresh temporary directory.

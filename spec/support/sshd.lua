@@ -8,6 +8,7 @@
 --   server:accepted()                             -- connections authenticated so far
 --   server:stop()
 local ferry = require "ferry"
+local helpers = require "support.helpers"
 local core = require "ferry.core"
 
 local M = {}
@@ -28,19 +29,7 @@ local function must(argv)
   return res.stdout
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local read_file, write_file = helpers.read_file, helpers.write_file
 
 -- Signal a process, or a whole process group when `pid` is negative (procps kill: dash's builtin cannot).
 local function kill(pid, signal)
