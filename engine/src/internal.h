@@ -9,7 +9,7 @@
 #include <uv.h>
 
 /* Each bound concept registers its functions into the table on top of the stack. */
-void ferry_open_loop(lua_State *L);    /* loop.c: run/run_once/alive/handles/timer/now */
+void ferry_open_loop(lua_State *L);    /* loop.c: run_once/handles/timer/now_ms/time_ms/getpid */
 void ferry_open_proc(lua_State *L);    /* proc.c: proc_start and the process handle */
 void ferry_open_b64(lua_State *L);     /* base64.c: b64_encode/b64_decode/b64_encoder/b64_decoder */
 void ferry_open_sh(lua_State *L);      /* shquote.c: sh_quote/sh_join */

@@ -147,9 +147,6 @@ static int run_mode(lua_State *L, uv_run_mode mode) {
 /* core.run_once() -> alive: wait for and handle one round of events. */
 static int l_run_once(lua_State *L) { return run_mode(L, UV_RUN_ONCE); }
 
-/* core.run_nowait() -> alive: handle what is ready without waiting. */
-static int l_run_nowait(lua_State *L) { return run_mode(L, UV_RUN_NOWAIT); }
-
 static void count_walk_cb(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) (*(int *)arg)++;
 }
@@ -240,7 +237,7 @@ void ferry_open_loop(lua_State *L) {
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"run_once", l_run_once}, {"run_nowait", l_run_nowait},
+  static const luaL_Reg fns[] = {{"run_once", l_run_once},
                                  {"handles", l_handles},   {"now_ms", l_now_ms},
                                  {"time_ms", l_time_ms},   {"timer", l_timer},
                                  {"getpid", l_getpid},

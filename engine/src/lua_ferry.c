@@ -38,13 +38,6 @@ static int l_log(lua_State *L) {
   return 0;
 }
 
-/* core.has_log_callback() -> bool: a host receives the log lines. */
-static int l_has_log_callback(lua_State *L) {
-  int t = lua_getfield(L, LUA_REGISTRYINDEX, LOG_KEY);
-  lua_pushboolean(L, t == LUA_TUSERDATA && ((log_sink *)lua_touserdata(L, -2))->fn != NULL);
-  return 1;
-}
-
 int luaopen_ferry_core(lua_State *L) {
   lua_newtable(L);
   ferry_open_loop(L);
@@ -56,8 +49,6 @@ int luaopen_ferry_core(lua_State *L) {
   ferry_open_fs(L);
   lua_pushcfunction(L, l_log);
   lua_setfield(L, -2, "log");
-  lua_pushcfunction(L, l_has_log_callback);
-  lua_setfield(L, -2, "has_log_callback");
   lua_pushstring(L, FERRY_VERSION);
   lua_setfield(L, -2, "version");
   return 1;

@@ -157,10 +157,4 @@ function M.drain()
   end
 end
 
---- Number of tasks not yet finished.
-function M.pending() return unfinished end
-
---- True when the value is a task.
-function M.is_task(v) return getmetatable(v) == Task end
-
 return M
