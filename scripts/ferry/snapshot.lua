@@ -3,7 +3,7 @@
 -- A snapshot maps a '/'-separated relative path to {kind = "file"|"dir"|"symlink", mode = permission bits
 -- (& 0777), size, sha256 (files), target (symlinks)} — the shape ferry.merge compares. The walk never follows
 -- a symlink, never enters an excluded directory, and leaves out what a tar stream cannot carry (fifos,
--- sockets, devices: listed in info.skipped) and the temp files a killed write leaves behind
+-- sockets, devices: listed in info.skipped) and the temp files or links a killed write leaves behind
 -- (".ferry-tmp-<hex>", listed in info.temps so restore can clean them up).
 local core = require "ferry.core"
 
@@ -89,7 +89,7 @@ local function walk(root, rel, state)
     local st, serr, scode = inspect(path, state.follow)
     if not st then
       if scode ~= "ENOENT" then return nil, serr, scode end
-    elseif st.kind == "file" and M.is_temp_name(name) then
+    elseif (st.kind == "file" or st.kind == "symlink") and M.is_temp_name(name) then
       state.info.temps[#state.info.temps + 1] = child
     elseif not (state.matcher and state.matcher(child, st.kind == "dir")) then
       if not COUNTERS[st.kind] then
