@@ -395,7 +395,7 @@ describe("ferry verbs", function()
 end)
 
 describe("the verbs' option parser", function()
-  local verbs = require "ferry.cli_verbs"
+  local verbs = require "ferry.cli.options"
   local SPEC = { options = {
     { names = { "-p", "--provider" }, key = "provider", value = "PROVIDER" },
     { names = { "--env" }, key = "env", value = "K=V", multi = true },

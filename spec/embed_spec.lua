@@ -57,4 +57,15 @@ describe("embedding ferry in a C host", function()
       "/lib/lua/5.4/?.so;'..package.cpath; io.write(require('ferry').proc.run{argv={'echo','ok'}}.stdout)\"")
     assert.equal("ok\n", r.stdout)
   end)
+
+  it("installs the command line's verb files under ferry/cli/", function()
+    local r = sh("cd / && lua5.4 -e \"package.path='" .. prefix .. "/share/lua/5.4/?.lua;" .. prefix ..
+      "/share/lua/5.4/?/init.lua;'..package.path; package.cpath='" .. prefix ..
+      "/lib/lua/5.4/?.so;'..package.cpath; os.exit(require('ferry.cli').main({[0]='ferry','help','ls'}))\"")
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("^usage: ferry ls %-p PROVIDER REMOTE_DIR\n", r.stdout)
+    for _, name in ipairs { "run", "sandbox", "runtime", "policy", "many", "report", "options", "registry" } do
+      assert.truthy(helpers.read_file(prefix .. "/share/lua/5.4/ferry/cli/" .. name .. ".lua"), name)
+    end
+  end)
 end)

@@ -1,8 +1,9 @@
---- The ferry command line: each verb is a function of this table (see README "CLI").
-local M = {}
+--- The ferry command line (README "CLI"): the entry point the binary calls, the top-level usage, and the
+--- dispatch of each verb to the file that defines it (scripts/ferry/cli/), loaded only when that verb runs.
+local registry = require "ferry.cli.registry"
 
-local EXIT = { ok = 0, failed = 1, usage = 2, conflicts = 3, timeout = 124 }
-M.EXIT = EXIT
+local EXIT = registry.EXIT
+local M = {}
 
 local USAGE = [[
 usage: ferry VERB [ARGS...]
@@ -30,68 +31,28 @@ usage: ferry VERB [ARGS...]
 Exit codes: 0 ok, 1 failed, 2 usage, 3 restore finished with conflicts, 124 timeout.
 ]]
 
-M.verbs = {}
+-- The file defining each verb. Each loads on demand: an error in one (a broken FERRY_PATH override, say)
+-- never stops the verbs of another, such as `ferry run`.
+local VERB_FILES = {
+  run = "ferry.cli.run", ["-e"] = "ferry.cli.run", repl = "ferry.cli.run",
+  exec = "ferry.cli.sandbox", put = "ferry.cli.sandbox", get = "ferry.cli.sandbox", ls = "ferry.cli.sandbox",
+  prepare = "ferry.cli.runtime", restore = "ferry.cli.runtime",
+  adapters = "ferry.cli.policy", providers = "ferry.cli.policy",
+}
 
---- Register a verb: `fn(args)` gets the words after the verb and returns an exit code.
----@param name string
----@param help string  the verb's --help text
----@param fn fun(args: string[]): integer
-function M.verb(name, help, fn)
-  M.verbs[name] = { help = help, fn = fn }
+-- The verb named `name`, loading its file first.
+---@return table|nil verb  {help, fn}; nil for an unknown verb or one whose file failed to load
+---@return string|nil err  why its file failed to load
+local function find_verb(name)
+  local v = registry.verbs[name]
+  if v or not VERB_FILES[name] then return v end
+  local ok, err = pcall(require, VERB_FILES[name])
+  if not ok then return nil, err end
+  return registry.verbs[name]
 end
 
-local function usage_error(msg)
-  io.stderr:write("ferry: ", msg, "\n(see ferry --help)\n")
-  return EXIT.usage
-end
-M.usage_error = usage_error
-
-local function run_chunk(chunk, chunk_args)
-  local task = require "ferry.task"
-  local ok, err = xpcall(function()
-    chunk(table.unpack(chunk_args))
-    task.drain()
-  end, debug.traceback)
-  if not ok then
-    io.stderr:write("ferry: ", tostring(err), "\n")
-    return EXIT.failed
-  end
-  return EXIT.ok
-end
-
-M.verb("run", "usage: ferry run SCRIPT.lua [ARGS...]\n"
-  .. "Run a Lua script; arg[0] is the script, arg[1..] its arguments.\n",
-  function(args)
-    local script = args[1]
-    if not script then return usage_error("run: missing SCRIPT.lua") end
-    local chunk, err = loadfile(script)
-    if not chunk then
-      io.stderr:write("ferry: ", err, "\n")
-      return EXIT.failed
-    end
-    local script_arg = { [0] = script }
-    for i = 2, #args do script_arg[i - 1] = args[i] end
-    _G.arg = script_arg
-    return run_chunk(chunk, script_arg)
-  end)
-
-M.verb("-e", "usage: ferry -e CODE\nRun a Lua chunk.\n", function(args)
-  if not args[1] then return usage_error("-e: missing CODE") end
-  local chunk, err = load(args[1], "=(command line)")
-  if not chunk then
-    io.stderr:write("ferry: ", err, "\n")
-    return EXIT.usage
-  end
-  return run_chunk(chunk, {})
-end)
-
-M.verb("repl", "usage: ferry repl [-p PROVIDER]\nInteractive Lua with ferry loaded as `ferry`.\n",
-  function(args)
-    return require("ferry.repl").main(args)
-  end)
-
-M.verb("help", "usage: ferry help [VERB]\n", function(args)
-  local v = args[1] and M.verbs[args[1]]
+registry.verb("help", "usage: ferry help [VERB]\n", function(args)
+  local v = args[1] and find_verb(args[1])
   io.stdout:write(v and v.help or USAGE)
   return EXIT.ok
 end)
@@ -111,17 +72,12 @@ function M.main(argv)
     io.stdout:write("ferry ", require("ferry").version, "\n")
     return EXIT.ok
   end
-  local v = M.verbs[verb]
-  if not v or verb == "help" then
-    -- The sandbox verbs load on demand: an error in them never stops `ferry run`.
-    local ok, err = pcall(require, "ferry.cli_verbs")
-    v = M.verbs[verb]
-    if not ok and not v then
-      io.stderr:write("ferry: cannot load the sandbox verbs: ", tostring(err), "\n")
-      return EXIT.failed
-    end
+  local v, err = find_verb(verb)
+  if err then
+    io.stderr:write("ferry: cannot load the verb '", verb, "': ", tostring(err), "\n")
+    return EXIT.failed
   end
-  if not v then return usage_error("unknown verb '" .. verb .. "'") end
+  if not v then return registry.usage_error("unknown verb '" .. verb .. "'") end
   if verb ~= "run" and verb ~= "-e" and (rest[1] == "--help" or rest[1] == "-h") then
     io.stdout:write(v.help)
     return EXIT.ok

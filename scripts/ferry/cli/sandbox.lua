@@ -1,0 +1,181 @@
+--- The verbs that work on a sandbox directly (README "Sandbox verbs"): exec, put, get, ls.
+local registry = require "ferry.cli.registry"
+local options = require "ferry.cli.options"
+local report = require "ferry.cli.report"
+
+local EXIT = registry.EXIT
+local define, fail, usage, say = registry.define, registry.fail, registry.usage, registry.say
+local M = {}
+
+-- Run fn(sb) on a sandbox opened on `provider`, closing it whatever happens.
+local function with_sandbox(provider, fn)
+  local sb, err = require("ferry").open(provider)
+  if not sb then fail(err) end
+  local res = table.pack(pcall(fn, sb))
+  sb:close()
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+---------------------------------------------------------------------------------------------------------------
+-- exec
+
+local function read_stdin_option(value)
+  if value == nil then return nil end
+  if value == "-" then
+    return function() return io.stdin:read(65536) end
+  end
+  local f, err = io.open(value, "rb")
+  if not f then fail("--stdin: " .. err) end
+  return function()
+    local chunk = f:read(65536)
+    if not chunk then f:close() end
+    return chunk
+  end
+end
+
+local function parse_env(list)
+  local env, err = options.key_values(list, "^([%a_][%w_]*)=(.*)$", "--env", "NAME=VALUE")
+  if err then usage(err) end
+  return env
+end
+
+local function parse_timeout(value)
+  if value == nil then return nil end
+  local sec = tonumber(value)
+  if not sec or sec <= 0 or not value:match("^[%d.]+$") then
+    usage("--timeout expects a number of seconds > 0, got '" .. value .. "'")
+  end
+  return math.floor(sec * 1000 + 0.5)
+end
+
+-- A sink for a command's output stream. Raw bytes unless secrets are named: then whole lines go through the
+-- redactor (a secret split across two chunks is still caught), the last partial line when the stream ends.
+local function stream_to(file, redacting)
+  local pending = ""
+  local sink = {}
+  function sink.write(chunk)
+    if not redacting then
+      file:write(chunk)
+    else
+      pending = pending .. chunk
+      local cut = pending:match(".*\n()")
+      if not cut then return end
+      file:write(registry.redact(pending:sub(1, cut - 1)))
+      pending = pending:sub(cut)
+    end
+    file:flush()
+  end
+  function sink.close()
+    if pending ~= "" then file:write(registry.redact(pending)) end
+    pending = ""
+    file:flush()
+  end
+  return sink
+end
+
+define("exec", [[
+usage: ferry exec -p PROVIDER [--cwd DIR] [--env K=V]... [--timeout SEC] [--stdin FILE|-] -- CMD [ARG...]
+Run CMD with its arguments in the sandbox, streaming its stdout and stderr, and exit with its exit code.
+  -p, --provider PROVIDER  local, bwrap:DIR, cmd:ARGV... (see ferry providers)
+  --cwd DIR                working directory in the sandbox (default /)
+  --env K=V                set an environment variable (repeatable)
+  --timeout SEC            kill the command after SEC seconds and exit 124
+  --stdin FILE|-           feed FILE (or this process's stdin) to the command; default: no input
+  --secret-env NAME        replace the value of env NAME by *** in the output (repeatable)
+The first word that is not an option starts the command; `--` makes that explicit.
+Exit: the command's code (128+N when killed by signal N), 124 on timeout, 1 when it could not run, 2 usage.
+]], {
+  options = { options.PROVIDER, options.SECRET_ENV,
+    { names = { "--cwd" }, key = "cwd", value = "DIR" },
+    { names = { "--env" }, key = "env", value = "K=V", multi = true },
+    { names = { "--timeout" }, key = "timeout", value = "SEC" },
+    { names = { "--stdin" }, key = "stdin", value = "FILE" },
+  },
+  stop_at_positional = true, secrets = true, min_args = 1, operands = "CMD",
+}, function(o)
+  if not o.provider then usage("missing -p PROVIDER") end
+  local timeout_ms = parse_timeout(o.timeout)
+  local env = parse_env(o.env)
+  local stdin = read_stdin_option(o.stdin)
+  local redacting = #o.secret_env > 0
+  local out, errout = stream_to(io.stdout, redacting), stream_to(io.stderr, redacting)
+  local r, err = with_sandbox(o.provider, function(sb)
+    return sb:exec(o.args, {
+      cwd = o.cwd, env = env, stdin = stdin, timeout_ms = timeout_ms,
+      on_stdout = out.write, on_stderr = errout.write,
+    })
+  end)
+  out.close()
+  errout.close()
+  if not r then fail(err) end
+  if r.timed_out then
+    say(io.stderr, "ferry: exec: ", o.args[1], ": timed out after ", o.timeout, " s\n")
+    return EXIT.timeout
+  end
+  return r.code
+end)
+
+---------------------------------------------------------------------------------------------------------------
+-- put, get, ls
+
+define("put", [[
+usage: ferry put -p PROVIDER LOCAL REMOTE
+Copy the local file LOCAL to REMOTE in the sandbox (written to a temp name, then renamed into place).
+]], { options = { options.PROVIDER }, min_args = 2, max_args = 2, operands = "LOCAL REMOTE" }, function(o)
+  if not o.provider then usage("missing -p PROVIDER") end
+  local src, dst = o.args[1], o.args[2]
+  local f, oerr = io.open(src, "rb")
+  if not f then fail(oerr) end
+  f:close()
+  local ok, err = with_sandbox(o.provider, function(sb) return sb:put(src, dst) end)
+  if not ok then fail(err) end
+end)
+
+define("get", [[
+usage: ferry get -p PROVIDER [--max-bytes N] REMOTE LOCAL
+Copy the sandbox file REMOTE to LOCAL ("-" for stdout).
+  --max-bytes N   refuse a file over N bytes (suffix K, M or G for KiB, MiB, GiB)
+]], {
+  options = { options.PROVIDER, options.MAX_BYTES }, min_args = 2, max_args = 2, operands = "REMOTE LOCAL",
+}, function(o)
+  if not o.provider then usage("missing -p PROVIDER") end
+  local max_bytes, berr = options.max_bytes(o.max_bytes)
+  if berr then usage(berr) end
+  local src, dst = o.args[1], o.args[2]
+  with_sandbox(o.provider, function(sb)
+    if dst ~= "-" then
+      local ok, err = sb:get(src, dst, { max_bytes = max_bytes })
+      if not ok then fail(err) end
+      return
+    end
+    local data, err = sb:read(src, { max_bytes = max_bytes })
+    if not data then fail(err) end
+    io.stdout:write(data)
+  end)
+end)
+
+local KIND_LETTER = { file = "-", dir = "d", symlink = "l", fifo = "p", socket = "s", char = "c", block = "b" }
+
+--- One `ls` line: kind letter, octal mode, size, name (dirs end with "/").
+---@param e table  an entry of sb:ls: name, kind, mode, size
+---@return string
+function M.format_entry(e)
+  local mode = e.mode and string.format("%04o", e.mode) or "----"
+  local suffix = e.kind == "dir" and "/" or ""
+  return string.format("%s %s %12s %s%s", KIND_LETTER[e.kind] or "?", mode, tostring(e.size or 0),
+    report.printable(e.name), suffix)
+end
+
+define("ls", [[
+usage: ferry ls -p PROVIDER REMOTE_DIR
+List a sandbox directory: one line per entry with its kind (- file, d dir, l symlink, ...), mode, size and
+name (control characters escaped as \n, \t, \xNN).
+]], { options = { options.PROVIDER }, min_args = 1, max_args = 1, operands = "REMOTE_DIR" }, function(o)
+  if not o.provider then usage("missing -p PROVIDER") end
+  local list, err = with_sandbox(o.provider, function(sb) return sb:ls(o.args[1]) end)
+  if not list then fail(err) end
+  for _, e in ipairs(list) do io.stdout:write(M.format_entry(e), "\n") end
+end)
+
+return M
