@@ -216,6 +216,15 @@ describe("policy files in FERRY_PATH", function()
     }, lines_of(out))
   end)
 
+  it("a long file name, which Lua shortens in its messages, is given whole", function()
+    local long = dir .. "/" .. string.rep("d", 70)
+    mkdirs(long .. "/adapters")
+    helpers.write_file(long .. "/adapters/rt.lua", "local x\nreturn x.y\n")
+    local res = ferry_with(long, { "adapters", "--check" })
+    assert.are.equal(long .. "/adapters/rt.lua:2: attempt to index a nil value (local 'x')\n",
+      res.stdout:match("^[^\n]*\n"))
+  end)
+
   it("a good override or a new adapter loads, with the defaults filled in", function()
     local out = lua_with(dir, [[
       local policy = require "ferry.policy"
@@ -465,5 +474,40 @@ describe("provider_util.prefix_provider", function()
 
   it("split_words splits a command line as a shell does", function()
     assert.are.same({ "a b", "c" }, provider_util.split_words([['a b' c]]))
+  end)
+end)
+
+describe("scripts/README.md", function()
+  local text
+
+  lazy_setup(function() text = assert(helpers.read_file(helpers.root .. "/scripts/README.md")) end)
+
+  it("the prefix provider example is a working provider", function()
+    local section = assert(text:match("\n## A prefix provider in a few lines\n(.-)\n## "))
+    local code = assert(section:match("```lua\n(.-)```"))
+    local mod = assert(load(code, "@lxc.lua", "t"))("lxc")
+    assert.are.same({}, schema.check_provider_module(mod, "lxc.lua", code))
+    local p = assert(mod.open("box", { probe = false }))
+    assert.are.same({}, schema.check_provider_object(p, "lxc.lua", code))
+    assert.are.same({ "lxc", "exec", "box", "--", "sh", "-c", "x" }, p:command("x"))
+    assert.are.same({ "lxc:box", "box" }, { p.name, p.container })
+    assert.are.same({ nil, "lxc:: expected a container name, e.g. lxc:box", "EINVAL" }, { mod.open(nil) })
+    local empty = helpers.tmpdir()
+    mkdirs(empty .. "/providers")
+    helpers.write_file(empty .. "/providers/lxc.lua", code)
+    local res = ferry_with(empty, { "exec", "-p", "lxc:box", "--", "true" }, { PATH = empty })
+    assert.are.same({ 1, "ferry: exec: lxc:box: lxc is not installed or not on PATH\n" }, { res.code, res.stderr })
+    res = ferry_with(empty, { "providers", "--check" })
+    assert.are.same({ 0, "8 providers checked, 0 with problems\n" }, { res.code, res.stdout })
+    helpers.rmtree(empty)
+  end)
+
+  it("the adapter table documents every field of the schema", function()
+    local section = assert(text:match("\n## The adapter table\n(.-)\n### "))
+    local documented = {}
+    for name in section:gmatch("\n| `([%w_]+)` |") do documented[#documented + 1] = name end
+    local fields = {}
+    for i, f in ipairs(schema.ADAPTER.fields) do fields[i] = f[1] end
+    assert.are.same(fields, documented)
   end)
 end)

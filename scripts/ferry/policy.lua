@@ -94,17 +94,24 @@ local function checked_open(mod, where, text)
   end
 end
 
+-- A load or run error of the file at `where` as "WHERE:LINE: message". Lua shortens a long file name in its
+-- messages to "...<its end>"; the whole name is put back.
+local function located(msg, where)
+  local shown, line, rest = msg:match("^(.-):(%d+): (.*)$")
+  if shown == where then return msg end
+  if shown and shown:sub(1, 3) == "..." and where:sub(-(#shown - 3)) == shown:sub(4) then
+    return where .. ":" .. line .. ": " .. rest
+  end
+  return where .. ": " .. msg
+end
+
 -- Run the text of a policy file and check what it returns. Returns the module, or nil and the problems
 -- ("FILE:LINE: message", the first one a load error when the file does not load).
 local function run(kind, name, where, text)
   local chunk, err = load(text, "@" .. where, "t")
-  if not chunk then return nil, { err } end
+  if not chunk then return nil, { located(err, where) } end
   local ok, mod = pcall(chunk, name)
-  if not ok then
-    local msg = tostring(mod)
-    if msg:sub(1, #where) ~= where then msg = where .. ": " .. msg end
-    return nil, { msg }
-  end
+  if not ok then return nil, { located(tostring(mod), where) } end
   local problems = schema.check(SHAPES[kind], mod, where, text)
   if #problems > 0 then return nil, problems end
   if kind == "adapters" then schema.apply_defaults(schema.ADAPTER, mod, name) else checked_open(mod, where, text) end
