@@ -30,8 +30,8 @@ function M.list(item, what)
 end
 
 --- A table with the given fields (see the FIELD format above). opts.open: keys that are not fields are
---- allowed (a provider object keeps its own state beside the fields ferry reads); opts.check(value) -> message
---- or nil: a rule across fields.
+--- allowed (a provider object keeps its own state beside the fields ferry reads); opts.check(value) -> nil,
+--- or the field a rule across fields points at and the message.
 ---@param fields table[]
 ---@param opts table|nil
 ---@return table
@@ -111,7 +111,7 @@ M.PROVIDER = M.record({
   open = true,
   check = function(p)
     if p.command == nil and p.exec == nil then
-      return { "command" }, "field 'command' must be a function, got nil (a provider needs command or exec)"
+      return "command", "field 'command' must be a function, got nil (a provider needs command or exec)"
     end
   end,
 })
@@ -221,8 +221,8 @@ local function validate_record(shape, value, keys, out)
     end
   end
   if shape.check then
-    local at, message = shape.check(value)
-    if message then problem(out, with(keys, at[1]), message) end
+    local field, message = shape.check(value)
+    if message then problem(out, with(keys, field), message) end
   end
 end
 
