@@ -1,8 +1,4 @@
 --- Provider `podman:CONTAINER`: commands run in a running container with `podman exec -i CONTAINER sh -c
--- SCRIPT`. Podman's exec takes the same arguments as docker's: this is the docker provider for another CLI.
-local policy = require "ferry.policy"
-
-local docker, err = policy.load("providers", "docker")
-if not docker then error("podman: cannot load the docker provider it is built on: " .. tostring(err), 0) end
-
-return docker.engine("podman")
+-- SCRIPT`. Podman's exec takes the same arguments as docker's: both are ferry.provider_util's container
+-- provider, so an override of one never changes the other.
+return require("ferry.provider_util").container_provider("podman")

@@ -118,7 +118,7 @@ describe("provider strings", function()
 end)
 
 describe("cmd: provider", function()
-  local split = require("ferry.policy").load("providers", "cmd").split
+  local split = require("ferry.provider_util").split_words
 
   it("splits the prefix as a shell splits words, without expansion", function()
     assert.same({ "docker", "exec", "-i", "box" }, split("  docker exec\t-i   box "))

@@ -17,14 +17,12 @@ local function settings_file(ctx)
   return ctx.home .. "/.claude.json"
 end
 
+-- The JSON object in a host file: nil when the file is missing; nil and why when it is unusable.
 local function read_json(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read(MAX_CONFIG_BYTES + 1)
-  f:close()
-  if text == nil or #text > MAX_CONFIG_BYTES then return nil, "unreadable or too large" end
+  local text, err, code = util.read_file(path, MAX_CONFIG_BYTES)
+  if not text then return nil, code ~= "ENOENT" and err or nil end
   local ok, doc = pcall(cjson.decode, text)
-  if not ok or type(doc) ~= "table" then return nil, "not a JSON object" end
+  if not ok or type(doc) ~= "table" then return nil, path .. ": not a JSON object" end
   return doc
 end
 
@@ -44,7 +42,7 @@ local function mcp_servers(ctx)
   local path = settings_file(ctx)
   local doc, err = read_json(path)
   if not doc then
-    if err then ctx.log("warn", "claude: " .. path .. ": " .. err .. "; MCP servers not copied") end
+    if err then ctx.log("warn", "claude: " .. err .. "; MCP servers not copied") end
     return nil
   end
   local servers = {}
@@ -82,7 +80,6 @@ return {
   install = "npm install -g @anthropic-ai/claude-code",
   -- A Claude sign-in inside the workspace (a checked-out home or config dir) stays on the host.
   excludes = { "**/.claude/.credentials.json", ".claude.json" },
-  preserve = {},
   --- skills: <config dir>/skills, symlinked skills resolved (skill folders are often links into a repo).
   assets = function(ctx)
     return util.existing { skills = { dir = config_dir(ctx) .. "/skills", follow_symlinks = true, exclude = {} } }

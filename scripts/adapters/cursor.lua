@@ -13,7 +13,6 @@ return {
   detect = "agent",
   install = INSTALL,
   excludes = { "**/.config/cursor/auth.json" },
-  preserve = {},
   --- home: ~/.cursor limited to what the CLI reads (the editor keeps gigabytes of extensions beside it):
   --- mcp.json, cli-config.json, skills, rules, commands. config: $XDG_CONFIG_HOME/cursor (the CLI sign-in).
   assets = function(ctx)
@@ -27,5 +26,4 @@ return {
       config = { dir = config_home .. "/cursor", follow_symlinks = false, exclude = {} },
     }
   end,
-  hooks = {},
 }

@@ -8,12 +8,10 @@ return {
   install = "npm install -g @google/gemini-cli",
   -- A Gemini sign-in inside the workspace (a checked-out home dir) stays on the host.
   excludes = { "**/.gemini/oauth_creds.json", "**/.gemini/google_accounts.json" },
-  preserve = {},
   --- home: ~/.gemini; run the agent with HOME set so that <HOME>/.gemini is this dir, or link it there.
   assets = function(ctx)
     return util.existing {
       home = { dir = ctx.home .. "/.gemini", follow_symlinks = false, exclude = { "/tmp", "/history" } },
     }
   end,
-  hooks = {},
 }

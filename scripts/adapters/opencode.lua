@@ -15,7 +15,6 @@ return {
   install = INSTALL,
   -- An OpenCode sign-in inside the workspace (a checked-out home dir) stays on the host.
   excludes = { "**/.local/share/opencode/auth.json" },
-  preserve = {},
   --- config: $XDG_CONFIG_HOME/opencode (opencode.json with MCP servers, agents, commands; point
   --- OPENCODE_CONFIG_DIR at it); data: $XDG_DATA_HOME/opencode (auth.json) without sessions, logs, snapshots.
   assets = function(ctx)
@@ -30,5 +29,4 @@ return {
       },
     }
   end,
-  hooks = {},
 }

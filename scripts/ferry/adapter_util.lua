@@ -1,6 +1,9 @@
---- ferry.adapter_util: what adapters share: reading a dir from the environment and keeping only the assets
--- whose dir exists on the host (a user without, say, ~/.gemini gets no asset rather than an error).
+--- ferry.adapter_util: what adapters share: reading a dir from the environment, keeping only the assets
+-- whose dir exists on the host (a user without, say, ~/.gemini gets no asset rather than an error), bounded
+-- host file reads, symlink resolution, and copying a file brought back from the sandbox over a host file
+-- under a lock.
 local core = require "ferry.core"
+local snapshot = require "ferry.snapshot"
 
 local M = {}
 
@@ -38,6 +41,147 @@ function M.existing(assets)
     if M.is_dir(asset.dir) then out[key] = asset end
   end
   return out
+end
+
+-- Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+--- An RFC 3339 timestamp ("2025-06-30T12:34:56.123456789Z", "...+02:00") as {seconds, nanoseconds} since the
+--- epoch, or nil when it is not one (credentials carry such stamps). Fractions are kept exactly: a double
+--- cannot hold epoch nanoseconds. Compare two with M.time_after.
+---@param text any
+---@return integer[]|nil
+function M.parse_time(text)
+  if type(text) ~= "string" then return nil end
+  local y, mo, d, h, mi, s, frac, zone =
+    text:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$")
+  if not y then return nil end
+  y, mo, d, h, mi, s = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(s)
+  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or s > 60 then return nil end
+  if frac == "." then return nil end
+  local offset = 0
+  if zone ~= "Z" and zone ~= "z" then
+    local sign, oh, om = zone:match("^([+-])(%d%d):?(%d%d)$")
+    if not sign then return nil end
+    offset = (tonumber(oh) * 60 + tonumber(om)) * 60
+    if sign == "-" then offset = -offset end
+  end
+  local digits = (frac:sub(2) .. "000000000"):sub(1, 9)
+  local seconds = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset
+  return { seconds, tonumber(digits) }
+end
+
+--- Whether instant `a` (from M.parse_time) is strictly later than `b`.
+---@param a integer[]
+---@param b integer[]
+---@return boolean
+function M.time_after(a, b)
+  return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2])
+end
+
+local ERRNO_CODES = { [2] = "ENOENT", [13] = "EACCES", [21] = "EISDIR" }
+
+--- Read a host file of at most `max_bytes` bytes. Returns its bytes, or nil, message, code: "read PATH:
+--- <why>" with the errno name ("ENOENT", "EACCES", ...); "read PATH: over the N byte limit", "EFBIG" for a
+--- larger file (nothing of it is kept); "read PATH: is a directory", "EISDIR".
+---@param path string
+---@param max_bytes integer
+---@return string|nil data, string|nil err, string|nil code
+function M.read_file(path, max_bytes)
+  local st, serr, scode = core.fs_stat(path)
+  if not st then return nil, (serr:gsub("^stat ", "read ", 1)), scode end
+  if st.kind == "dir" then return nil, "read " .. path .. ": is a directory", "EISDIR" end
+  local too_big = "read " .. path .. ": over the " .. max_bytes .. " byte limit"
+  if st.size and st.size > max_bytes then return nil, too_big, "EFBIG" end
+  local f, oerr, errno = io.open(path, "rb")
+  if not f then return nil, "read " .. oerr, ERRNO_CODES[errno] or "EIO" end
+  local data = f:read(max_bytes + 1) or ""
+  f:close()
+  if #data > max_bytes then return nil, too_big, "EFBIG" end
+  return data
+end
+
+--- The absolute path with every symlink resolved and no '.' or '..' components (like realpath(3)); the
+--- file must exist. Returns nil, message, code otherwise.
+---@param path string  an absolute path
+---@return string|nil resolved, string|nil err, string|nil code
+M.realpath = snapshot.realpath
+
+local MAX_LINKS = 16
+
+--- The file `path` names once its own symlinks are followed (a link to a link, ...), so that a write
+--- updates what the link points to; the parent dirs are left as they are. A path that is not a symlink,
+--- or does not exist, is itself. nil, message, code for an unreadable link or a chain of more than 16.
+---@param path string
+---@return string|nil target, string|nil err, string|nil code
+function M.link_target(path)
+  local current = path
+  for _ = 1, MAX_LINKS do
+    local st = core.fs_lstat(current)
+    if not st or st.kind ~= "symlink" then return current end
+    local target, err, code = core.fs_readlink(current)
+    if not target then return nil, err, code end
+    if target:sub(1, 1) ~= "/" then target = (current:match("^(.*)/[^/]*$") or ".") .. "/" .. target end
+    current = target
+  end
+  return nil, path .. ": more than " .. MAX_LINKS .. " symlinks in a row", "ELOOP"
+end
+
+local LOCK_STEP_MS = 50
+
+--- Take the lock file `path` (created when missing), waiting up to `wait_ms` while another process holds
+--- it. Returns the lock (lock:unlock() releases it; so does the process ending), or nil, message, code.
+---@param path string
+---@param wait_ms integer
+---@return userdata|nil lock, string|nil err, string|nil code
+function M.lock(path, wait_ms)
+  local waited = 0
+  while true do
+    local lock, err, code = core.fs_lock(path)
+    if lock or code ~= "EBUSY" or waited >= wait_ms then return lock, err, code end
+    require("ferry").sleep(LOCK_STEP_MS)
+    waited = waited + LOCK_STEP_MS
+  end
+end
+
+--- Put `data` (a file brought back from the sandbox) in place of the host file `path` when opts.refuse
+--- allows it. refuse(host_bytes) -> reason | nil decides; host_bytes is the host file's content, nil when
+--- it is missing, unreadable or over opts.max_bytes. It is asked twice: once, then again holding the lock file
+--- ".<name>.ferry-lock" beside the file, so that two restores finishing together cannot put back the older
+--- copy. A symlinked `path` has its target replaced and keeps the link. The write is atomic (a temp name in
+--- the same dir renamed into place, no symlink followed) with mode opts.mode (default 0600).
+--- opts: refuse (required), max_bytes (default 16 MiB), mode, lock_wait_ms (default 5000).
+--- Returns "copied", the file written; "kept", the reason; or nil, message, code when the link cannot be
+--- followed, the lock is not taken or the write fails.
+---@param path string
+---@param data string
+---@param opts table
+---@return string|nil status, string|nil detail, string|nil code
+function M.copy_back(path, data, opts)
+  local target, err, code = M.link_target(path)
+  if not target then return nil, err, code end
+  local max_bytes = opts.max_bytes or 16 * 1024 * 1024
+  local function refusal() return opts.refuse((M.read_file(target, max_bytes))) end
+  local reason = refusal()
+  if reason then return "kept", reason end
+  local dir, name = target:match("^(.*)/([^/]+)$")
+  if not dir then dir, name = ".", target end
+  local lock, lerr, lcode = M.lock(dir .. "/." .. name .. ".ferry-lock", opts.lock_wait_ms or 5000)
+  if not lock then return nil, lerr, lcode end
+  local ok, werr, wcode
+  reason = refusal()
+  if not reason then ok, werr, wcode = core.fs_safe_write(dir, name, data, opts.mode or tonumber("600", 8)) end
+  lock:unlock()
+  if reason then return "kept", reason end
+  if not ok then return nil, werr, wcode end
+  return "copied", target
 end
 
 return M

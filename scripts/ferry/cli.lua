@@ -23,8 +23,8 @@ usage: ferry VERB [ARGS...]
                              bring the sandbox's workspace back, 3-way merged with host edits
   prepare --many FILE [--jobs N] [--json]    many sandboxes at once (FILE: JSON list of
   restore --many FILE [--jobs N] [--json]    {provider, adapter, workspace, remote_dir, state})
-  adapters                   each adapter and the file it is loaded from
-  providers                  each provider and the file it is loaded from
+  adapters [--check]         each adapter and the file it is loaded from (--check: validate every one)
+  providers [--check]        each provider and the file it is loaded from (--check: validate every one)
   --version                  print the version
   --help, help [VERB]        this text, or a verb's
 

@@ -3,10 +3,12 @@
 -- $XDG_CONFIG_HOME/ferry (or ~/.config/ferry)/<kind>/<name>.lua, then the built-in copy: compiled into the
 -- binary (core.embedded), else the source tree or the installed tree next to this file.
 local core = require "ferry.core"
+local schema = require "ferry.schema"
 
 local M = {}
 
 local KINDS = { providers = true, adapters = true }
+local SHAPES = { providers = schema.PROVIDER_MODULE, adapters = schema.ADAPTER }
 
 local function check(kind, name)
   if not KINDS[kind] then error("policy: kind must be 'providers' or 'adapters', got " .. tostring(kind), 3) end
@@ -76,25 +78,71 @@ end
 
 local loaded = {} -- where -> module, so module-level state (caches) lives as long as the process
 
---- Load a policy file and return the table it returns, or nil, message, code.
+-- The provider module's open, wrapped so that what it returns is checked against the provider schema (a
+-- provider object missing `command`, or with `caps.binray`, is refused where it is made, naming the file).
+local function checked_open(mod, where, text)
+  local open = mod.open
+  local info = debug.getinfo(open, "S")
+  local open_line = info.source == "@" .. where and info.linedefined > 0 and info.linedefined or nil
+  mod.open = function(...)
+    local p, err, code = open(...)
+    if not p then return p, err, code end
+    local problems = schema.check_provider_object(p, where, text, open_line)
+    if #problems == 0 then return p, err, code end
+    if type(p) == "table" and type(p.close) == "function" then pcall(p.close, p) end
+    return nil, problems[1], "EINVAL"
+  end
+end
+
+-- A load or run error of the file at `where` as "WHERE:LINE: message". Lua shortens a long file name in its
+-- messages to "...<its end>"; the whole name is put back.
+local function located(msg, where)
+  local shown, line, rest = msg:match("^(.-):(%d+): (.*)$")
+  if shown == where then return msg end
+  if shown and shown:sub(1, 3) == "..." and where:sub(-(#shown - 3)) == shown:sub(4) then
+    return where .. ":" .. line .. ": " .. rest
+  end
+  return where .. ": " .. msg
+end
+
+-- Run the text of a policy file and check what it returns. Returns the module, or nil and the problems
+-- ("FILE:LINE: message", the first one a load error when the file does not load).
+local function run(kind, name, where, text)
+  local chunk, err = load(text, "@" .. where, "t")
+  if not chunk then return nil, { located(err, where) } end
+  local ok, mod = pcall(chunk, name)
+  if not ok then return nil, { located(tostring(mod), where) } end
+  local problems = schema.check(SHAPES[kind], mod, where, text)
+  if #problems > 0 then return nil, problems end
+  if kind == "adapters" then schema.apply_defaults(schema.ADAPTER, mod, name) else checked_open(mod, where, text) end
+  return mod
+end
+
+-- The module at `where` (loaded once), or nil and its problems.
+local function load_at(kind, name, where, text)
+  if loaded[where] then return loaded[where] end
+  local mod, problems = run(kind, name, where, text)
+  if mod then loaded[where] = mod end
+  return mod, problems
+end
+
+--- Load a policy file and return the table it returns, checked against its schema (ferry.schema) with the
+--- defaults filled in, or nil, message, code. A file that does not load or breaks the schema is "EINVAL"
+--- with "FILE:LINE: message" ("adapters/x.lua:4: unknown field 'hook' (did you mean 'hooks'?)"); when it
+--- has more than one problem the message ends with how many more `ferry <kind> --check` lists.
 ---@param kind string
 ---@param name string
 ---@return table|nil module, string|nil err, string|nil code
 function M.load(kind, name)
   local where, text, code = M.find(kind, name)
   if not where then return nil, text, code end
-  if loaded[where] then return loaded[where] end
-  local chunk, err = load(text, "@" .. where, "t")
-  if not chunk then return nil, err, "EINVAL" end
-  local ok, mod = pcall(chunk, name)
-  if not ok then
-    local msg = tostring(mod)
-    if msg:sub(1, #where) ~= where then msg = where .. ": " .. msg end
-    return nil, msg, "EINVAL"
+  local mod, problems = load_at(kind, name, where, text)
+  if mod then return mod end
+  local msg = problems[1]
+  if #problems > 1 then
+    msg = string.format("%s (and %d more: ferry %s --check lists them)", msg, #problems - 1, kind)
   end
-  if type(mod) ~= "table" then return nil, where .. ": expected the file to return a table", "EINVAL" end
-  loaded[where] = mod
-  return mod
+  return nil, msg, "EINVAL"
 end
 
 local function names_in(dir, out)
@@ -125,6 +173,26 @@ function M.list(kind)
     if where then out[#out + 1] = { name = name, from = where } end
   end
   table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+--- Load every policy file of a kind that the search finds and report what is wrong with each: a list of
+--- {name, from, problems = {"FILE:LINE: message", ...}} sorted by name; `problems` is empty for a good file.
+---@param kind string
+---@return table[]
+function M.check(kind)
+  check(kind)
+  local out = {}
+  for _, e in ipairs(M.list(kind)) do
+    local where, text, err = M.find(kind, e.name)
+    local mod, problems
+    if where then
+      mod, problems = load_at(kind, e.name, where, text)
+    else
+      problems = { e.from .. ": " .. err } -- removed since it was listed
+    end
+    out[#out + 1] = { name = e.name, from = e.from, problems = mod and {} or problems }
+  end
   return out
 end
 

@@ -3,9 +3,20 @@ local registry = require "ferry.cli.registry"
 
 local M = {}
 
--- Each adapter or provider (`kind`) and the file it is loaded from, names aligned in a column.
-local function list_policies(kind)
+-- `ferry adapters|providers`: each name and the file that wins; with --check, load every file and print each
+-- problem ("FILE:LINE: message"), then "N <kind> checked, M with problems"; exit 1 when any.
+local function list_policies(kind, o)
   local policy = require "ferry.policy"
+  if o.check then
+    local results, bad = policy.check(kind), 0
+    for _, e in ipairs(results) do
+      if #e.problems > 0 then bad = bad + 1 end
+      for _, problem in ipairs(e.problems) do io.stdout:write(problem, "\n") end
+    end
+    io.stdout:write(string.format("%d %s checked, %d with problems\n", #results,
+      #results == 1 and kind:sub(1, -2) or kind, bad))
+    return bad > 0 and registry.EXIT.failed or registry.EXIT.ok
+  end
   local list, err = policy.list(kind)
   if not list then registry.fail(err) end
   local width = 0
@@ -15,14 +26,20 @@ local function list_policies(kind)
   end
 end
 
+local CHECK = { names = { "--check" }, key = "check" }
+
 registry.define("adapters", [[
-usage: ferry adapters
+usage: ferry adapters [--check]
 List each adapter and the file it is loaded from (FERRY_PATH, the user config dir, or built in).
-]], { options = {}, max_args = 0 }, function() list_policies("adapters") end)
+  --check   load every adapter and print each problem as FILE:LINE: message (a load error, an unknown field,
+            a field of the wrong type), then a count; exit 1 when any adapter has a problem
+]], { options = { CHECK }, max_args = 0 }, function(o) return list_policies("adapters", o) end)
 
 registry.define("providers", [[
-usage: ferry providers
+usage: ferry providers [--check]
 List each provider and the file it is loaded from (FERRY_PATH, the user config dir, or built in).
-]], { options = {}, max_args = 0 }, function() list_policies("providers") end)
+  --check   load every provider and print each problem as FILE:LINE: message (a load error, an unknown field,
+            a field of the wrong type), then a count; exit 1 when any provider has a problem
+]], { options = { CHECK }, max_args = 0 }, function(o) return list_policies("providers", o) end)
 
 return M
