@@ -1,8 +1,7 @@
--- Delta re-sync (ferry.runtime.prepare after an earlier prepare of the same sandbox): only the difference
+-- Delta re-sync (ferry.prepare after an earlier prepare of the same sandbox): only the difference
 -- travels, and the sandbox ends exactly as a full sync would leave it, edits made on either side included.
 local core = require "ferry.core"
 local ferry = require "ferry"
-local runtime = require "ferry.runtime"
 local helpers = require "support.helpers"
 local sandboxes = require "support.sandboxes"
 local W = require "support.workspaces"
@@ -87,7 +86,7 @@ for _, label in ipairs { "local", "bwrap" } do
       local opts = { provider = box.provider, workspace = ws, remote_dir = box.root, state = state,
         adapter = ADAPTER }
       for k, v in pairs(extra or {}) do opts[k] = v end
-      return assert(runtime.prepare(opts))
+      return assert(ferry.prepare(opts))
     end
 
     it("sends only the difference and leaves the sandbox as a full sync would", function()
@@ -237,14 +236,14 @@ describe("delta re-sync on the local side", function()
     assert(f:close())
   end
 
-  -- runtime.prepare(opts), and the workspace files whose contents were read to hash (sorted).
+  -- ferry.prepare(opts), and the workspace files whose contents were read to hash (sorted).
   local function prepare_counting()
     local real, read = core.sha256_file, {}
     core.sha256_file = function(path, ...)
       read[#read + 1] = path:sub(#ws + 2)
       return real(path, ...)
     end
-    local ok, res, err = pcall(runtime.prepare, opts)
+    local ok, res, err = pcall(ferry.prepare, opts)
     core.sha256_file = real
     assert(ok, res)
     assert(res, err)
@@ -371,10 +370,10 @@ describe("delta re-sync over every transfer mode", function()
       local opts = { provider = sb, workspace = ws, remote_dir = box.root, state = tmp .. "/state.json" }
       W.write(ws, "bin\nname", W.ALL_BYTES)
       W.write(ws, "same", big)
-      assert(runtime.prepare(opts))
+      assert(ferry.prepare(opts))
       W.write(ws, "bin\nname", W.ALL_BYTES:reverse())
       W.write(box.root, "stray", "x\n")
-      local warm = assert(runtime.prepare(opts))
+      local warm = assert(ferry.prepare(opts))
       assert.is_true(warm.delta, warm.delta_fallback)
       assert.equal(1, warm.delta_files)
       assert.equal(1, warm.delta_deleted)
@@ -394,10 +393,10 @@ describe("delta re-sync with a long delete list", function()
     local box, tmp = sandboxes.make("local"), helpers.tmpdir()
     local opts = { provider = "local", workspace = tmp .. "/ws", remote_dir = box.root, state = tmp .. "/s.json" }
     W.write(tmp, "ws/a", "a\n")
-    assert(runtime.prepare(opts))
+    assert(ferry.prepare(opts))
     local long = ("x"):rep(100)
     assert(os.execute("cd " .. q(box.root) .. " && for i in $(seq 1000); do : > \"stray $i " .. long .. "\"; done"))
-    local res = assert(runtime.prepare(opts))
+    local res = assert(ferry.prepare(opts))
     assert.is_false(res.delta)
     assert.equal("1000 paths to delete (the script would be too long)", res.delta_fallback)
     local left = assert(core.fs_readdir(box.root))
@@ -415,9 +414,9 @@ describe("delta re-sync without GNU find", function()
     W.write(tmp, "ws/a", "a\n")
     local opts = { provider = box.provider, workspace = tmp .. "/ws", remote_dir = box.root,
       state = tmp .. "/state.json" }
-    assert.is_false(assert(runtime.prepare(opts)).delta)
+    assert.is_false(assert(ferry.prepare(opts)).delta)
     W.write(box.host_root, "stray", "x\n")
-    local res = assert(runtime.prepare(opts))
+    local res = assert(ferry.prepare(opts))
     assert.is_false(res.delta)
     assert.equal("the earlier sync did not list the sandbox (no GNU find)", res.delta_fallback)
     assert.is_nil(W.read(box.host_root, "stray"))
