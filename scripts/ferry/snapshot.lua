@@ -49,7 +49,8 @@ local QUICK_RECORD = "^[0-7]+ %d+ %d+ [%d%.e%+%-]+ (%x+)$"
 ---@param s any
 ---@return boolean
 function M.is_quick_record(s)
-  local sum = type(s) == "string" and s:match(QUICK_RECORD)
+  if type(s) ~= "string" then return false end
+  local sum = s:match(QUICK_RECORD)
   return sum ~= nil and #sum == 64
 end
 
