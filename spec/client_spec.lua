@@ -347,6 +347,22 @@ describe("commands per operation, counted through a wrapping cmd: provider", fun
     assert.same({ "sh", "-c", calls[1][2] }, calls[1][1])
     assert.truthy(calls[1][2]:find("echo marker-123", 1, true))
   end)
+
+  it("shows every command to a watcher until it stops watching, on_exec as well", function()
+    local seen, shown = {}, 0
+    local sb = assert(ferry.open("local", { on_exec = function() shown = shown + 1 end }))
+    local stop = sb:watch(function(argv, script) seen[#seen + 1] = { argv, script } end)
+    assert(sb:exec("echo one"))
+    assert(sb:write(helpers.tmpdir() .. "/watched", "x"))
+    stop()
+    assert(sb:exec("echo three"))
+    assert.equal(2, #seen)
+    assert.same({ "sh", "-c", seen[1][2] }, seen[1][1])
+    assert.truthy(seen[1][2]:find("echo one", 1, true))
+    assert.equal(3, shown)
+    assert.has_error(function() sb:watch("nope") end, "watch: expected a function, got string")
+    sb:close()
+  end)
 end)
 
 describe("transfers are checked by length", function()

@@ -84,3 +84,49 @@ describe("redact.deep", function()
     assert.equal(cjson.null, copy.null)
   end)
 end)
+
+describe("redact.table", function()
+  it("returns the table itself when no string needs redacting, a redacted copy otherwise", function()
+    local r = redact.new { "s3cret" }
+    local clean = { a = "plain", list = { "x", "y" }, n = 1 }
+    assert.equal(clean, redact.table(clean, r))
+    local dirty = { a = "plain", list = { "x", "the s3cret" }, ["s3cret key"] = 1 }
+    local copy = redact.table(dirty, r)
+    assert.are_not.equal(dirty, copy)
+    assert.same({ a = "plain", list = { "x", "the ***" }, ["*** key"] = 1 }, copy)
+    assert.equal("***", redact.table("s3cret", r))
+  end)
+
+  it("keeps the strings `keep` keeps, knowing the key each sits under", function()
+    local r = redact.new { "abc" }
+    local calls = {}
+    local function keep(key, _, under)
+      calls[#calls + 1] = tostring(under) .. "/" .. tostring(key)
+      return key == "sum" and under == "files"
+    end
+    local t = { files = { sum = "abc123" }, other = { sum = "abc123" }, note = "abc" }
+    assert.same({ files = { sum = "abc123" }, other = { sum = "***123" }, note = "***" }, redact.table(t, r, keep))
+    assert.truthy(#calls > 0)
+  end)
+end)
+
+describe("state.redactor", function()
+  local state = require "ferry.state"
+
+  it("redacts a state record but the digests and quick records ferry computed", function()
+    local digest = ("ab"):rep(32) -- a secret's characters can occur in a digest by chance
+    local fn, record = state.redactor { "abab" }
+    local st = { provider = "cmd:env TOKEN=abab", baseline = { ["a.txt"] = { kind = "file", sha256 = digest } },
+      local_stat = { ["a.txt"] = "644 3 12 1700000000.25 " .. digest, ["b.txt"] = "not a quick record abab" } }
+    local out = record(st)
+    assert.equal("cmd:env TOKEN=***", out.provider)
+    assert.equal(digest, out.baseline["a.txt"].sha256)
+    assert.equal("644 3 12 1700000000.25 " .. digest, out.local_stat["a.txt"])
+    assert.equal("not a quick record ***", out.local_stat["b.txt"])
+    assert.equal("x ***", fn "x abab")
+    -- a digest-like string elsewhere is no digest ferry computed: it is redacted
+    assert.equal("***", record({ note = digest }).note)
+    local clean = { provider = "local", baseline = { ["a.txt"] = { sha256 = digest } } }
+    assert.equal(clean, select(2, state.redactor {})(clean))
+  end)
+end)

@@ -2,7 +2,7 @@
 -- sends a crafted one (spec/support/evil_tar.py); restore must refuse each attack, write nothing outside
 -- the workspace and leave the workspace exactly as it was.
 local core = require "ferry.core"
-local runtime = require "ferry.runtime"
+local ferry = require "ferry"
 local helpers = require "support.helpers"
 local W = require "support.workspaces"
 
@@ -51,7 +51,7 @@ describe("restore from a hostile sandbox", function()
     W.symlink(ws, "outlink", outside)   -- the user's own link out of the workspace
     W.symlink(ws, "victim", outside .. "/target")
     provider = "cmd:env PATH=" .. tmp .. "/bin:/usr/bin:/bin FERRY_EVIL=" .. evil
-    assert(runtime.prepare { provider = provider, workspace = ws, remote_dir = tmp .. "/remote", state = state })
+    assert(ferry.prepare { provider = provider, workspace = ws, remote_dir = tmp .. "/remote", state = state })
   end)
   after_each(function()
     helpers.rmtree(tmp)
@@ -69,7 +69,7 @@ describe("restore from a hostile sandbox", function()
       local before, temps_before = W.full(ws)
       local state_before = W.read(tmp, "state.json")
       local outside_before = listing(outside)
-      local ok, err, code, partial = runtime.restore { state = state }
+      local ok, err, code, partial = ferry.restore { state = state }
       entry = entry:gsub("@OUTSIDE@", outside)
       reason = reason:gsub("@OUTSIDE@", outside)
       assert.is_nil(ok)
@@ -92,7 +92,7 @@ describe("restore from a hostile sandbox", function()
 
   it("lists every refused entry, not only the first", function()
     craft("symlink-then-file")
-    local _, _, _, partial = runtime.restore { state = state }
+    local _, _, _, partial = ferry.restore { state = state }
     assert.equal(2, #partial.refused)
     assert.equal("esc/pwned: parent esc is a symlink in the archive", partial.refused[2])
   end)
@@ -100,7 +100,7 @@ describe("restore from a hostile sandbox", function()
   it("stops an archive over the size limit before writing", function()
     craft("bomb")
     local before = W.full(ws)
-    local ok, err, code = runtime.restore { state = state, max_bytes = 1024 * 1024 }
+    local ok, err, code = ferry.restore { state = state, max_bytes = 1024 * 1024 }
     assert.is_nil(ok)
     assert.equal("EFBIG", code)
     assert.equal("restore refused: archive exceeds the 1048576 byte limit at bomb", err)
@@ -110,7 +110,7 @@ describe("restore from a hostile sandbox", function()
   it("stops a compressed bomb", function()
     craft("gzip-bomb")
     local before = W.full(ws)
-    local ok, err, code = runtime.restore { state = state, max_bytes = 1024 * 1024 }
+    local ok, err, code = ferry.restore { state = state, max_bytes = 1024 * 1024 }
     assert.is_nil(ok)
     assert.truthy(code == "EFBIG" or code == "EINVAL", tostring(code))
     assert.matches("^restore", err)
@@ -120,7 +120,7 @@ describe("restore from a hostile sandbox", function()
   it("stops an endless stream at max_stream_bytes", function()
     W.write(tmp, "bin/tar", "#!/bin/sh\n[ \"$1\" = -c ] && exec head -c 5000000 /dev/zero\nexec /bin/tar \"$@\"\n", 493)
     local before = W.full(ws)
-    local ok, err, code = runtime.restore { state = state, max_stream_bytes = 1024 * 1024 }
+    local ok, err, code = ferry.restore { state = state, max_stream_bytes = 1024 * 1024 }
     assert.is_nil(ok)
     assert.equal("EFBIG", code)
     assert.equal("restore refused: the sandbox sent over 1048576 bytes", err)
@@ -129,7 +129,7 @@ describe("restore from a hostile sandbox", function()
 
   it("drops setuid, setgid and sticky bits", function()
     craft("setuid")
-    local got = assert(runtime.restore { state = state })
+    local got = assert(ferry.restore { state = state })
     assert.same({}, got.refused)
     assert.equal(493, core.fs_lstat(ws .. "/suid").mode)
     assert.equal(493, core.fs_lstat(ws .. "/sgid").mode)
@@ -138,7 +138,7 @@ describe("restore from a hostile sandbox", function()
 
   it("ignores excluded names, the runtime dir and the self entry", function()
     craft("ignored")
-    local got = assert(runtime.restore { state = state })
+    local got = assert(ferry.restore { state = state })
     assert.same({}, got.refused)
     assert.same({ "a.txt" }, got.changed)
     assert.is_nil(core.fs_lstat(ws .. "/node_modules"))
@@ -148,7 +148,7 @@ describe("restore from a hostile sandbox", function()
 
   it("replaces a symlink leaf instead of writing through it", function()
     craft("leaf-symlink")
-    local got = assert(runtime.restore { state = state })
+    local got = assert(ferry.restore { state = state })
     assert.same({ "a.txt", "victim" }, got.changed)
     assert.equal("file", core.fs_lstat(ws .. "/victim").kind)
     assert.equal("pwned\n", W.read(ws, "victim"))
@@ -157,7 +157,7 @@ describe("restore from a hostile sandbox", function()
 
   it("lets symlinks out only when allowed", function()
     craft("symlink-to-etc")
-    local got = assert(runtime.restore { state = state, allow_outside_symlinks = true })
+    local got = assert(ferry.restore { state = state, allow_outside_symlinks = true })
     assert.equal("/etc", core.fs_readlink(ws .. "/etc"))
     assert.same({ "a.txt", "etc" }, got.changed)
   end)

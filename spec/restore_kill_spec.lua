@@ -1,7 +1,7 @@
 -- A restore killed with SIGKILL at random moments (in a child `build/ferry -e` process) leaves every file
 -- whole — the old version or the new one, never a mix — and a rerun converges on the merged result.
 local core = require "ferry.core"
-local runtime = require "ferry.runtime"
+local ferry = require "ferry"
 local helpers = require "support.helpers"
 local W = require "support.workspaces"
 
@@ -95,7 +95,7 @@ describe("restore killed at random points", function()
       local ws, remote, state = tmp .. "/ws", tmp .. "/remote", tmp .. "/state.json"
       fill(ws, run + 1)
       W.mkdir(tmp, "remote")
-      assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = remote, state = state })
+      assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = remote, state = state })
       local old = W.moved(ws)
       agent_edits(remote, run + 1)
       local expected = W.moved(remote)
@@ -130,13 +130,13 @@ describe("restore killed at random points", function()
           mid_apply = mid_apply + 1
         end
         assert(require("ferry.state").read(state))
-        local got = assert(runtime.restore { state = state })
+        local got = assert(ferry.restore { state = state })
         assert.same({}, got.conflicts, "run " .. run)
       end
       local final, temps = W.full(ws)
       assert.same({}, temps)
       assert.same({}, W.diff(expected, final), "run " .. run)
-      local again = assert(runtime.restore { state = state })
+      local again = assert(ferry.restore { state = state })
       assert.same({}, again.changed)
       assert.same({}, again.deleted)
       helpers.rmtree(tmp)

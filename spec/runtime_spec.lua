@@ -1,7 +1,7 @@
--- prepare and restore (ferry.runtime) end to end against the local, bwrap, cmd and busybox sandboxes.
+-- prepare and restore (ferry.prepare, ferry.restore) end to end against the local, bwrap, cmd and busybox
+-- sandboxes.
 local core = require "ferry.core"
 local ferry = require "ferry"
-local runtime = require "ferry.runtime"
 local helpers = require "support.helpers"
 local sandboxes = require "support.sandboxes"
 local W = require "support.workspaces"
@@ -49,7 +49,7 @@ for _, label in ipairs { "local", "bwrap", "cmd", "busybox" } do
     local function prepare(extra)
       local opts = { provider = box.provider, workspace = ws, remote_dir = box.root, state = state }
       for k, v in pairs(extra or {}) do opts[k] = v end
-      return runtime.prepare(opts)
+      return ferry.prepare(opts)
     end
 
     it("copies awkward names, binary files, symlinks and empty dirs in, and brings edits back", function()
@@ -194,7 +194,7 @@ describe("runtime 3-way merge end to end", function()
     end
     W.symlink(ws, "lnk", "take.txt")
     W.write(ws, "node_modules/local-only.js", "local\n")
-    assert(runtime.prepare { provider = box.provider, workspace = ws, remote_dir = box.root, state = state })
+    assert(ferry.prepare { provider = box.provider, workspace = ws, remote_dir = box.root, state = state })
     local r = box.host_root
     -- sandbox side
     W.write(r, "take.txt", "remote\n")
@@ -247,7 +247,7 @@ describe("runtime 3-way merge end to end", function()
   it("replaces a directory by a file and a file by a directory", function()
     W.write(ws, "d/x", "x\n")
     W.write(ws, "f", "f\n")
-    assert(runtime.prepare { provider = box.provider, workspace = ws, remote_dir = box.root, state = state })
+    assert(ferry.prepare { provider = box.provider, workspace = ws, remote_dir = box.root, state = state })
     local r = box.host_root
     assert(os.execute("rm -rf '" .. r .. "/d' '" .. r .. "/f'"))
     W.write(r, "d", "now a file\n")
@@ -269,7 +269,7 @@ describe("runtime command counts", function()
         W.write(ws, string.format("d%02d/sub %d/file-%04d.txt", i % 40, i % 7, i), ("line %d\n"):format(i):rep(20))
       end
       local t0 = core.now_ms and core.now_ms() or os.clock() * 1000
-      local res = assert(runtime.prepare { provider = box.provider, workspace = ws, remote_dir = box.root,
+      local res = assert(ferry.prepare { provider = box.provider, workspace = ws, remote_dir = box.root,
         state = tmp .. "/state.json", adapter = { name = "probe", detect = "sh", install = "true", hooks = {},
           assets = function() return { conf = { dir = ws .. "/d01" }, other = { dir = ws .. "/d02" } } end } })
       local t1 = core.now_ms and core.now_ms() or os.clock() * 1000
@@ -313,7 +313,7 @@ describe("runtime install", function()
     local opts = { provider = "local", workspace = ws, remote_dir = box.root, state = tmp .. "/state.json",
       adapter = adapter }
     for k, v in pairs(extra or {}) do opts[k] = v end
-    return runtime.prepare(opts)
+    return ferry.prepare(opts)
   end
 
   it("skips the install when the detect probe finds the command", function()
@@ -407,7 +407,7 @@ describe("runtime assets", function()
         skills = { dir = tmp .. "/skills", follow_symlinks = true },
       }
     end }
-    local res = assert(runtime.prepare { provider = box.provider, workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = box.provider, workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json", adapter = adapter, assets = { extra = tmp .. "/extra", gone = tmp .. "/nope" } })
     local rt = box.root .. "/.ferry-runtime/agent"
     assert.same({ home = rt .. "/home", skills = rt .. "/skills", extra = rt .. "/extra", gone = rt .. "/gone" },
@@ -467,18 +467,18 @@ describe("runtime hooks", function()
         error("a failing after_restore hook is a warning")
       end,
     } }
-    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json", adapter = adapter })
     assert.equal(box.root .. "/.ferry-runtime/hook.txt", res.asset_dirs.extra)
     assert.equal("from the hook\n", W.read(box.root, ".ferry-runtime/hook.txt"))
     W.write(box.root, "a.txt", "changed\n")
-    local got = assert(runtime.restore { state = res.state, adapter = adapter })
+    local got = assert(ferry.restore { state = res.state, adapter = adapter })
     assert.same({ "before_sync", "after_sync", "before_restore", "after_restore" }, calls)
     assert.matches("adapter test after_restore hook failed: .*a failing after_restore hook", got.warnings[1])
   end)
 
   it("stops a prepare whose before_sync hook fails", function()
-    local ok, err, code = runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local ok, err, code = ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json",
       adapter = shell_adapter { hooks = { before_sync = function() error("boom", 0) end } } }
     assert.is_nil(ok)
@@ -488,10 +488,10 @@ describe("runtime hooks", function()
   end)
 
   it("restores without the adapter's hooks when the adapter is gone", function()
-    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json", adapter = shell_adapter { name = "vanished" } })
     W.write(box.root, "a.txt", "changed\n")
-    local got = assert(runtime.restore { state = res.state })
+    local got = assert(ferry.restore { state = res.state })
     assert.same({ "a.txt" }, got.changed)
     assert.matches("no adapter named 'vanished'.*without its hooks", got.warnings[1])
   end)
@@ -513,7 +513,7 @@ describe("runtime state and errors", function()
   it("writes a 0600 JSON state file without secrets", function()
     local secret = "hunter2-very-secret-value"
     W.symlink(ws, "link", "x-" .. secret)
-    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/st/state.json", excludes = { "*" .. secret .. "*" }, secrets = { secret } })
     assert.equal(384, core.fs_lstat(res.state).mode)
     local text = W.read(tmp, "st/state.json")
@@ -534,14 +534,14 @@ describe("runtime state and errors", function()
     local secret = digest:sub(9, 24)
     W.write(ws, "named " .. digest, "named\n")
     assert(os.execute("touch -d @" .. (os.time() - 100) .. " " .. core.sh_quote(ws .. "/a.txt")))
-    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json", secrets = { secret } })
     local st = assert(require("ferry.state").read(res.state))
     assert.equal(digest, st.baseline["a.txt"].sha256)
     assert.matches("^644 2 %d+ %d+%.?%d* " .. digest .. "$", st.local_stat["a.txt"])
     assert.is_nil(st.baseline["named " .. digest])
     assert.equal("file", st.baseline["named " .. digest:sub(1, 8) .. "***" .. digest:sub(25)].kind)
-    local again = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local again = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json", secrets = { secret } })
     assert.is_true(again.delta, again.delta_fallback)
     assert.equal(1, again.hashed_files) -- the file whose name was redacted has no record to trust; a.txt has
@@ -554,7 +554,7 @@ describe("runtime state and errors", function()
       W.write(ws, "moving.txt", "as sent, longer than before\n")
       os.remove(ws .. "/going.txt")
     end } }
-    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json", adapter = adapter })
     assert.same({ "going.txt: vanished before it was archived" }, res.warnings)
     assert.equal("as sent, longer than before\n", W.read(box.root, "moving.txt"))
@@ -579,7 +579,7 @@ describe("runtime state and errors", function()
   end)
 
   it("refuses a restore while another holds the workspace lock", function()
-    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json" })
     local lock = assert(core.fs_lock(res.state .. ".lock"))
     local ok, err, code = ferry.restore { state = res.state }
@@ -592,7 +592,7 @@ describe("runtime state and errors", function()
 
   it("names what is wrong", function()
     local function err_of(opts)
-      local ok, err, code = runtime.prepare(opts)
+      local ok, err, code = ferry.prepare(opts)
       assert.is_nil(ok)
       return err, code
     end
@@ -621,19 +621,19 @@ describe("runtime state and errors", function()
 
   it("says an unreachable sandbox is unreachable, as the provider's probe puts it", function()
     local commands = 0
-    local ok, err, code = runtime.prepare { provider = "cmd:ferry-no-such-program", workspace = ws,
+    local ok, err, code = ferry.prepare { provider = "cmd:ferry-no-such-program", workspace = ws,
       remote_dir = box.root, state = tmp .. "/state.json", on_exec = function() commands = commands + 1 end }
     assert.is_nil(ok)
     assert.matches("^prepare: cmd:ferry%-no%-such%-program: cannot run 'ferry%-no%-such%-program': ", err)
     assert.equal("ENOENT", code)
     assert.equal(2, commands) -- the sync, then the probe that explains its failure
-    ok, err, code = runtime.prepare { provider = "cmd:sh -c 'echo gone >&2; exit 255' x", workspace = ws,
+    ok, err, code = ferry.prepare { provider = "cmd:sh -c 'echo gone >&2; exit 255' x", workspace = ws,
       remote_dir = box.root, state = tmp .. "/state.json" }
     assert.is_nil(ok)
     assert.matches("the sandbox is unreachable: a probe exited with code 255 (gone)", err, 1, true)
     assert.equal("EHOSTUNREACH", code)
     assert.is_nil(core.fs_stat(tmp .. "/state.json"))
-    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json" })
     local text = W.read(tmp, "state.json"):gsub('"provider":"local"', '"provider":"cmd:ferry-no-such-program"')
     W.write(tmp, "state.json", text)
@@ -644,7 +644,7 @@ describe("runtime state and errors", function()
   end)
 
   it("fails a restore when the remote dir is gone, without touching the workspace", function()
-    local res = assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root,
+    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json" })
     helpers.rmtree(box.root)
     local ok, err, code = ferry.restore { state = res.state }
@@ -666,11 +666,11 @@ describe("runtime state and errors", function()
     W.write(tmp, "asset/x", "x\n")
     local secret = "sk-this-is-a-secret-value-123456"
     local p = progress.new { json = true, out = sink, err = sink, redact = require("ferry.redact").new { secret } }
-    assert(runtime.prepare { provider = "local", workspace = ws, remote_dir = box.root, state = tmp .. "/state.json",
+    assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root, state = tmp .. "/state.json",
       progress = p, secrets = { secret }, assets = { a = tmp .. "/asset" },
       adapter = shell_adapter { detect = "ferry-no-such-command", install = "echo " .. secret .. "; exit 3" } })
     W.write(box.root, "big.bin", urandom(200000))
-    assert(runtime.restore { state = tmp .. "/state.json", progress = p })
+    assert(ferry.restore { state = tmp .. "/state.json", progress = p })
     p:finish({})
     local text = table.concat(lines)
     assert.is_nil(text:find(secret, 1, true))
@@ -695,11 +695,11 @@ describe("runtime state and errors", function()
     for _, caps in ipairs { {}, { binary = false }, { stdin = false } } do
       local sb = ferry.open("local", { caps = caps })
       W.write(ws, "bin", W.ALL_BYTES)
-      local res = assert(runtime.prepare { provider = sb, workspace = ws, remote_dir = box.root,
+      local res = assert(ferry.prepare { provider = sb, workspace = ws, remote_dir = box.root,
         state = tmp .. "/state.json" })
       assert.equal(W.ALL_BYTES, W.read(box.root, "bin"))
       W.write(box.root, "bin", W.ALL_BYTES:rep(2))
-      local got = assert(runtime.restore { state = res.state, sb = sb })
+      local got = assert(ferry.restore { state = res.state, sb = sb })
       assert.same({ "bin" }, got.changed)
       assert.equal(W.ALL_BYTES:rep(2), W.read(ws, "bin"))
       assert.is_true(is_empty(got.conflicts))

@@ -682,4 +682,6 @@ void ferry_open_fs(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_setfuncs(L, fns, 0);
+  lua_pushliteral(L, TMP_PREFIX); /* core.TEMP_PREFIX: the name prefix of the safe writes' temp files */
+  lua_setfield(L, -2, "TEMP_PREFIX");
 }

@@ -6,6 +6,8 @@
 -- length: the sandbox counts what it read or wrote with `tee /dev/fd/5 | wc -c` in the same command and
 -- reports it in a status line after the data ("::ferry:: rc=N\nCOUNT"), which the client strips.
 --
+-- The framing and the encodings are in ferry.transfer.
+--
 -- A provider (providers/<name>.lua, M.open(arg, opts) -> provider | nil, err, code) has: name, caps =
 -- {stdin, binary}, default_remote_dir, scratch_dir (where chunked uploads are staged; default /tmp),
 -- provider:command(script) -> argv running `sh -c script`, provider:close(). A provider that is not a plain
@@ -16,34 +18,30 @@ local core = require "ferry.core"
 local proc = require "ferry.proc"
 local policy = require "ferry.policy"
 local provider_util = require "ferry.provider_util"
+local scripts = require "ferry.file_scripts"
+local transfer = require "ferry.transfer"
+local util = require "ferry.util"
 
 local M = {}
 
 local RAW_CHUNK = 72 * 1024  -- encodes to exactly 96 KiB of base64: one command each without stdin
 local READ_BLOCK = 256 * 1024
-local HOLD = 512             -- bytes of stdout held back while streaming: the status line is shorter
-local MARK = "::ferry:: "
 local BUILTIN_ORDER = { "local", "bwrap", "cmd" }
 
 -- Exit codes the operation scripts use to say what is wrong before any data moved.
-local ENOENT, EISDIR, ESHORT, EFBIG, ENOTDIR = 200, 201, 202, 203, 204
+local ENOENT, EISDIR, ESHORT, EFBIG, ENOTDIR = scripts.ENOENT, scripts.EISDIR, scripts.ESHORT, scripts.EFBIG,
+  scripts.ENOTDIR
 
 local q = core.sh_quote
-local tail = provider_util.tail
+local tail = util.tail
+local word, prelude = transfer.word, transfer.prelude
 
 local Sandbox = {}
 Sandbox.__index = Sandbox
 
-local seq = 0
-local function unique()
-  seq = seq + 1
-  return string.format("%x%06x%d", os.time(), math.random(0, 0xffffff), seq)
-end
-
--- A path as one shell word no command mistakes for an option (relative paths are relative to /).
-local function word(path)
-  if path:sub(1, 1) ~= "/" then path = "./" .. path end
-  return q(path)
+-- A name for a temp file no other write uses.
+local function temp_name()
+  return core.TEMP_PREFIX .. util.unique_hex(16)
 end
 
 -- Caller misuse raises, naming the operation.
@@ -53,12 +51,6 @@ local function need_path(path, op)
   end
 end
 
-local function split_path(path)
-  local dir, base = path:match("^(.*)/([^/]+)$")
-  if not dir then return ".", path end
-  return dir == "" and "/" or dir, base
-end
-
 -- nil, "<what>: <why>", code for a command that failed.
 local function command_error(res, what)
   if res.timed_out then return nil, what .. ": timed out", "ETIMEDOUT" end
@@ -66,158 +58,39 @@ local function command_error(res, what)
   return nil, what .. ": " .. why, why:find("Permission denied", 1, true) and "EACCES" or "EIO"
 end
 
--- The lines every script starts with: cwd (default /) and exported variables.
-local function prelude(opts)
-  local lines = { "cd " .. word(opts.cwd or "/") .. " || exit 1" }
-  if opts.env then
-    local names = {}
-    for k in pairs(opts.env) do
-      if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
-        error("exec: opts.env key " .. tostring(k) .. " is not a variable name", 4)
-      end
-      names[#names + 1] = k
-    end
-    table.sort(names)
-    for _, k in ipairs(names) do lines[#lines + 1] = "export " .. k .. "=" .. q(tostring(opts.env[k])) end
-  end
-  return table.concat(lines, "\n") .. "\n"
-end
-
--- `script` reading `decode`d stdin through a counter. fd 3 is the real stdout, fd 4 the captured status.
-local function wrap_in(script, decode)
-  return "{ ferry_st=$( { { " .. decode .. "tee /dev/fd/5 | (\n" .. script
-    .. '\n) 5>&- 4>&- >&3 3>&- ; echo "rc=$?" >&4 ; } 5>&1 | wc -c ; } 4>&1 ) ; } 3>&1\n'
-    .. "printf '" .. MARK .. "%s\\n' \"$ferry_st\"\n"
-    .. 'ferry_rc=${ferry_st#rc=} ; ferry_rc=${ferry_rc%%[!0-9]*}\n'
-end
-
--- `script` whose stdout goes through a counter (then `encode`) to the real stdout.
-local function wrap_out(script, encode)
-  return "{ ferry_st=$( { { { (\n" .. script
-    .. '\n) 3>&- 4>&- 5>&- ; echo "rc=$?" >&4 ; } | tee /dev/fd/5' .. encode
-    .. " >&3 3>&- ; } 5>&1 | wc -c ; } 4>&1 ) ; } 3>&1\n"
-    .. "printf '" .. MARK .. "%s\\n' \"$ferry_st\"\n"
-    .. 'ferry_rc=${ferry_st#rc=} ; ferry_rc=${ferry_rc%%[!0-9]*}\n'
-end
-
-local function parse_status(text)
-  local rc, n = text:match("^" .. MARK .. "rc=(%d+)%s+(%d+)%s*$")
-  return tonumber(rc), tonumber(n)
-end
-
--- Receives a command's stdout: everything before the status line goes to `emit` (decoded from base64 when
--- `b64`), the status line is kept. Errors raised by `emit` are caught and reported by finish().
-local function status_sink(emit, b64)
-  local held = ""
-  local decoder = b64 and core.b64_decoder()
-  local sink = { bytes = 0 }
-  local function deliver(data)
-    if sink.err or data == "" then return end
-    if decoder then
-      local decoded, err = decoder:update(data)
-      if not decoded then
-        sink.err = "bad base64 from the sandbox: " .. tostring(err)
-        return
-      end
-      data = decoded
-    end
-    sink.bytes = sink.bytes + #data
-    local ok, err = pcall(emit, data)
-    if not ok then sink.err = tostring(err) end
-  end
-  function sink.push(chunk)
-    held = held .. chunk
-    if #held > 2 * HOLD then
-      deliver(held:sub(1, -HOLD - 1))
-      held = held:sub(-HOLD)
-    end
-  end
-  --- Returns rc, count from the status line (nil when there is none).
-  function sink.finish()
-    local at, from = nil, 1
-    while true do
-      local s = held:find(MARK, from, true)
-      if not s then break end
-      at, from = s, s + 1
-    end
-    if not at then
-      deliver(held)
-      return nil
-    end
-    deliver(held:sub(1, at - 1))
-    if decoder and not sink.err then
-      local ok, err = decoder:finish()
-      if not ok then sink.err = "bad base64 from the sandbox: " .. tostring(err) end
-    end
-    return parse_status(held:sub(at))
-  end
-  return sink
-end
-
-local function string_reader(s)
-  local done = false
-  return function()
-    if done then return nil end
-    done = true
-    return s
-  end
-end
-
--- Pieces of exactly `size` bytes (the last one shorter) from a reader.
-local function rechunk(read, size)
-  local buf, eof = "", false
-  return function()
-    while not eof and #buf < size do
-      local c = read()
-      if c == nil then eof = true else buf = buf .. c end
-    end
-    if buf == "" then return nil end
-    local piece = buf:sub(1, size)
-    buf = buf:sub(size + 1)
-    return piece
-  end
-end
-
--- base64 of a reader, in lines of 76 characters.
-local function b64_lines(read)
-  local encoder, done = core.b64_encoder { wrap = 76 }, false
-  return function()
-    if done then return nil end
-    local chunk = read()
-    if chunk == nil then
-      done = true
-      return encoder:finish()
-    end
-    return encoder:update(chunk)
-  end
-end
-
-local function counting(read, on_progress)
-  local c = { n = 0 }
-  function c.read()
-    local chunk = read()
-    if chunk and #chunk > 0 then
-      c.n = c.n + #chunk
-      if on_progress then on_progress(c.n) end
-    end
-    return chunk
-  end
-  return c
-end
-
-local function is_reader(v)
-  return type(v) == "function" or type(v) == "string"
+--- True when the channel is 8-bit clean (caps.binary): bytes travel raw, not as base64.
+---@return boolean
+function Sandbox:is_binary()
+  return self.caps.binary == true
 end
 
 --- How data goes in: "raw" (stdin, 8-bit clean), "b64" (base64 on stdin) or "chunks" (base64 in scripts).
 function Sandbox:input_mode()
   if not self.caps.stdin then return "chunks" end
-  return self.caps.binary and "raw" or "b64"
+  return self:is_binary() and "raw" or "b64"
+end
+
+--- The provider's default remote dir (e.g. /sandbox/workspace for bwrap), or nil when it has none.
+---@return string|nil
+function Sandbox:default_remote_dir()
+  return self.remote_dir_default
+end
+
+--- Call fn(argv, script) before every command the sandbox runs from now on, as opts.on_exec of ferry.open
+--- is; returns a function that stops it (prepare and restore count their commands this way).
+---@param fn fun(argv: string[]|nil, script: string)
+---@return fun()
+function Sandbox:watch(fn)
+  if type(fn) ~= "function" then error("watch: expected a function, got " .. type(fn), 2) end
+  local watcher = { fn = fn }
+  self.watchers[watcher] = true
+  return function() self.watchers[watcher] = nil end
 end
 
 -- Run one full script through the provider.
 function Sandbox:run_script(script, popts)
   local argv = self.provider.command and self.provider:command(script)
+  for watcher in pairs(self.watchers) do watcher.fn(argv, script) end
   if self.on_exec then self.on_exec(argv, script) end
   if self.log then self.log("debug", self.name .. ": " .. script:sub(1, 200)) end
   if self.provider.exec then return self.provider:exec(script, popts) end
@@ -264,7 +137,7 @@ end
 -- exit code, stdout = what it printed unless opts.on_stdout) or nil, message, code.
 function Sandbox:run_with_status(full, emit, b64, opts, what, stdin)
   local parts = {}
-  local sink = status_sink(emit or function(c) parts[#parts + 1] = c end, b64)
+  local sink = transfer.status_sink(emit or function(c) parts[#parts + 1] = c end, b64)
   local res, err, code = self:run_script(full, run_opts(opts, { stdin = stdin, on_stdout = sink.push }))
   if not res then return nil, what .. ": " .. err, code end
   if res.timed_out then return res end
@@ -282,15 +155,15 @@ end
 -- pipe_in without stdin: base64 chunks appended to a scratch file, one command each; the last command also
 -- decodes the file into the script.
 function Sandbox:pipe_in_chunks(script, read, opts, what)
-  local scratch = q((self.provider.scratch_dir or "/tmp") .. "/.ferry-in-" .. unique() .. ".b64")
-  local pieces = rechunk(read, RAW_CHUNK)
+  local scratch = q((self.provider.scratch_dir or "/tmp") .. "/.ferry-in-" .. util.unique_hex(16) .. ".b64")
+  local pieces = transfer.rechunk(read, RAW_CHUNK)
   local piece, first = pieces() or "", true
   while true do
     local nxt = pieces()
     local append = "(umask 077 && printf %s " .. q(core.b64_encode(piece)) .. (first and " > " or " >> ")
       .. scratch .. ") || exit 1\n"
     if nxt == nil then
-      local full = prelude(opts) .. append .. wrap_in(script, "base64 -d < " .. scratch .. " | ")
+      local full = prelude(opts) .. append .. transfer.wrap_in(script, "base64 -d < " .. scratch .. " | ")
         .. "rm -f " .. scratch .. '\nexit "$ferry_rc"\n'
       return self:run_with_status(full, opts.on_stdout, false, opts, what)
     end
@@ -316,18 +189,18 @@ end
 ---@return table|nil result, string|nil err, string|nil code
 function Sandbox:pipe_in(script, reader, opts)
   opts = opts or {}
-  if not is_reader(reader) then error("pipe_in: expected a reader function or a string", 2) end
-  if type(reader) == "string" then reader = string_reader(reader) end
+  if not transfer.is_reader(reader) then error("pipe_in: expected a reader function or a string", 2) end
+  if type(reader) == "string" then reader = transfer.string_reader(reader) end
   local what = opts.what or "pipe_in"
-  local counter = counting(reader, opts.on_progress)
+  local counter = transfer.counting(reader, opts.on_progress)
   local mode = self:input_mode()
   local res, err, code
   if mode == "chunks" then
     res, err, code = self:pipe_in_chunks(script, counter.read, opts, what)
   else
     local decode = mode == "b64" and "base64 -d | " or ""
-    local stdin = mode == "b64" and b64_lines(counter.read) or counter.read
-    local full = prelude(opts) .. wrap_in(script, decode) .. 'exit "$ferry_rc"\n'
+    local stdin = mode == "b64" and transfer.b64_lines(counter.read) or counter.read
+    local full = prelude(opts) .. transfer.wrap_in(script, decode) .. 'exit "$ferry_rc"\n'
     res, err, code = self:run_with_status(full, opts.on_stdout, false, opts, what, stdin)
   end
   if not res then return nil, err, code end
@@ -350,14 +223,14 @@ function Sandbox:pipe_out(script, on_chunk, opts)
   opts = opts or {}
   if type(on_chunk) ~= "function" then error("pipe_out: expected an on_chunk function", 2) end
   local what = opts.what or "pipe_out"
-  local b64 = not self.caps.binary
+  local b64 = not self:is_binary()
   local received = 0
   local emit = function(bytes)
     received = received + #bytes
     on_chunk(bytes)
     if opts.on_progress then opts.on_progress(received) end
   end
-  local full = prelude(opts) .. wrap_out(script, b64 and " | base64" or "") .. 'exit "$ferry_rc"\n'
+  local full = prelude(opts) .. transfer.wrap_out(script, b64 and " | base64" or "") .. 'exit "$ferry_rc"\n'
   local res, err, code = self:run_with_status(full, emit, b64, opts, what)
   if not res then return nil, err, code end
   res.received = received
@@ -365,24 +238,6 @@ function Sandbox:pipe_out(script, on_chunk, opts)
     return nil, string.format("%s: received %d bytes but the sandbox sent %d", what, received, res.count), "EIO"
   end
   return res
-end
-
-local function write_script(path, tmp, size, mode)
-  local dir = split_path(path)
-  local lines = {
-    "ferry_f=" .. word(path) .. " ferry_t=" .. word(tmp),
-    "[ -d " .. word(dir) .. " ] || exit " .. ENOENT,
-    '[ -d "$ferry_f" ] && exit ' .. EISDIR,
-    'cat > "$ferry_t" || { rm -f "$ferry_t"; exit 1; }',
-  }
-  if size then
-    lines[#lines + 1] = 'ferry_n=$(($(stat -c %s "$ferry_t" 2>/dev/null || wc -c < "$ferry_t")))'
-    lines[#lines + 1] = '[ "$ferry_n" -eq ' .. size .. ' ] || { rm -f "$ferry_t"; echo "$ferry_n" >&2; exit '
-      .. ESHORT .. "; }"
-  end
-  if mode then lines[#lines + 1] = string.format('chmod %o "$ferry_t" || { rm -f "$ferry_t"; exit 1; }', mode) end
-  if size then lines[#lines + 1] = 'mv -f "$ferry_t" "$ferry_f" || { rm -f "$ferry_t"; exit 1; }' end
-  return table.concat(lines, "\n")
 end
 
 local function status_error(res, what, path)
@@ -402,13 +257,13 @@ end
 function Sandbox:write(path, data, opts)
   need_path(path, "write")
   opts = opts or {}
-  if not is_reader(data) then error("write: expected a string or a reader function", 2) end
+  if not transfer.is_reader(data) then error("write: expected a string or a reader function", 2) end
   if path:sub(-1) == "/" then return nil, path .. ": not a file path", "EINVAL" end
   local size = type(data) == "string" and #data or opts.size
-  local dir = split_path(path)
-  local tmp = (dir == "/" and "" or dir) .. "/.ferry-tmp-" .. unique()
+  local dir = util.split_path(path)
+  local tmp = (dir == "/" and "" or dir) .. "/" .. temp_name()
   local what = "write " .. path
-  local res, err, code = self:pipe_in(write_script(path, tmp, size, opts.mode), data,
+  local res, err, code = self:pipe_in(scripts.write(path, tmp, size, opts.mode), data,
     { on_progress = opts.on_progress, timeout_ms = opts.timeout_ms, what = what })
   if not res or (not size and res.code ~= 0) then
     self:run_script(prelude({}) .. "rm -f " .. word(tmp), {}) -- the script could not clean up: best effort
@@ -427,21 +282,6 @@ function Sandbox:write(path, data, opts)
   return true
 end
 
-local function read_script(path, max_bytes)
-  local lines = {
-    "ferry_f=" .. word(path),
-    '[ -e "$ferry_f" ] || exit ' .. ENOENT,
-    '[ -d "$ferry_f" ] && exit ' .. EISDIR,
-  }
-  if max_bytes then
-    lines[#lines + 1] = 'ferry_n=$(stat -L -c %s "$ferry_f" 2>/dev/null || wc -c < "$ferry_f") || exit 1'
-    lines[#lines + 1] = string.format('[ "$((ferry_n))" -gt %d ] && { echo "$((ferry_n))" >&2; exit %d; }',
-      max_bytes, EFBIG)
-  end
-  lines[#lines + 1] = 'exec cat "$ferry_f"'
-  return table.concat(lines, "\n")
-end
-
 -- Stream a remote file to emit(bytes); returns true or nil, message, code.
 function Sandbox:read_to(path, emit, opts)
   need_path(path, "read")
@@ -451,7 +291,7 @@ function Sandbox:read_to(path, emit, opts)
     error("read: opts.max_bytes must be an integer >= 0", 3)
   end
   local what = "read " .. path
-  local res, err, code = self:pipe_out(read_script(path, max), emit,
+  local res, err, code = self:pipe_out(scripts.read(path, max), emit,
     { on_progress = opts.on_progress, timeout_ms = opts.timeout_ms, what = what })
   if not res then return nil, err, code end
   if res.code == EFBIG then
@@ -508,7 +348,7 @@ end
 function Sandbox:get(remote_path, local_path, opts)
   need_path(remote_path, "get")
   need_path(local_path, "get")
-  local tmp = local_path .. ".ferry-tmp-" .. unique()
+  local tmp = local_path .. temp_name()
   local f, err = io.open(tmp, "wb")
   if not f then return nil, "get " .. local_path .. ": " .. tostring(err), "EIO" end
   local ok, rerr, code = self:read_to(remote_path, function(c) assert(f:write(c)) end, opts)
@@ -523,36 +363,6 @@ function Sandbox:get(remote_path, local_path, opts)
   return nil, rerr, code
 end
 
-local KIND_LETTER = { f = "file", d = "dir", l = "symlink", p = "fifo", s = "socket", c = "char", b = "block" }
-local KIND_BITS = { [0x8] = "file", [0x4] = "dir", [0xA] = "symlink", [0x1] = "fifo", [0xC] = "socket",
-  [0x2] = "char", [0x6] = "block" }
-
-local function ls_script(dir)
-  return table.concat({
-    "ferry_d=" .. word(dir),
-    '[ -d "$ferry_d" ] || { [ -e "$ferry_d" ] && exit ' .. ENOTDIR .. "; exit " .. ENOENT .. "; }",
-    "if find \"$ferry_d\" -maxdepth 0 -printf '' 2>/dev/null; then",
-    "  exec find \"$ferry_d\" -mindepth 1 -maxdepth 1 -printf '%y %m %s %f\\0'",
-    "fi",
-    'for ferry_e in "$ferry_d"/* "$ferry_d"/.[!.]* "$ferry_d"/..?*; do',
-    '  [ -e "$ferry_e" ] || [ -L "$ferry_e" ] || continue',
-    "  ferry_s=$(stat -c '%f %s' \"$ferry_e\") || exit 1",
-    "  printf '@%s %s\\000' \"$ferry_s\" \"${ferry_e##*/}\"",
-    "done",
-  }, "\n")
-end
-
-local function parse_entry(rec)
-  local letter, mode, size, name = rec:match("^(%a) (%d+) (%d+) (.*)$")
-  if letter then
-    return { name = name, kind = KIND_LETTER[letter] or "other", mode = tonumber(mode, 8), size = tonumber(size) }
-  end
-  local raw, size2, name2 = rec:match("^@(%x+) (%d+) (.*)$")
-  if not raw then return nil end
-  raw = tonumber(raw, 16)
-  return { name = name2, kind = KIND_BITS[raw >> 12] or "other", mode = raw & 4095, size = tonumber(size2) }
-end
-
 --- List a directory: entries {name, kind ("file"|"dir"|"symlink"|"fifo"|"socket"|"char"|"block"), size,
 --- mode} sorted by name, symlinks not followed. Errors: "<dir>: no such directory" ENOENT,
 --- "<dir>: not a directory" ENOTDIR.
@@ -564,14 +374,14 @@ function Sandbox:ls(dir, opts)
   opts = opts or {}
   local parts = {}
   local what = "ls " .. dir
-  local res, err, code = self:pipe_out(ls_script(dir), function(c) parts[#parts + 1] = c end,
+  local res, err, code = self:pipe_out(scripts.ls(dir), function(c) parts[#parts + 1] = c end,
     { timeout_ms = opts.timeout_ms, what = what })
   if not res then return nil, err, code end
   if res.code == ENOENT then return nil, dir .. ": no such directory", "ENOENT" end
   if res.code ~= 0 or res.timed_out then return status_error(res, what, dir) end
   local entries = {}
   for rec in table.concat(parts):gmatch("([^%z]+)%z") do
-    local e = parse_entry(rec)
+    local e = scripts.parse_ls_entry(rec)
     if not e then return nil, what .. ": cannot parse the listing entry " .. string.format("%q", rec), "EIO" end
     entries[#entries + 1] = e
   end
@@ -669,6 +479,7 @@ function M.open(spec, opts)
     caps = caps,
     remote_dir_default = provider.default_remote_dir,
     on_exec = opts.on_exec,
+    watchers = {},
     log = opts.log,
   }, Sandbox)
 end

@@ -245,6 +245,17 @@ function M.compile(patterns)
   end
 end
 
+--- M.compile(patterns) for patterns from a user or a state file: the matcher, or nil, "<what>: <why>",
+--- "EINVAL" for an invalid pattern.
+---@param patterns string[]
+---@param what string  names the operation in the message
+---@return function|nil matcher, string|nil err, string|nil code
+function M.checked(patterns, what)
+  local ok, matcher = pcall(M.compile, patterns)
+  if not ok then return nil, what .. ": " .. tostring(matcher), "EINVAL" end
+  return matcher
+end
+
 --- A snapshot (rel -> entry with .kind) without its excluded paths.
 ---@param snapshot table<string, table>
 ---@param matcher fun(rel_path: string, is_dir: boolean): boolean

@@ -10,6 +10,7 @@
 -- Ignored silently (never written): the "." self entry, excluded paths, the runtime dir and preserved names.
 -- setuid, setgid and sticky bits are dropped (modes & 0777).
 local core = require "ferry.core"
+local util = require "ferry.util"
 
 local M = {}
 
@@ -38,9 +39,7 @@ function M.normalise(name)
   return rel
 end
 
-local function parent_of(rel)
-  return rel:match("^(.*)/[^/]*$")
-end
+local parent_of = util.parent_of
 
 local function split(path)
   local out = {}

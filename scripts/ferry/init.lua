@@ -39,8 +39,9 @@ end
 M.open = require("ferry.client").open
 M.policy = require "ferry.policy"
 
---- Managed runtime: prepare(opts) -> result and restore(opts) -> result (see ferry.runtime), loaded on first use.
-M.prepare = function(opts) return require("ferry.runtime").prepare(opts) end
-M.restore = function(opts) return require("ferry.runtime").restore(opts) end
+--- Managed runtime: prepare(opts) -> result (see ferry.prepare) and restore(opts) -> result (see
+--- ferry.restore), loaded on first use.
+M.prepare = function(opts) return require("ferry.prepare").prepare(opts) end
+M.restore = function(opts) return require("ferry.restore").restore(opts) end
 
 return M

@@ -32,6 +32,8 @@
 -- remote did not change. A copy name is only used when it is absent from the baseline and the remote and
 -- each copy written there is missing locally or already identical, so a rerun finds its own copies and
 -- plans nothing new.
+local util = require "ferry.util"
+
 local M = {}
 
 M.SUFFIX = ".ferry-remote"
@@ -39,8 +41,9 @@ M.SUFFIX = ".ferry-remote"
 local KINDS = { file = true, dir = true, symlink = true }
 local MAX_COPY_NAMES = 1000
 
+-- "" for the workspace root
 local function parent_of(rel)
-  return rel:match("^(.*)/[^/]*$") or ""
+  return util.parent_of(rel, "")
 end
 
 local function is_dir(entry)

@@ -303,4 +303,12 @@ function M.new(opts)
   return self
 end
 
+--- The reporter prepare and restore use without opts.progress: it reports nothing (their warnings then go
+--- to ferry.log).
+M.QUIET = {}
+function M.QUIET.phase() end
+function M.QUIET.advance() end
+function M.QUIET.event() end
+function M.QUIET.set_total() end
+
 return M

@@ -15,7 +15,7 @@
 -- would not reach a bwrap sandbox, whose processes live in their own pid namespace.
 local core = require "ferry.core"
 local task = require "ferry.task"
-local tail = require("ferry.provider_util").tail
+local util = require "ferry.util"
 
 local M = {}
 
@@ -80,11 +80,8 @@ local SIGNALS = { [1] = "SIGHUP", [2] = "SIGINT", [9] = "SIGKILL", [15] = "SIGTE
 local Session = {}
 Session.__index = Session
 
-local counter = 0
 local function new_marker()
-  counter = counter + 1
-  return "FERRY" .. core.sha256(string.format("%d:%d:%d:%s", core.time_ms(), core.getpid(), counter,
-    tostring(math.random()))):sub(1, 40)
+  return "FERRY" .. util.unique_hex(40)
 end
 
 -- One output stream of the current command: what comes before `pattern` (the framing) is the command's,
@@ -267,7 +264,7 @@ function Session:run(script, popts)
         pid = self.pid, started_at = started_at, duration_ms = core.now_ms() - started }
     end
     local ex = self.exit or {}
-    local why = tail(ex.stderr ~= nil and ex.stderr or err.text())
+    local why = util.tail(ex.stderr ~= nil and ex.stderr or err.text())
     return nil, string.format("session to %s: the sandbox shell exited (%s)%s while running a command%s; "
       .. "the next command reopens it", self.name, ex.signal or ("exit code " .. tostring(ex.code)),
       why ~= "" and (": " .. why) or "", sent and "" or (" (" .. tostring(serr) .. ")")), "EIO"

@@ -4,17 +4,20 @@
 -- (& 0777), size, sha256 (files), target (symlinks)} — the shape ferry.merge compares. The walk never follows
 -- a symlink, never enters an excluded directory, and leaves out what a tar stream cannot carry (fifos,
 -- sockets, devices: listed in info.skipped) and the temp files or links a killed write leaves behind
--- (".ferry-tmp-<hex>", listed in info.temps so restore can clean them up).
+-- (core.TEMP_PREFIX .. "<hex>", listed in info.temps so restore can clean them up).
+-- It also defines the quick record, "<quick key> <sha256>", that lets a later walk trust a file's digest
+-- without reading the file.
 local core = require "ferry.core"
 
 local M = {}
 
 local MODE_MASK = 511 -- 0777: setuid, setgid and sticky never travel
+local TEMP_NAME = "^" .. core.TEMP_PREFIX:gsub("%p", "%%%0") .. "%x+$"
 
 --- True for the name of a temp file made by core.fs_safe_* (a write that did not finish).
 ---@param name string  a basename
 function M.is_temp_name(name)
-  return name:find("^%.ferry%-tmp%-%x+$") ~= nil
+  return name:find(TEMP_NAME) ~= nil
 end
 
 local function join(root, rel)
@@ -31,8 +34,27 @@ function M.quick_key(st)
   return string.format("%o %d %d %.17g", st.mode & MODE_MASK, st.size, st.ino, st.mtime)
 end
 
--- The sha256 a quick record ("<quick key> <sha256>", see M.quick_records) vouches for, when `st` still
--- gives its key.
+--- The quick record of a file: its quick key and the sha256 of its content, "<quick key> <sha256>".
+---@param st table  core.fs_lstat's table
+---@param sha256 string  64 hex digits
+---@return string
+function M.quick_record(st, sha256)
+  return M.quick_key(st) .. " " .. sha256
+end
+
+local QUICK_RECORD = "^[0-7]+ %d+ %d+ [%d%.e%+%-]+ (%x+)$"
+
+--- True for a string of a quick record's shape (what M.quick_record makes). Such a string is computed
+--- from lstat numbers and a digest, never from a name or a file's text.
+---@param s any
+---@return boolean
+function M.is_quick_record(s)
+  if type(s) ~= "string" then return false end
+  local sum = s:match(QUICK_RECORD)
+  return sum ~= nil and #sum == 64
+end
+
+-- The sha256 a quick record vouches for, when `st` still gives its key.
 local function vouched_sum(record, st)
   if type(record) ~= "string" then return nil end
   local key = M.quick_key(st)
@@ -168,10 +190,29 @@ function M.quick_records(snap, stats, taken_at)
   for rel, st in pairs(stats) do
     local e = snap[rel]
     if e and e.kind == "file" and e.sha256 and st.mtime < taken_at - RACY_SECONDS then
-      out[rel] = M.quick_key(st) .. " " .. e.sha256
+      out[rel] = M.quick_record(st, e.sha256)
     end
   end
   return out
+end
+
+--- The approximate size of a tar stream of `snap`, or of its entries named in `names` (headers, padded
+--- contents, end blocks): a progress total.
+---@param snap table
+---@param names string[]|nil
+---@return integer
+function M.tar_estimate(snap, names)
+  local total = 1024
+  local function add(rel, e)
+    total = total + 512 + (#rel > 100 and 1024 or 0)
+    if e.kind == "file" then total = total + ((e.size + 511) // 512) * 512 end
+  end
+  if names then
+    for _, rel in ipairs(names) do add(rel, snap[rel]) end
+  else
+    for rel, e in pairs(snap) do add(rel, e) end
+  end
+  return total
 end
 
 --- The absolute path with every symlink resolved and no '.' or '..' components (like realpath(3)).

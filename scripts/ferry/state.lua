@@ -5,13 +5,16 @@
 -- target}), remote_stat (rel -> what the sandbox's listing said after the sync), local_stat (rel -> quick
 -- record of a local file: "<mode> <size> <inode> <mtime> <sha256>", see ferry.snapshot.quick_records),
 -- created_at, updated_at. It is written atomically (a temp file beside it, then rename) with mode
--- 0600, so a reader sees the old or the new file, never a half. It never holds a secret: the runtime passes
--- every string through the redactor first and never stores environment values.
+-- 0600, so a reader sees the old or the new file, never a half. It never holds a secret: prepare and restore
+-- pass every string through M.redactor's redactor first and never store environment values.
 --
 -- Default location: $XDG_STATE_HOME/ferry/<16 hex of sha256(provider "\n" remote_dir)>.json, with
 -- $XDG_STATE_HOME defaulting to ~/.local/state. The workspace itself is never written by prepare.
 local core = require "ferry.core"
 local cjson = require "cjson"
+local redact = require "ferry.redact"
+local snapshot = require "ferry.snapshot"
+local util = require "ferry.util"
 
 local M = {}
 
@@ -35,13 +38,6 @@ function M.default_path(provider, remote_dir)
   return M.dir() .. "/" .. core.sha256(provider .. "\n" .. remote_dir):sub(1, 16) .. ".json"
 end
 
-local function split_path(path)
-  local dir, base = path:match("^(.*)/([^/]+)$")
-  if not dir then return ".", path end
-  if dir == "" then dir = "/" end
-  return dir, base
-end
-
 -- mkdir -p with mode 0700 for the parts created; existing parts (symlinks included) are used as they are.
 local function make_dirs(dir)
   local st = core.fs_stat(dir)
@@ -49,7 +45,7 @@ local function make_dirs(dir)
     if st.kind ~= "dir" then return nil, "state: " .. dir .. " is not a directory", "ENOTDIR" end
     return true
   end
-  local parent, base = split_path(dir)
+  local parent, base = util.split_path(dir)
   if parent ~= dir then
     local ok, err, code = make_dirs(parent)
     if not ok then return nil, err, code end
@@ -66,7 +62,7 @@ end
 function M.write(path, state)
   local ok, text = pcall(cjson.encode, state)
   if not ok then return nil, "state: cannot encode: " .. tostring(text), "EINVAL" end
-  local dir, base = split_path(path)
+  local dir, base = util.split_path(path)
   local made, err, code = make_dirs(dir)
   if not made then return nil, err, code end
   local wrote, werr, wcode = core.fs_safe_write(dir, base, text .. "\n", 384) -- 0600
@@ -114,6 +110,25 @@ function M.read(path)
   if type(state.assets) ~= "table" then state.assets = {} end
   if type(state.local_stat) ~= "table" then state.local_stat = nil end
   return state
+end
+
+-- Strings ferry computed from lstat numbers and digests, never from a name, a file's text or the sandbox's
+-- words: a file's sha256 in a snapshot and a quick record in local_stat. They carry no secret, so they skip
+-- the redactor, which could only mangle them (a secret's characters can occur in a digest by chance). Most
+-- of a state file's text is such strings.
+local function computed(key, s, under)
+  if key == "sha256" then return #s == 64 and not s:find("%X") end
+  return under == "local_stat" and snapshot.is_quick_record(s)
+end
+
+--- The redactors of prepare and restore: `fn(s)` for a string (ferry.redact.new(secrets)) and
+--- `record(value)` for a table (a state record, a result): a copy with every string redacted but the ones
+--- ferry computed (digests, quick records), or the table itself when nothing needs redacting.
+---@param secrets table|nil
+---@return fun(s: any): any fn, fun(value: any): any record
+function M.redactor(secrets)
+  local fn = redact.new(secrets or {})
+  return fn, function(value) return redact.table(value, fn, computed) end
 end
 
 return M

@@ -1,0 +1,200 @@
+--- ferry.prepare: prepare the managed runtime in a sandbox (README "Prepare and restore"). Orchestration only:
+-- check the inputs, open the sandbox (ferry.attach), snapshot the workspace, walk the assets, then change
+-- the sandbox: sync the workspace (ferry.sync: a full sync, or a delta from an earlier prepare's state),
+-- install the adapter's CLI when the sync's check did not find it (ferry.install), send the assets
+-- (ferry.assets), and write the state file with the baseline snapshot (ferry.state). Everything read on the
+-- host that can fail is read before the first command that changes the sandbox.
+local core = require "ferry.core"
+local adapters = require "ferry.adapter"
+local assets = require "ferry.assets"
+local attach = require "ferry.attach"
+local delta = require "ferry.delta"
+local excludes = require "ferry.excludes"
+local install = require "ferry.install"
+local progress_mod = require "ferry.progress"
+local remote = require "ferry.remote"
+local snapshot = require "ferry.snapshot"
+local state_file = require "ferry.state"
+local sync = require "ferry.sync"
+local util = require "ferry.util"
+
+local M = {}
+
+local function check_remote_dir(remote_dir)
+  if type(remote_dir) ~= "string" or remote_dir:sub(1, 1) ~= "/" then
+    return nil, "prepare: the remote dir must be an absolute path, got " .. tostring(remote_dir), "EINVAL"
+  end
+  local clean = util.trim_slashes(remote_dir)
+  if clean == "" or ("/" .. clean .. "/"):find("/%.%.?/") or clean:find("//", 1, true) then
+    return nil, "prepare: refusing remote dir " .. remote_dir .. " (the root, or '.'/'..' components)", "EINVAL"
+  end
+  return clean
+end
+
+-- opts.remote_dir, else the provider's default.
+local function remote_dir_of(opts, sb, provider_string)
+  local default = sb:default_remote_dir()
+  local remote_dir, err, code = check_remote_dir(opts.remote_dir or default)
+  if remote_dir then return remote_dir end
+  if opts.remote_dir == nil and not default then
+    return nil, "prepare: no remote dir: provider " .. tostring(provider_string)
+      .. " has no default; pass remote_dir (-r REMOTE_DIR)", "EINVAL"
+  end
+  return nil, err, code
+end
+
+-- The names at the top of the remote dir that a full sync does not clear: the runtime dir and the
+-- adapter's `preserve` list.
+local function preserved_names(adapter)
+  local keep = { remote.RUNTIME_DIR }
+  for _, n in ipairs(adapter.preserve or {}) do
+    if type(n) == "string" and n ~= "" and not n:find("/", 1, true) then keep[#keep + 1] = n end
+  end
+  return keep
+end
+
+-- The state of an earlier prepare a delta can start from, or nil and why not (nil when there is none).
+local function delta_base(path, want)
+  local st, err, code = state_file.read(path)
+  if not st then return nil, code ~= "ENOENT" and err or nil end
+  return delta.usable_base(st, want)
+end
+
+local function check_inputs(opts)
+  if type(opts) ~= "table" then error("ferry.prepare: expected an options table", 3) end
+  if type(opts.workspace) ~= "string" or opts.workspace == "" then
+    error("ferry.prepare: opts.workspace must be a path", 3)
+  end
+  local ws = util.trim_slashes(util.absolute(opts.workspace))
+  if ws == "" then ws = "/" end
+  local st, err, code = core.fs_stat(ws)
+  if not st then return nil, "prepare: workspace " .. ws .. ": " .. err, code end
+  if st.kind ~= "dir" then return nil, "prepare: workspace " .. ws .. " is not a directory", "ENOTDIR" end
+  local adapter, aerr, acode = adapters.load(opts.adapter)
+  if not adapter then return nil, "prepare: " .. aerr, acode end
+  return { workspace = ws, adapter = adapter }
+end
+
+-- What prepare works out before it changes the sandbox: remote dir, excludes, assets, the delta base and
+-- the local snapshot. Returns the job or nil, message, code.
+local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
+  local ws, adapter = inputs.workspace, inputs.adapter
+  local remote_dir, rerr, rcode = remote_dir_of(opts, sb, provider_string)
+  if not remote_dir then return nil, rerr, rcode end
+  local job = { ws = ws, adapter = adapter, remote_dir = remote_dir, progress = progress,
+    runtime_dir = remote_dir .. "/" .. remote.RUNTIME_DIR, keep = preserved_names(adapter),
+    patterns = excludes.combine(excludes.DEFAULT, adapter.excludes, opts.excludes), asset_dirs = {} }
+  local matcher, merr, mcode = excludes.checked(job.patterns, "prepare")
+  if not matcher then return nil, merr, mcode end
+  job.ctx = adapters.context({ sb = sb, workspace = ws, remote_dir = remote_dir, runtime_dir = job.runtime_dir,
+    adapter = adapter.name, asset_dirs = job.asset_dirs, provider = provider_string }, redact_fn, progress)
+  local wanted, aerr, acode = assets.collect(adapter, job.ctx, opts.assets)
+  if not wanted then return nil, aerr, acode end
+  job.assets = wanted
+  for key in pairs(wanted) do job.asset_dirs[key] = job.runtime_dir .. "/" .. adapter.name .. "/" .. key end
+  job.state = opts.state and util.absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
+  if opts.delta ~= false then
+    job.base, job.fallback = delta_base(job.state, { provider = provider_string, remote_dir = remote_dir,
+      excludes = job.patterns, preserve = job.keep })
+  end
+  -- a delta compares local hashes with the sandbox's before it sends (trusting the earlier prepare's
+  -- quick records for files whose lstat did not change); a full sync hashes while it sends
+  job.taken_at = os.time()
+  local snap, names, info = snapshot.take(ws, { matcher = matcher, hash = job.base ~= nil,
+    known = job.base and job.base.local_stat, stats = true })
+  if not snap then return nil, "prepare: " .. names, info end
+  job.snap, job.names, job.info = snap, names, info
+  return job
+end
+
+local function add_install(result, inst)
+  result.installed, result.install_status, result.install_warning = inst.installed, inst.status, inst.warning
+end
+
+local function add_sync(result, synced, info)
+  result.delta, result.delta_files, result.delta_deleted = synced.delta, synced.delta_files, synced.delta_deleted
+  result.delta_fallback = synced.delta_fallback
+  for _, w in ipairs(synced.warnings) do result.warnings[#result.warnings + 1] = w end
+  for _, rel in ipairs(info.skipped) do
+    result.warnings[#result.warnings + 1] = rel .. ": not a file, dir or symlink; skipped"
+  end
+end
+
+local function state_record(job, provider_string, synced)
+  return {
+    version = state_file.VERSION, ferry_version = core.version, provider = provider_string,
+    remote_dir = job.remote_dir, runtime_dir = job.runtime_dir, adapter = job.adapter.name, workspace = job.ws,
+    excludes = job.patterns, preserve = job.keep, assets = job.asset_dirs, baseline = job.snap,
+    remote_stat = synced.recorded, local_stat = snapshot.quick_records(job.snap, job.info.stats, job.taken_at),
+    created_at = os.time(),
+  }
+end
+
+local function run(opts, sb, provider_string, handle, inputs)
+  local progress = opts.progress or progress_mod.QUIET
+  local redact_fn, redact_record = state_file.redactor(opts.secrets)
+  local job, err, code = plan(opts, sb, provider_string, inputs, redact_fn, progress)
+  if not job then return nil, err, code end
+  local adapter, info = job.adapter, job.info
+  local result = { workspace = job.ws, provider = provider_string, remote_dir = job.remote_dir,
+    runtime_dir = job.runtime_dir, asset_dirs = job.asset_dirs, adapter = adapter.name, files = info.files,
+    dirs = info.dirs, symlinks = info.symlinks, hashed_files = info.hashed, warnings = {} }
+  local hooked, herr = adapters.run_hook(adapter, "before_sync", job.ctx)
+  if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
+  local asset_plan, perr, pcode = assets.plan(job.assets)
+  if not asset_plan then return nil, redact_fn(perr), pcode end
+
+  job.first_line = install.check_line(adapter, job.runtime_dir)
+  local synced, serr, scode = sync.run(sb, job, job.base, job.fallback)
+  if not synced then return nil, redact_fn(serr), scode end
+  add_install(result, install.after_check(install.reported(synced.stderr), sb, adapter, job.runtime_dir, opts,
+    progress, redact_fn))
+  add_sync(result, synced, info)
+  hooked, herr = adapters.run_hook(adapter, "after_sync", job.ctx)
+  if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
+  local asset_bytes, xerr, xcode = assets.send(sb, adapter.name, asset_plan, job.runtime_dir, progress,
+    result.warnings)
+  if not asset_bytes then return nil, redact_fn(xerr), xcode end
+  result.bytes_sent = synced.bytes + asset_bytes
+
+  progress:phase("finalize")
+  local wrote, werr, wcode = state_file.write(job.state, redact_record(state_record(job, provider_string, synced)))
+  if not wrote then return nil, "prepare: " .. werr, wcode end
+  result.state = job.state
+  result.commands = handle.commands()
+  return redact_record(result)
+end
+
+--- Prepare the managed runtime in a sandbox. opts:
+---   provider        provider string ("local", "bwrap:DIR", "cmd:ARGV...") or an opened sandbox (ferry.open)
+---   workspace       local directory to send (never written by prepare)
+---   adapter         adapter name (default "shell") or an adapter table
+---   remote_dir      absolute dir in the sandbox (default: the provider's default remote dir)
+---   excludes        extra exclude patterns (ferry.excludes syntax), after the defaults and the adapter's
+---   assets          extra assets: {key = dir | {dir, follow_symlinks, exclude}}
+---   state           state file path (default ferry.state.default_path(provider, remote_dir))
+---   progress        a ferry.progress reporter (phases sync, install, assets, finalize); secrets: list of
+---                   values to redact; on_exec(argv, script) for every command; install_timeout_ms (300 s)
+---   delta           false: always a full sync (default: a delta when the state file is of an earlier
+---                   prepare with the same provider string, remote dir, excludes and preserved names)
+--- Returns {workspace, provider, remote_dir, runtime_dir, asset_dirs = {key = dir}, installed = true|false|nil,
+--- install_status
+--- ("none"|"present"|"installed"|"failed"|"missing"), install_warning, bytes_sent, commands, state, files,
+--- dirs, symlinks, warnings, delta = true|false, delta_files (entries sent), delta_deleted (paths removed),
+--- delta_fallback (why an earlier state was not used for a delta), hashed_files (local files read to hash
+--- before a delta; 0 for a full sync, which hashes what it sends)} or nil, message, code.
+---@param opts table
+---@return table|nil result, string|nil err, string|nil code
+function M.prepare(opts)
+  local inputs, ierr, icode = check_inputs(opts)
+  if not inputs then return nil, ierr, icode end
+  local sb, provider_string, handle = attach.open(opts.provider, opts.on_exec, "ferry.prepare: opts.provider")
+  if not sb then return nil, "prepare: " .. provider_string, handle end
+  local ok, result, err, code = pcall(run, opts, sb, provider_string, handle, inputs)
+  handle.release()
+  if not ok then error(result, 0) end
+  if not result then return attach.diagnosed(handle, "prepare: ", err, code) end
+  return result
+end
+
+return M

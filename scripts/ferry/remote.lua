@@ -1,0 +1,289 @@
+--- ferry.remote: the shell that prepare and restore run in the sandbox on the remote dir, and the parsing of
+-- what it prints: clearing the remote dir but the preserved names, deleting paths, the sync command (clear
+-- or delete, extract, then the marker and the listing), the listing of the remote tree (NUL-separated
+-- records, with the SHA-256 of the files modified after the marker), the tar stream restore receives, and
+-- the exclude patterns the sandbox can apply itself (as `case` and find -name patterns).
+--
+-- Every snippet works on "$ferry_r", the remote dir, and needs only a POSIX shell and tar; the listing needs
+-- GNU find (-printf), which the sync command checks before it lists (a sandbox without it gets full syncs).
+local core = require "ferry.core"
+local util = require "ferry.util"
+
+local M = {}
+
+--- The dir at the top of the remote dir that ferry keeps for itself (assets, the install marker and lock,
+--- the sync marker); prepare never clears it and restore never brings it back.
+M.RUNTIME_DIR = ".ferry-runtime"
+
+local MARK_FILE = M.RUNTIME_DIR .. "/sync.mark"
+local LIST_FORMAT = "%y\\0%m\\0%s\\0%T@\\0%p\\0%l\\0" -- kind, mode, size, mtime, ./path, link target
+local LIST_FIELDS = 6
+local KINDS = { f = "file", d = "dir", l = "symlink" }
+local HAS_GNU_FIND = "find . -maxdepth 0 -printf '' >/dev/null 2>&1"
+-- prints "<path>\0<sha256sum output>\0" for each argument; an unreadable file gets an empty hash
+local HASH_LOOP = 'for f do printf "%s\\0" "$f"; h=$(sha256sum < "$f" 2>/dev/null) || h=; printf "%s\\0" "$h"; done'
+local RESTORE_MISSING = "ferry-restore: missing"
+local q = core.sh_quote
+
+--- The message of a sandbox command that failed: "<what>: timed out" or "<what>: exit code N[: <tail>]",
+--- the tail being the last 3 non-blank lines of its stderr (at most 480 characters).
+---@param what string
+---@param res table  the command's result
+---@return string
+function M.failure(what, res)
+  if res.timed_out then return what .. ": timed out" end
+  local why = M.tail(res.stderr)
+  return string.format("%s: exit code %s%s", what, tostring(res.code or res.signal), why ~= "" and (": " .. why) or "")
+end
+
+--- The last 3 non-blank lines of a sandbox command's output joined by " | ", cut to 480 characters, without
+--- the lines ferry's own scripts print ("ferry-install: ...").
+---@param text string|nil
+---@return string
+function M.tail(text)
+  return util.tail(text, { sep = " | ", max = 480, cut = "start", skip = "^ferry%-install: " })
+end
+
+-- ---- excludes the sandbox applies ----
+
+local SIMPLE_NAME = "^[%w%._%-%*%?%+@,=:~ ]+$" -- one component, read alike by `case`, find -name and us
+
+-- A one-component exclude pattern as a shell `case` pattern: literal runs quoted, '*' and '?' bare.
+local function case_pattern(p)
+  return (p:gsub("[^%*%?]+", function(lit) return q(lit) end))
+end
+
+--- The exclude patterns the sandbox can apply itself, by kind: top-level names (`case`, any tar) and names
+--- at any depth (find -name, when find and tar can read a NUL-separated list); each for any entry or for
+--- directories only. The sandbox may leave out less than the local excludes do, never more (a path missing
+--- from the stream reads as deleted remotely), so nothing is left out when a pattern re-includes ('!').
+---@param patterns string[]
+---@return table  {top, top_dirs (case patterns), any, any_dirs (quoted find -name arguments)}
+function M.excludes(patterns)
+  local x = { top = {}, top_dirs = {}, any = {}, any_dirs = {} }
+  for _, p in ipairs(patterns) do
+    if p:sub(1, 1) == "!" then return { top = {}, top_dirs = {}, any = {}, any_dirs = {} } end
+  end
+  for _, p in ipairs(patterns) do
+    local body, dirs = p:match("^(.-)(/?)$")
+    local anchored = body:match("^/(.+)$")
+    local name = anchored or body
+    if name:match(SIMPLE_NAME) then
+      local top = dirs == "/" and x.top_dirs or x.top
+      top[#top + 1] = case_pattern(name)
+      if not anchored then
+        local any = dirs == "/" and x.any_dirs or x.any
+        any[#any + 1] = q(name)
+      end
+    end
+  end
+  return x
+end
+
+local function find_names(list)
+  local parts = {}
+  for _, n in ipairs(list) do parts[#parts + 1] = "-name " .. n end
+  return table.concat(parts, " -o ")
+end
+
+-- find's test for the excluded names the sandbox can apply at any depth (nil when there are none).
+local function prune_condition(x)
+  local prune = {}
+  if #x.any_dirs > 0 then prune[#prune + 1] = "-type d \\( " .. find_names(x.any_dirs) .. " \\)" end
+  if #x.any > 0 then prune[#prune + 1] = "\\( " .. find_names(x.any) .. " \\)" end
+  if #prune == 0 then return nil end
+  return "\\( " .. table.concat(prune, " -o ") .. " \\)"
+end
+
+-- find's expression that prunes the excluded names at any depth, then prints the rest NUL-terminated.
+local function find_expression(x)
+  local cond = prune_condition(x)
+  if not cond then return "-print0" end
+  return cond .. " -prune -o -print0"
+end
+
+-- ---- prepare: clear, delete, sync ----
+
+local function quoted(names)
+  local out = {}
+  for _, n in ipairs(names) do out[#out + 1] = q(n) end
+  return out
+end
+
+--- Shell lines that remove everything in "$ferry_r" but the names in `keep`.
+---@param keep string[]
+---@return string
+function M.clear_lines(keep)
+  return table.concat({
+    'cd "$ferry_r" || exit 1',
+    "set --",
+    "for f in * .[!.]* ..?*; do",
+    "  case $f in " .. table.concat(quoted(keep), "|") .. ") continue ;; esac",
+    '  if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "$f"; fi',
+    "done",
+    'if [ $# -gt 0 ]; then rm -rf -- "$@" || exit 1; fi',
+    "cd / || exit 1",
+  }, "\n")
+end
+
+--- Shell lines that remove the relative paths `delete` under "$ferry_r" ("" for none).
+---@param delete string[]
+---@return string
+function M.delete_lines(delete)
+  if #delete == 0 then return "" end
+  local words = {}
+  for i, rel in ipairs(delete) do words[i] = q("./" .. rel) end
+  return 'cd "$ferry_r" || exit 1\nrm -rf -- ' .. table.concat(words, " ") .. " || exit 1\ncd / || exit 1"
+end
+
+-- Shell lines (cwd "$ferry_r") that set "$@" to "./<name>" for each top-level entry but the `keep` names.
+local function top_entries(keep)
+  return table.concat({
+    "set --",
+    "for f in * .[!.]* ..?*; do",
+    "  case $f in " .. table.concat(quoted(keep), "|") .. ") continue ;; esac",
+    '  if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "./$f"; fi',
+    "done",
+  }, "\n")
+end
+
+-- Shell lines printing the tree under "$ferry_r" but the kept names as NUL-separated records (LIST_FORMAT;
+-- an excluded name the sandbox can match is listed, not entered), with `hashes` then "H" and the SHA-256
+-- of each file modified after the marker, then "E". Needs GNU find; exits 1 when find fails.
+local function list_lines(keep, patterns, hashes)
+  local cond = prune_condition(M.excludes(patterns))
+  local lines = {
+    'cd "$ferry_r" || exit 1',
+    top_entries(keep),
+    'if [ $# -gt 0 ]; then find "$@" -printf ' .. q(LIST_FORMAT) .. (cond and " " .. cond .. " -prune" or "")
+      .. " || exit 1; fi",
+  }
+  if hashes then
+    lines[#lines + 1] = "printf 'H\\0'"
+    lines[#lines + 1] = 'if [ $# -gt 0 ] && [ -f ' .. q(MARK_FILE) .. " ] && command -v sha256sum >/dev/null 2>&1; then"
+    lines[#lines + 1] = '  find "$@" ' .. (cond and cond .. " -prune -o " or "") .. "-type f -newer " .. q(MARK_FILE)
+      .. " -exec sh -c " .. q(HASH_LOOP) .. " sh {} + || exit 1"
+    lines[#lines + 1] = "fi"
+  end
+  lines[#lines + 1] = "printf 'E\\0'"
+  return table.concat(lines, "\n")
+end
+
+-- Shell lines ending a sync: touch the marker and list the tree (base64 for a channel that is not 8-bit
+-- clean). A failure here only leaves the listing out (the next prepare is a full sync), never the sync.
+local function record_lines(keep, patterns, binary)
+  return "if " .. HAS_GNU_FIND .. "; then\n( : > \"$ferry_r/" .. MARK_FILE .. '" || exit 1\n'
+    .. list_lines(keep, patterns, false) .. "\n)" .. (binary and "" or " | base64") .. "\nfi\nexit 0"
+end
+
+--- The sync command: `first` (a line to run before anything, e.g. the install check, or nil), create the
+--- remote dir and its runtime dir, `head` (clear_lines or delete_lines), extract the tar stream on stdin
+--- (when `extract`), then touch the marker and print the listing on stdout (base64 unless `binary`).
+---@param remote_dir string
+---@param opts table  first, head, extract, keep (preserved names), patterns (excludes), binary
+---@return string
+function M.sync_script(remote_dir, opts)
+  return (opts.first and opts.first .. "\n" or "")
+    .. "ferry_r=" .. q(remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
+    .. opts.head .. "\n" .. (opts.extract and 'tar -x -f - -C "$ferry_r" || exit $?\n' or "")
+    .. record_lines(opts.keep, opts.patterns, opts.binary)
+end
+
+--- The listing command of a delta: the tree under the remote dir but the `keep` names, with the SHA-256
+--- of each file modified after the last sync's marker. Exits 3 when the remote dir is missing, 4 without
+--- GNU find.
+---@param remote_dir string
+---@param keep string[]
+---@param patterns string[]
+---@return string
+function M.list_script(remote_dir, keep, patterns)
+  return "ferry_r=" .. q(remote_dir) .. "\n"
+    .. 'if [ ! -d "$ferry_r" ]; then echo "ferry-delta: $ferry_r is missing" >&2; exit 3; fi\n'
+    .. "if ! " .. HAS_GNU_FIND .. '; then echo "ferry-delta: find cannot -printf" >&2; exit 4; fi\n'
+    .. list_lines(keep, patterns, true)
+end
+
+local LIST_RECORD = "^" .. ("([^\0]*)\0"):rep(LIST_FIELDS) .. "()"
+local HASH_RECORD = "^([^\0]*)\0([^\0]*)\0()"
+
+--- Parse what the listing prints: rel -> {kind ("file"|"dir"|"symlink"|"other"), mode (octal string),
+--- size, mtime (strings), target, sha256 (for the files hashed)}; nil when it is cut short or malformed.
+---@param text string
+---@return table|nil
+function M.parse_listing(text)
+  local entries, pos, hashing = {}, 1, false
+  while true do
+    local head = text:sub(pos, pos + 1)
+    if head == "E\0" then return entries end
+    if head == "H\0" and not hashing then
+      hashing, pos = true, pos + 2
+    elseif hashing then
+      local path, sum, stop = text:match(HASH_RECORD, pos)
+      local rel = path and path:match("^%./(.+)$")
+      if not rel then return nil end
+      sum = sum:match("^(%x+)")
+      local e = entries[rel]
+      if e and e.kind == "file" and sum and #sum == 64 then e.sha256 = sum:lower() end
+      pos = stop
+    else
+      local kind, mode, size, mtime, path, target, stop = text:match(LIST_RECORD, pos)
+      local rel = path and path:match("^%./(.+)$")
+      if not rel or not mode:match("^%d+$") then return nil end
+      entries[rel] = { kind = KINDS[kind] or "other", mode = mode, size = size, mtime = mtime, target = target }
+      pos = stop
+    end
+  end
+end
+
+-- ---- restore ----
+
+--- The command that writes the remote workspace as a tar stream on stdout: names "./<top>/...", without the
+--- runtime dir, the `preserve` names and the `excludes` the sandbox can apply (see M.excludes). Exits 3
+--- when the remote dir is missing (see M.restore_dir_missing).
+---@param remote_dir string
+---@param preserve string[]
+---@param excludes string[]
+---@return string
+function M.restore_script(remote_dir, preserve, excludes)
+  local skip = quoted(preserve)
+  if #skip == 0 then skip[1] = q(M.RUNTIME_DIR) end
+  local x = M.excludes(excludes)
+  for _, pat in ipairs(x.top) do skip[#skip + 1] = pat end
+  local lines = {
+    "ferry_r=" .. q(remote_dir),
+    'if [ ! -d "$ferry_r" ]; then echo "' .. RESTORE_MISSING .. '" >&2; exit 3; fi',
+    'cd "$ferry_r" || exit 1',
+    "set --",
+    "for f in * .[!.]* ..?*; do",
+    '  [ -e "$f" ] || [ -L "$f" ] || continue',
+    "  case $f in " .. table.concat(skip, "|") .. ") continue ;; esac",
+  }
+  if #x.top_dirs > 0 then
+    lines[#lines + 1] = '  if [ -d "$f" ] && [ ! -L "$f" ]; then case $f in ' .. table.concat(x.top_dirs, "|")
+      .. ") continue ;; esac; fi"
+  end
+  for _, line in ipairs {
+    '  set -- "$@" "./$f"',
+    "done",
+    "[ $# -gt 0 ] || exit 0",
+    "if find . -maxdepth 0 -print0 >/dev/null 2>&1 &&",
+    "  tar -c -f - --hard-dereference --null --no-recursion -T /dev/null >/dev/null 2>&1; then",
+    -- GNU tar: hard-linked files travel as files (a hard link entry is refused on arrival)
+    '  find "$@" ' .. find_expression(x) .. " | tar -c -f - --hard-dereference --null --no-recursion -T -",
+    "  exit $?",
+    "fi",
+    'exec tar -c -f - -- "$@"',
+  } do
+    lines[#lines + 1] = line
+  end
+  return table.concat(lines, "\n")
+end
+
+--- True when the restore command's result says the remote dir does not exist.
+---@param res table
+---@return boolean
+function M.restore_dir_missing(res)
+  return res.code == 3 and (res.stderr or ""):find(RESTORE_MISSING, 1, true) ~= nil
+end
+
+return M
