@@ -4,6 +4,7 @@
 -- provider whose sandbox is reached through a command prefix (`PREFIX... sh -c SCRIPT`: cmd, docker,
 -- podman, kubectl).
 local proc = require "ferry.proc"
+local util = require "ferry.util"
 
 local M = {}
 
@@ -12,17 +13,8 @@ M.PROBE = "echo ferry-probe-ok"
 M.PROBE_OK = "ferry-probe-ok"
 
 --- The end of a command's output for an error message: its last three non-blank lines joined with "; ", cut
---- to the last 400 bytes ("" for nil or blank text).
----@param text string|nil
----@return string
-function M.tail(text)
-  local lines = {}
-  for line in (text or ""):gmatch("[^\r\n]+") do
-    if line:match("%S") then lines[#lines + 1] = line end
-  end
-  local out = table.concat(lines, "; ", math.max(1, #lines - 2))
-  return #out > 400 and out:sub(-400) or out
-end
+--- to the last 400 bytes ("" for nil or blank text). The same as ferry.util.tail with its defaults.
+M.tail = function(text) return util.tail(text) end
 
 --- Why a command failed: the tail of its stderr, else "exit code N" (or the signal when it has no code).
 ---@param res table  a proc.run result
