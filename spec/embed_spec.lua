@@ -27,6 +27,7 @@ describe("embedding ferry in a C host", function()
     "error names it: 1",
     "error cleared: 1",
     "log lines: 1",
+    "host loop closes after free: 0",
     "dofile: 0 ",
     "missing file fails: 1",
   }, "\n") .. "\n"
