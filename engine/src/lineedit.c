@@ -22,7 +22,8 @@
 /* The signal handler's view (signals are per process: one REPL per process). */
 static lua_State *volatile sig_state;   /* the thread running interruptible code, or NULL */
 static uv_async_t *volatile sig_wakeup; /* wakes the loop so a waiting call returns */
-static volatile sig_atomic_t interrupted;
+static volatile sig_atomic_t interrupted;    /* a Ctrl-C came (at the prompt, or during interrupt_pcall) */
+static volatile sig_atomic_t stop_children; /* the wakeup is to stop the children, then the loop */
 
 typedef struct interrupt {
   uv_async_t *wakeup; /* malloc'd: its close may finish after the state is gone (a host's loop) */
@@ -33,7 +34,6 @@ typedef struct interrupt {
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
-  interrupted = 0;
   luaL_error(L, "interrupted!");
 }
 
@@ -43,12 +43,15 @@ static void on_sigint(int sig) {
   lua_State *L = sig_state;
   if (L == NULL) return; /* at the prompt (read() fails with EINTR) or between evaluations */
   lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+  stop_children = 1;
   uv_async_t *w = sig_wakeup;
   if (w) uv_async_send(w);
 }
 
+/* On the loop, soon after the signal: stop the children the code may wait for, and return to Lua (the hook). */
 static void wakeup_cb(uv_async_t *h) {
-  if (interrupted && sig_state) {
+  if (stop_children) {
+    stop_children = 0;
     ferry_proc_kill_all(h->data, 0);
     uv_stop(h->loop);
   }
@@ -92,8 +95,9 @@ static int l_interrupt_install(lua_State *L) {
 }
 
 /* core.interrupt_pcall(fn, msgh) -> true, ... | false, msgh(err): call fn as xpcall does, with Ctrl-C
- * raising "interrupted!" inside it. A Ctrl-C before or after the call is forgotten; the hook never outlives
- * the call, so the caller's own code is never interrupted. */
+ * raising "interrupted!" inside it and stopping this state's children (also when the loop had no chance to).
+ * A Ctrl-C before or after the call is forgotten; the hook never outlives the call, so the caller's own code
+ * is never interrupted. */
 static int l_interrupt_pcall(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -105,7 +109,9 @@ static int l_interrupt_pcall(lua_State *L) {
   int status = lua_pcall(L, 0, LUA_MULTRET, 1);
   sig_state = outer; /* first: a signal from now on leaves L's hook alone */
   lua_sethook(L, NULL, 0, 0);
+  if (interrupted) ferry_proc_kill_all(L, 0);
   interrupted = 0;
+  stop_children = 0;
   lua_pushboolean(L, status == LUA_OK);
   lua_replace(L, 1);
   return lua_gettop(L);

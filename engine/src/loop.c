@@ -2,7 +2,10 @@
  *
  * Lua's scheduler (scripts/ferry/task.lua) keeps each task in a coroutine; C callbacks resume them by
  * calling a Lua function through ferry_loop_call. An error inside such a callback cannot propagate
- * through libuv, so it is kept and re-raised by the run_once call that drove the loop. */
+ * through libuv, so it is kept and re-raised by the run_once call that drove the loop.
+ *
+ * The loop context also holds the state's registries of children (proc.c) and timers (timer.c): per state,
+ * so two engines on two threads share nothing, and closing the state closes exactly what it started. */
 #include <signal.h>
 #include <string.h>
 

@@ -7,6 +7,11 @@
  * handle:close_stdin()
  * handle:kill(signame)     signals the whole process group
  * handle.pid, handle.started_at (ms since the epoch)
+ *
+ * Options are all checked before anything is spawned. A running child is in its state's process registry
+ * (loop.c), so an interrupt stops this state's children only, and closing the state kills them and closes their
+ * handles. The struct is freed by the last handle's close callback; the Lua handle and the struct point at each
+ * other, so a handle whose process finished reads as finished, never as freed memory.
  */
 #include <errno.h>
 #include <signal.h>
@@ -69,6 +74,13 @@ static void handle_close_cb(uv_handle_t *h) {
 static void close_handle(proc *p, uv_handle_t *h) {
   if (!uv_is_closing(h)) uv_close(h, handle_close_cb);
   (void)p;
+}
+
+/* Close whatever is still open; the struct goes with the last handle. */
+static void close_handles(proc *p) {
+  uv_handle_t *handles[] = {(uv_handle_t *)&p->in, (uv_handle_t *)&p->out, (uv_handle_t *)&p->err,
+                            (uv_handle_t *)&p->timer, (uv_handle_t *)&p->process};
+  for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++) close_handle(p, handles[i]);
 }
 
 static void signal_group(proc *p, int sig) {
@@ -354,9 +366,7 @@ void ferry_proc_close_all(ferry_node **procs) {
     if (p->owner) *p->owner = NULL; /* the Lua handle may be finalized after this: it must not see p */
     p->owner = NULL;
     p->in_closed = 1;
-    uv_handle_t *handles[] = {(uv_handle_t *)&p->in, (uv_handle_t *)&p->out, (uv_handle_t *)&p->err,
-                              (uv_handle_t *)&p->timer, (uv_handle_t *)&p->process};
-    for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++) close_handle(p, handles[i]);
+    close_handles(p);
   }
 }
 
@@ -478,16 +488,12 @@ static int ref_or_none(lua_State *L, int idx) {
   return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* uv_spawn failed: the process handle still needs closing; the struct goes with the last handle. */
+/* uv_spawn failed: the process handle still needs closing too (uv_spawn initialised it). */
 static int spawn_failed(lua_State *L, proc *p, int rc, const char *file, const char *cwd) {
   luaL_unref(L, LUA_REGISTRYINDEX, p->done_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, p->obuf.cb_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, p->ebuf.cb_ref);
-  close_handle(p, (uv_handle_t *)&p->in);
-  close_handle(p, (uv_handle_t *)&p->out);
-  close_handle(p, (uv_handle_t *)&p->err);
-  close_handle(p, (uv_handle_t *)&p->timer);
-  close_handle(p, (uv_handle_t *)&p->process);
+  close_handles(p);
   if (cwd && rc == UV_ENOENT && access(cwd, F_OK) != 0)
     return ferry_fail(L, uv_err_name(rc), "spawn %s: cwd %s: %s", file, cwd, uv_strerror(rc));
   return ferry_fail(L, uv_err_name(rc), "spawn %s: %s", file, uv_strerror(rc));
