@@ -252,22 +252,9 @@ static int check_mode(lua_State *L, int idx, const char *fn, int dflt) {
 
 /* ---- stat ---- */
 
-static const char *kind_name(mode_t m) {
-  switch (m & S_IFMT) {
-  case S_IFREG: return "file";
-  case S_IFDIR: return "dir";
-  case S_IFLNK: return "symlink";
-  case S_IFIFO: return "fifo";
-  case S_IFSOCK: return "socket";
-  case S_IFCHR: return "char";
-  case S_IFBLK: return "block";
-  default: return "other";
-  }
-}
-
 static void push_stat(lua_State *L, const struct stat *st) {
   lua_createtable(L, 0, 7);
-  lua_pushstring(L, kind_name(st->st_mode));
+  lua_pushstring(L, ferry_kind_name(st->st_mode));
   lua_setfield(L, -2, "kind");
   lua_pushinteger(L, st->st_mode & 07777);
   lua_setfield(L, -2, "mode");

@@ -33,6 +33,8 @@ int ferry_sys_fail(lua_State *L, int err, const char *op, const char *path);
 const char *ferry_check_string(lua_State *L, int idx, const char *fn, const char *name, size_t *len);
 /* The same, and neither empty nor holding a NUL byte (a path the OS takes): "<fn>: <name> is empty" etc. */
 const char *ferry_check_path(lua_State *L, int idx, const char *fn, const char *name, size_t *len);
+/* A stat mode's file type as ferry names it: "file" "dir" "symlink" "fifo" "socket" "char" "block" "other". */
+const char *ferry_kind_name(unsigned mode);
 /* n bytes as 2n lowercase hex digits and a NUL in out. */
 void ferry_hex(const unsigned char *in, size_t n, char *out);
 /* Register metatable `name` (once): the `meta` functions (__gc, __close, ...) and, unless NULL, `methods` as

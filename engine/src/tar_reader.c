@@ -111,16 +111,7 @@ static tar_reader *open_reader(lua_State *L, const char *fn, const char *path) {
 
 static const char *entry_kind(struct archive_entry *e) {
   if (archive_entry_hardlink(e) != NULL) return "hardlink";
-  switch (archive_entry_filetype(e)) {
-  case AE_IFREG: return "file";
-  case AE_IFDIR: return "dir";
-  case AE_IFLNK: return "symlink";
-  case AE_IFCHR: return "char";
-  case AE_IFBLK: return "block";
-  case AE_IFIFO: return "fifo";
-  case AE_IFSOCK: return "socket";
-  default: return "other";
-  }
+  return ferry_kind_name(archive_entry_filetype(e)); /* AE_IF* are the S_IF* values */
 }
 
 static int bad_archive(lua_State *L, tar_reader *r) {

@@ -1,8 +1,8 @@
-/* Small helpers every C file of the core shares (declared in internal.h): argument checks, failures in luv's
- * convention, errno names, hex digits, the main thread, the UTF-8 locale libarchive works in. */
-#include <errno.h>
+/* Small helpers the C files of the core share (declared in internal.h): argument checks, failures in luv's
+ * convention, errno names, file-type names, hex digits, metatables, the main thread, the UTF-8 locale. */
 #include <stdarg.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "internal.h"
 
@@ -41,6 +41,19 @@ const char *ferry_check_path(lua_State *L, int idx, const char *fn, const char *
   if (strlen(s) != n) luaL_error(L, "%s: %s contains a NUL byte", fn, name);
   if (len) *len = n;
   return s;
+}
+
+const char *ferry_kind_name(unsigned mode) {
+  switch (mode & S_IFMT) {
+  case S_IFREG: return "file";
+  case S_IFDIR: return "dir";
+  case S_IFLNK: return "symlink";
+  case S_IFIFO: return "fifo";
+  case S_IFSOCK: return "socket";
+  case S_IFCHR: return "char";
+  case S_IFBLK: return "block";
+  default: return "other";
+  }
 }
 
 void ferry_hex(const unsigned char *in, size_t n, char *out) {
