@@ -114,6 +114,45 @@ describe("the ferry binary", function()
     helpers.rmtree(dir)
   end)
 
+  it("searches FERRY_PATH then the config dir, in one order for modules, adapters and providers", function()
+    local root = helpers.tmpdir()
+    local first, config = root .. "/first", root .. "/xdg/ferry"
+    for _, d in ipairs { first .. "/ferry", first .. "/providers", config .. "/ferry", config .. "/providers",
+      config .. "/adapters" } do
+      assert(os.execute("mkdir -p " .. d))
+    end
+    -- the same names in both dirs: the FERRY_PATH copy wins, the config dir's is found when only it has one
+    helpers.write_file(first .. "/ferry/probe.lua", "return 'first'")
+    helpers.write_file(config .. "/ferry/probe.lua", "return 'config'")
+    helpers.write_file(config .. "/ferry/only.lua", "return 'config only'")
+    helpers.write_file(first .. "/providers/p.lua", "return { usage = 'first' }")
+    helpers.write_file(config .. "/providers/p.lua", "return { usage = 'config' }")
+    helpers.write_file(config .. "/adapters/a.lua", "return { name = 'a' }")
+    local code = [[
+      local core, policy = require "ferry.core", require "ferry.policy"
+      for _, d in ipairs(core.search_dirs()) do print(d.from, d.dir) end
+      print((require "ferry.probe"), (require "ferry.only"))
+      local where, text = policy.find("providers", "p")
+      print(where, text, (policy.find("adapters", "a")))
+    ]]
+    local r = ferry_cmd({ "-e", code },
+      { env = { FERRY_PATH = "/nonexistent;;" .. first .. ";", XDG_CONFIG_HOME = root .. "/xdg" } })
+    assert.equal("", r.stderr)
+    assert.equal(table.concat({
+      "FERRY_PATH\t/nonexistent", "FERRY_PATH\t" .. first, "config\t" .. config,
+      "first\tconfig only",
+      first .. "/providers/p.lua\treturn { usage = 'first' }\t" .. config .. "/adapters/a.lua", "",
+    }, "\n"), r.stdout)
+    -- no XDG_CONFIG_HOME: ~/.config/ferry; neither it nor HOME: FERRY_PATH alone
+    r = ferry_cmd({ "-e", "for _, d in ipairs(require('ferry.core').search_dirs()) do print(d.from, d.dir) end" },
+      { env = { FERRY_PATH = false, XDG_CONFIG_HOME = "", HOME = root } })
+    assert.equal("config\t" .. root .. "/.config/ferry\n", r.stdout)
+    r = ferry_cmd({ "-e", "print(#require('ferry.core').search_dirs())" },
+      { env = { FERRY_PATH = first, XDG_CONFIG_HOME = false, HOME = false } })
+    assert.equal("1\n", r.stdout)
+    helpers.rmtree(root)
+  end)
+
   it("runs a REPL that prints expressions and continues incomplete input", function()
     local r = ferry_cmd({ "repl" }, { stdin = table.concat({
       "1 + 2",
@@ -176,18 +215,27 @@ describe("the interactive REPL (in a real terminal, through tmux)", function()
     wait_for("Lua 5%.4%)\n>")
     tmux("send-keys", "-t", session, "1+1", "Enter")
     wait_for("\n2\n")
-    tmux("send-keys", "-t", session, "r = ferry.proc.run{argv={'sleep','30'}}", "Enter")
+    local mark = "31.7" .. math.random(100000, 999999)
+    tmux("send-keys", "-t", session, "r = ferry.proc.run{argv={'sleep','" .. mark .. "'}}", "Enter")
     ferry.sleep(300)
+    assert.equal(1, #helpers.pids_with(mark))
     tmux("send-keys", "-t", session, "C-c")
     wait_for("interrupted!")
+    ferry.sleep(100)
+    assert.same({}, helpers.pids_with(mark)) -- the child it waited for was stopped
     tmux("send-keys", "-t", session, "while true do end", "Enter")
     ferry.sleep(300)
     tmux("send-keys", "-t", session, "C-c")
     tmux("send-keys", "-t", session, "'after' .. 'loop'", "Enter")
     wait_for("afterloop")
     tmux("send-keys", "-t", session, "half typed", "C-c")
+    tmux("send-keys", "-t", session, "for i = 1, 2 do", "Enter")
+    wait_for("do\n>> *\n")
+    tmux("send-keys", "-t", session, "C-c") -- a continuation line is abandoned with the chunk
     tmux("send-keys", "-t", session, "Up", "Up", "Up", "Up", "Enter")
     wait_for("\n2\n.*\n2\n")
+    assert.falsy(screen():find("near 'typed'", 1, true), screen())
+    assert.falsy(screen():find("'end' expected", 1, true), screen())
     tmux("send-keys", "-t", session, "C-d")
     ferry.sleep(300)
     local hist = helpers.read_file(home .. "/.local/state/ferry_history")

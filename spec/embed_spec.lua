@@ -27,6 +27,7 @@ describe("embedding ferry in a C host", function()
     "error names it: 1",
     "error cleared: 1",
     "log lines: 1",
+    "host loop closes after free: 0",
     "dofile: 0 ",
     "missing file fails: 1",
   }, "\n") .. "\n"
@@ -49,6 +50,18 @@ describe("embedding ferry in a C host", function()
       "$(pkg-config --libs lua5.4 libuv libarchive libcrypto libedit) -llua5.4-cjson -lm && ./host-static", env)
     assert.equal(0, r.code)
     assert.equal(expected, r.stdout)
+  end)
+
+  it("runs two engines on two threads at once, each closing only its own children", function()
+    local env = { PKG_CONFIG_PATH = prefix .. "/lib/pkgconfig" }
+    local mark = "31.6" .. math.random(100000, 999999)
+    local r = sh("cd " .. work .. " && cc -Wall -Werror -pthread -o host-threads " .. helpers.root ..
+      "/spec/support/host/threads.c $(pkg-config --cflags --libs ferry) && LD_LIBRARY_PATH=" .. prefix ..
+      "/lib ./host-threads " .. mark, env)
+    assert.equal("", r.stderr)
+    assert.equal("a: 0 \nb: 0 \n", r.stdout)
+    assert.equal(0, r.code)
+    assert.same({}, helpers.pids_with(mark)) -- engine a's child was killed when a was freed
   end)
 
   it("installs the Lua module so plain lua5.4 can require ferry", function()

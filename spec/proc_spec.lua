@@ -138,6 +138,30 @@ describe("ferry.proc.run", function()
     assert.is_false(alive(grandchild))
   end)
 
+  it("checks every option before it spawns anything: a bad callback raises with no child started", function()
+    local helpers = require "support.helpers"
+    local dir = helpers.tmpdir()
+    local marker = dir .. "/spawned"
+    local argv = { "sh", "-c", "touch " .. marker }
+    local fds, handles = fd_count(), core.handles()
+    assert.has_error(function() core.proc_start({ argv = argv, on_stdout = "print" }, function() end) end,
+      "proc.run: opts.on_stdout must be a function")
+    assert.has_error(function() core.proc_start({ argv = argv, on_stderr = 42, stdin = true }, function() end) end,
+      "proc.run: opts.on_stderr must be a function")
+    assert.has_error(function() core.proc_start({ argv = argv, max_output = -1 }, function() end) end,
+      "proc.run: opts.max_output must be a number >= 0")
+    ferry.sleep(200) -- a child, had one started, would have made the file by now
+    assert.is_nil(core.fs_lstat(marker))
+    assert.equal(fds, fd_count())
+    assert.equal(handles, core.handles())
+    -- the same options with good callbacks do start it
+    local done = false
+    assert(core.proc_start({ argv = argv, on_stdout = function() end }, function() done = true end))
+    while not done do core.run_once() end
+    assert.truthy(core.fs_lstat(marker))
+    helpers.rmtree(dir)
+  end)
+
   it("reports a signal death", function()
     local r = assert(run { argv = { "sh", "-c", "kill -KILL $$" } })
     assert.equal("SIGKILL", r.signal)

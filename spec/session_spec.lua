@@ -201,6 +201,25 @@ describe("session", function()
     assert.equal(1, ferry.proc.run({ argv = { "sh", "-c", "kill -0 " .. pid .. " 2>/dev/null" } }).code)
   end)
 
+  it("closes a shell that outlives its close grace: KILL after the grace, close returns, nothing is left", function()
+    -- the session's shell runs under a wrapper that lingers once the shell read EOF, as a stuck sandbox would
+    local mark = "31.5" .. math.random(100000, 999999)
+    local sb = assert(ferry.open("cmd:sh -c '\"$@\"; trap \"\" TERM HUP; sleep " .. mark .. "' linger",
+      { session = true, probe = false }))
+    assert.equal("ok\n", assert(sb:exec("echo ok")).stdout)
+    assert.is_true(sb.provider.session.alive)
+    local t0 = core.now_ms()
+    sb:close()
+    local took = core.now_ms() - t0
+    assert.is_true(took >= 1900 and took < 6000, took) -- the close grace is 2 s: EOF alone did not end it
+    assert.is_false(sb.provider.session.alive)
+    assert.equal("SIGKILL", sb.provider.session.exit.signal)
+    collectgarbage() -- the close's timer fired, then was stopped; its Lua value goes now
+    collectgarbage()
+    ferry.sleep(50)
+    assert.same({}, helpers.pids_with(mark))
+  end)
+
   describe("over ssh", function()
     local server, started = nil, nil
     setup(function()

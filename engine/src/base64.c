@@ -185,11 +185,6 @@ static void outbuf_discard(outbuf *o) {
   if (o->map) mapping_release(o->map);
 }
 
-static const char *check_string(lua_State *L, int arg, size_t *len) {
-  if (lua_type(L, arg) != LUA_TSTRING) luaL_typeerror(L, arg, "string");
-  return lua_tolstring(L, arg, len);
-}
-
 /* ---- encoding ---------------------------------------------------------------------------------- */
 
 /* Encode the n / 3 whole groups of `in`; returns the number of characters written (4 per group). */
@@ -229,7 +224,7 @@ static void check_encodable(lua_State *L, size_t n) {
 /* core.b64_encode(s) -> string */
 static int l_encode(lua_State *L) {
   size_t n;
-  const unsigned char *in = (const unsigned char *)check_string(L, 1, &n);
+  const unsigned char *in = (const unsigned char *)ferry_check_string(L, 1, NULL, NULL, &n);
   check_encodable(L, n);
   size_t size = (n + 2) / 3 * 4;
   outbuf o;
@@ -294,7 +289,7 @@ static size_t enc_emit(encoder *e, const unsigned char *in, size_t n, char *out)
 static int enc_update(lua_State *L) {
   encoder *e = check_encoder(L);
   size_t n;
-  const unsigned char *in = (const unsigned char *)check_string(L, 2, &n);
+  const unsigned char *in = (const unsigned char *)ferry_check_string(L, 2, NULL, NULL, &n);
   check_encodable(L, n);
   size_t total = e->ncarry + n;
   outbuf o;
@@ -450,7 +445,7 @@ static int dec_fail(lua_State *L, const decoder *d) {
 /* core.b64_decode(s) -> string | nil, "invalid base64 at offset N", "EINVAL" */
 static int l_decode(lua_State *L) {
   size_t n, w;
-  const unsigned char *in = (const unsigned char *)check_string(L, 1, &n);
+  const unsigned char *in = (const unsigned char *)ferry_check_string(L, 1, NULL, NULL, &n);
   decoder d;
   memset(&d, 0, sizeof d);
   outbuf o;
@@ -475,7 +470,7 @@ static decoder *check_decoder(lua_State *L) {
 static int dec_update(lua_State *L) {
   decoder *d = check_decoder(L);
   size_t n, w;
-  const unsigned char *in = (const unsigned char *)check_string(L, 2, &n);
+  const unsigned char *in = (const unsigned char *)ferry_check_string(L, 2, NULL, NULL, &n);
   if (d->failed) return dec_fail(L, d);
   outbuf o;
   unsigned char *out = outbuf_init(L, &o, dec_room(n) + 3, &d->out); /* + the carried group */
@@ -513,16 +508,6 @@ static int l_decoder(lua_State *L) {
 
 /* ---- registration ------------------------------------------------------------------------------ */
 
-static void new_class(lua_State *L, const char *key, const luaL_Reg *methods, lua_CFunction gc) {
-  luaL_newmetatable(L, key);
-  lua_pushcfunction(L, gc);
-  lua_setfield(L, -2, "__gc");
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-}
-
 void ferry_open_b64(lua_State *L) {
   static const luaL_Reg enc_methods[] = {{"update", enc_update}, {"finish", enc_finish}, {NULL, NULL}};
   static const luaL_Reg dec_methods[] = {{"update", dec_update}, {"finish", dec_finish}, {NULL, NULL}};
@@ -531,11 +516,11 @@ void ferry_open_b64(lua_State *L) {
                                  {"b64_encoder", l_encoder},
                                  {"b64_decoder", l_decoder},
                                  {NULL, NULL}};
-  new_class(L, ENCODER_KEY, enc_methods, enc_gc);
-  new_class(L, DECODER_KEY, dec_methods, dec_gc);
-  luaL_newmetatable(L, MAPPING_KEY);
-  lua_pushcfunction(L, mapping_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1);
+  static const luaL_Reg enc_meta[] = {{"__gc", enc_gc}, {NULL, NULL}};
+  static const luaL_Reg dec_meta[] = {{"__gc", dec_gc}, {NULL, NULL}};
+  static const luaL_Reg mapping_meta[] = {{"__gc", mapping_gc}, {NULL, NULL}};
+  ferry_new_class(L, ENCODER_KEY, enc_meta, enc_methods);
+  ferry_new_class(L, DECODER_KEY, dec_meta, dec_methods);
+  ferry_new_class(L, MAPPING_KEY, mapping_meta, NULL);
   luaL_setfuncs(L, fns, 0);
 }

@@ -1,9 +1,9 @@
 /* The embedding API (ferry.h): a Lua state with the core, lua-cjson and the built-in Lua files.
  *
- * Module lookup for `require "ferry..."`: each directory of FERRY_PATH (';'-separated), then the user's
- * config dir ($XDG_CONFIG_HOME/ferry or ~/.config/ferry), then the files compiled into the binary, then
- * Lua's usual package.path/cpath. Adapters and providers are found the same way by scripts/ferry/policy.lua,
- * which asks core.embedded for the built-in copy. */
+ * Module lookup for `require "ferry..."`: the user's dirs in the order search.c defines (each directory of
+ * FERRY_PATH, then the config dir), then the files compiled into the binary, then Lua's usual
+ * package.path/cpath. Adapters and providers are found the same way by scripts/ferry/policy.lua, which asks
+ * core.search_dirs for the same order and core.embedded for the built-in copy. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,33 +72,19 @@ static int try_dir(lua_State *L, const char *dir, const char *rel) {
   return 2;
 }
 
-/* package.searchers[1] in an engine: FERRY_PATH, config dir, embedded. */
+/* package.searchers[1] in an engine: the user's dirs (search.c: FERRY_PATH, config dir), then embedded. */
 static int searcher(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   if (!module_path(L, name)) return 0; /* not a ferry module: the other searchers explain */
   const char *rel = lua_tostring(L, -1);
-  const char *path = getenv("FERRY_PATH");
-  if (path) {
-    char *copy = strdup(path), *save = NULL;
-    for (char *dir = strtok_r(copy, ";", &save); dir; dir = strtok_r(NULL, ";", &save)) {
-      int n = try_dir(L, dir, rel);
-      if (n) {
-        free(copy);
-        return n;
-      }
-    }
-    free(copy);
+  ferry_push_search_dirs(L);
+  for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TTABLE; i++) {
+    lua_getfield(L, -1, "dir");
+    int n = try_dir(L, lua_tostring(L, -1), rel);
+    if (n) return n;
+    lua_pop(L, 2);
   }
-  const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
-  if (xdg && *xdg)
-    lua_pushfstring(L, "%s/ferry", xdg);
-  else if (home && *home)
-    lua_pushfstring(L, "%s/.config/ferry", home);
-  else
-    lua_pushnil(L);
-  int n = try_dir(L, lua_tostring(L, -1), rel);
-  if (n) return n;
-  lua_pop(L, 1);
+  lua_pop(L, 2);
   const ferry_embedded_file *f = embedded_find(rel);
   if (!f) {
     lua_pushfstring(L, "no built-in file '%s'", rel);

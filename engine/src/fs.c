@@ -46,11 +46,6 @@
 
 /* ---- shared helpers (internal.h) ---- */
 
-const char *ferry_errname(int err, char *buf, size_t size) {
-  uv_err_name_r(uv_translate_sys_error(err), buf, size);
-  return buf;
-}
-
 int ferry_fs_rel_ok(const char *rel, size_t len) {
   if (len == 0 || memchr(rel, '\0', len) != NULL || rel[0] == '/') return 0;
   for (size_t i = 0; i <= len;) {
@@ -122,7 +117,6 @@ int ferry_fs_open_parent(int rootfd, const char *rel, int create, const char **l
 
 /* ".ferry-tmp-" + 16 random hex digits. */
 static void temp_name(char *out) {
-  static const char digits[] = "0123456789abcdef";
   unsigned char r[8];
   if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
     static unsigned counter;
@@ -130,12 +124,7 @@ static void temp_name(char *out) {
     memcpy(r, &x, sizeof r);
   }
   memcpy(out, TMP_PREFIX, sizeof TMP_PREFIX - 1);
-  char *p = out + sizeof TMP_PREFIX - 1;
-  for (size_t i = 0; i < sizeof r; i++) {
-    *p++ = digits[r[i] >> 4];
-    *p++ = digits[r[i] & 0xf];
-  }
-  *p = '\0';
+  ferry_hex(r, sizeof r, out + sizeof TMP_PREFIX - 1);
 }
 
 void ferry_fs_tmp_init(ferry_fs_tmp *t) {
@@ -245,21 +234,9 @@ int ferry_fs_fail(lua_State *L, int err, const char *op, const char *root, const
 
 /* ---- argument checks (misuse raises) ---- */
 
-static const char *check_path(lua_State *L, int idx, const char *fn, const char *name) {
-  size_t len;
-  if (lua_type(L, idx) != LUA_TSTRING)
-    luaL_error(L, "%s: %s must be a string, got %s", fn, name, luaL_typename(L, idx));
-  const char *s = lua_tolstring(L, idx, &len);
-  if (len == 0) luaL_error(L, "%s: %s is empty", fn, name);
-  if (strlen(s) != len) luaL_error(L, "%s: %s contains a NUL byte", fn, name);
-  return s;
-}
-
 static const char *check_rel(lua_State *L, int idx, const char *fn, const char *name) {
   size_t len;
-  if (lua_type(L, idx) != LUA_TSTRING)
-    luaL_error(L, "%s: %s must be a string, got %s", fn, name, luaL_typename(L, idx));
-  const char *s = lua_tolstring(L, idx, &len);
+  const char *s = ferry_check_string(L, idx, fn, name, &len);
   if (!ferry_fs_rel_ok(s, len))
     luaL_error(L, "%s: %s must be a relative path without empty, '.' or '..' components, got '%s'", fn, name, s);
   return s;
@@ -275,22 +252,9 @@ static int check_mode(lua_State *L, int idx, const char *fn, int dflt) {
 
 /* ---- stat ---- */
 
-static const char *kind_name(mode_t m) {
-  switch (m & S_IFMT) {
-  case S_IFREG: return "file";
-  case S_IFDIR: return "dir";
-  case S_IFLNK: return "symlink";
-  case S_IFIFO: return "fifo";
-  case S_IFSOCK: return "socket";
-  case S_IFCHR: return "char";
-  case S_IFBLK: return "block";
-  default: return "other";
-  }
-}
-
 static void push_stat(lua_State *L, const struct stat *st) {
   lua_createtable(L, 0, 7);
-  lua_pushstring(L, kind_name(st->st_mode));
+  lua_pushstring(L, ferry_kind_name(st->st_mode));
   lua_setfield(L, -2, "kind");
   lua_pushinteger(L, st->st_mode & 07777);
   lua_setfield(L, -2, "mode");
@@ -306,16 +270,11 @@ static void push_stat(lua_State *L, const struct stat *st) {
   lua_setfield(L, -2, "nlink");
 }
 
-static int path_fail(lua_State *L, const char *op, const char *path, int err) {
-  char code[64];
-  return ferry_fail(L, ferry_errname(err, code, sizeof code), "%s %s: %s", op, path, strerror(err));
-}
-
 static int do_stat(lua_State *L, int follow) {
   const char *fn = follow ? "stat" : "lstat";
-  const char *path = check_path(L, 1, follow ? "fs_stat" : "fs_lstat", "path");
+  const char *path = ferry_check_path(L, 1, follow ? "fs_stat" : "fs_lstat", "path", NULL);
   struct stat st;
-  if ((follow ? stat(path, &st) : lstat(path, &st)) < 0) return path_fail(L, fn, path, errno);
+  if ((follow ? stat(path, &st) : lstat(path, &st)) < 0) return ferry_sys_fail(L, errno, fn, path);
   push_stat(L, &st);
   return 1;
 }
@@ -336,14 +295,14 @@ static int cmp_names(const void *a, const void *b) {
 }
 
 static int l_readdir(lua_State *L) {
-  const char *path = check_path(L, 1, "fs_readdir", "path");
+  const char *path = ferry_check_path(L, 1, "fs_readdir", "path", NULL);
   lua_settop(L, 1);
   DIR **d = lua_newuserdatauv(L, sizeof *d, 0);
   *d = NULL;
   luaL_setmetatable(L, DIRBOX_MT);
   lua_toclose(L, 2);
   *d = opendir(path);
-  if (*d == NULL) return path_fail(L, "readdir", path, errno);
+  if (*d == NULL) return ferry_sys_fail(L, errno, "readdir", path);
   lua_newtable(L); /* 3: names in directory order */
   lua_Integer n = 0;
   for (;;) {
@@ -354,7 +313,7 @@ static int l_readdir(lua_State *L) {
     lua_pushstring(L, e->d_name);
     lua_rawseti(L, 3, ++n);
   }
-  if (errno != 0) return path_fail(L, "readdir", path, errno);
+  if (errno != 0) return ferry_sys_fail(L, errno, "readdir", path);
   closedir(*d);
   *d = NULL;
   const char **order = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *order, 0); /* 4 */
@@ -373,11 +332,11 @@ static int l_readdir(lua_State *L) {
 }
 
 static int l_readlink(lua_State *L) {
-  const char *path = check_path(L, 1, "fs_readlink", "path");
+  const char *path = ferry_check_path(L, 1, "fs_readlink", "path", NULL);
   char buf[PATH_MAX];
   ssize_t n = readlink(path, buf, sizeof buf);
-  if (n < 0) return path_fail(L, "readlink", path, errno);
-  if ((size_t)n == sizeof buf) return path_fail(L, "readlink", path, ENAMETOOLONG);
+  if (n < 0) return ferry_sys_fail(L, errno, "readlink", path);
+  if ((size_t)n == sizeof buf) return ferry_sys_fail(L, ENAMETOOLONG, "readlink", path);
   lua_pushlstring(L, buf, (size_t)n);
   return 1;
 }
@@ -400,7 +359,7 @@ static int root_parent(const char *root, const char *rel, int create, const char
 }
 
 static int l_safe_lstat(lua_State *L) {
-  const char *root = check_path(L, 1, "fs_safe_lstat", "root");
+  const char *root = ferry_check_path(L, 1, "fs_safe_lstat", "root", NULL);
   const char *rel = check_rel(L, 2, "fs_safe_lstat", "rel");
   const char *leaf;
   size_t bad;
@@ -415,7 +374,7 @@ static int l_safe_lstat(lua_State *L) {
 }
 
 static int l_safe_mkdir(lua_State *L) {
-  const char *root = check_path(L, 1, "fs_safe_mkdir", "root");
+  const char *root = ferry_check_path(L, 1, "fs_safe_mkdir", "root", NULL);
   const char *rel = check_rel(L, 2, "fs_safe_mkdir", "rel");
   int mode = check_mode(L, 3, "fs_safe_mkdir", -1);
   size_t bad = FERRY_FS_NO_COMPONENT;
@@ -428,12 +387,10 @@ static int l_safe_mkdir(lua_State *L) {
 }
 
 static int l_safe_write(lua_State *L) {
-  const char *root = check_path(L, 1, "fs_safe_write", "root");
+  const char *root = ferry_check_path(L, 1, "fs_safe_write", "root", NULL);
   const char *rel = check_rel(L, 2, "fs_safe_write", "rel");
   size_t len;
-  if (lua_type(L, 3) != LUA_TSTRING)
-    return luaL_error(L, "fs_safe_write: data must be a string, got %s", luaL_typename(L, 3));
-  const char *data = lua_tolstring(L, 3, &len);
+  const char *data = ferry_check_string(L, 3, "fs_safe_write", "data", &len);
   int mode = check_mode(L, 4, "fs_safe_write", 0644);
   const char *leaf;
   size_t bad;
@@ -450,9 +407,9 @@ static int l_safe_write(lua_State *L) {
 }
 
 static int l_safe_symlink(lua_State *L) {
-  const char *root = check_path(L, 1, "fs_safe_symlink", "root");
+  const char *root = ferry_check_path(L, 1, "fs_safe_symlink", "root", NULL);
   const char *rel = check_rel(L, 2, "fs_safe_symlink", "rel");
-  const char *target = check_path(L, 3, "fs_safe_symlink", "target");
+  const char *target = ferry_check_path(L, 3, "fs_safe_symlink", "target", NULL);
   const char *leaf;
   size_t bad;
   int dirfd = root_parent(root, rel, 1, &leaf, &bad);
@@ -474,7 +431,7 @@ static int remove_leaf(int dirfd, const char *leaf) {
 }
 
 static int l_safe_remove(lua_State *L) {
-  const char *root = check_path(L, 1, "fs_safe_remove", "root");
+  const char *root = ferry_check_path(L, 1, "fs_safe_remove", "root", NULL);
   const char *rel = check_rel(L, 2, "fs_safe_remove", "rel");
   const char *leaf;
   size_t bad;
@@ -491,7 +448,7 @@ static int l_safe_remove(lua_State *L) {
 }
 
 static int l_safe_rename(lua_State *L) {
-  const char *root = check_path(L, 1, "fs_safe_rename", "root");
+  const char *root = ferry_check_path(L, 1, "fs_safe_rename", "root", NULL);
   const char *from = check_rel(L, 2, "fs_safe_rename", "from_rel");
   const char *to = check_rel(L, 3, "fs_safe_rename", "to_rel");
   const char *from_leaf, *to_leaf;
@@ -516,7 +473,7 @@ static int l_safe_rename(lua_State *L) {
 }
 
 static int l_safe_chmod(lua_State *L) {
-  const char *root = check_path(L, 1, "fs_safe_chmod", "root");
+  const char *root = ferry_check_path(L, 1, "fs_safe_chmod", "root", NULL);
   const char *rel = check_rel(L, 2, "fs_safe_chmod", "rel");
   if (lua_isnoneornil(L, 3)) return luaL_error(L, "fs_safe_chmod: mode must be an integer, got no value");
   int mode = check_mode(L, 3, "fs_safe_chmod", 0);
@@ -544,18 +501,18 @@ typedef struct fs_lock {
 } fs_lock;
 
 static int l_lock(lua_State *L) {
-  const char *path = check_path(L, 1, "fs_lock", "path");
+  const char *path = ferry_check_path(L, 1, "fs_lock", "path", NULL);
   fs_lock *k = lua_newuserdatauv(L, sizeof *k, 0);
   k->fd = -1;
   luaL_setmetatable(L, LOCK_MT);
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) return path_fail(L, "lock", path, errno);
+  if (fd < 0) return ferry_sys_fail(L, errno, "lock", path);
   while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
     int err = errno;
     if (err == EINTR) continue;
     close(fd);
     if (err == EWOULDBLOCK) return ferry_fail(L, "EBUSY", "lock %s: held by another process", path);
-    return path_fail(L, "lock", path, err);
+    return ferry_sys_fail(L, err, "lock", path);
   }
   k->fd = fd;
   return 1;
@@ -583,7 +540,7 @@ static int lock_tostring(lua_State *L) {
 /* ---- temp dirs ---- */
 
 static int l_mkdtemp(lua_State *L) {
-  const char *prefix = lua_isnoneornil(L, 1) ? "ferry-" : check_path(L, 1, "fs_mkdtemp", "prefix");
+  const char *prefix = lua_isnoneornil(L, 1) ? "ferry-" : ferry_check_path(L, 1, "fs_mkdtemp", "prefix", NULL);
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   if (strchr(prefix, '/') == NULL) {
@@ -598,7 +555,7 @@ static int l_mkdtemp(lua_State *L) {
   const char *pattern = lua_tolstring(L, -1, &len);
   char *path = lua_newuserdatauv(L, len + 1, 0); /* mkdtemp fills in the X's: not in a (shared) Lua string */
   memcpy(path, pattern, len + 1);
-  if (mkdtemp(path) == NULL) return path_fail(L, "mkdtemp", pattern, errno);
+  if (mkdtemp(path) == NULL) return ferry_sys_fail(L, errno, "mkdtemp", pattern);
   lua_pushstring(L, path);
   return 1;
 }
@@ -639,10 +596,10 @@ static int remove_at(int parentfd, const char *name) {
 }
 
 static int l_remove_tree(lua_State *L) {
-  const char *path = check_path(L, 1, "fs_remove_tree", "path");
+  const char *path = ferry_check_path(L, 1, "fs_remove_tree", "path", NULL);
   if (strcmp(path, "/") == 0) return luaL_error(L, "fs_remove_tree: refusing to remove /");
   int r = remove_at(AT_FDCWD, path);
-  if (r < 0) return path_fail(L, "remove_tree", path, -r);
+  if (r < 0) return ferry_sys_fail(L, -r, "remove_tree", path);
   lua_pushboolean(L, 1);
   return 1;
 }

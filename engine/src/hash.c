@@ -16,13 +16,12 @@
 #include "internal.h"
 
 #define HASHER_MT "ferry.sha256"
-#define DIGEST_LEN 32
 #define FILE_BLOCK (64 * 1024)
 
 typedef struct hasher {
   EVP_MD_CTX *ctx; /* NULL once finished or closed */
   int finished;
-  unsigned char md[DIGEST_LEN];
+  unsigned char md[FERRY_SHA256_LEN];
 } hasher;
 
 /* Raise "sha256: <what>: <OpenSSL's reason>" and leave OpenSSL's error queue empty. */
@@ -34,26 +33,16 @@ static int ssl_error(lua_State *L, const char *what) {
   return luaL_error(L, "sha256: %s: %s", what, reason);
 }
 
-static const char *check_string(lua_State *L, int idx, const char *fn, const char *name, size_t *len) {
-  if (lua_type(L, idx) != LUA_TSTRING)
-    luaL_error(L, "%s: %s must be a string, got %s", fn, name, luaL_typename(L, idx));
-  return lua_tolstring(L, idx, len);
-}
-
 static void push_hex(lua_State *L, const unsigned char *md) {
-  static const char digits[] = "0123456789abcdef";
-  char hex[2 * DIGEST_LEN];
-  for (int i = 0; i < DIGEST_LEN; i++) {
-    hex[2 * i] = digits[md[i] >> 4];
-    hex[2 * i + 1] = digits[md[i] & 0xf];
-  }
-  lua_pushlstring(L, hex, sizeof hex);
+  char hex[2 * FERRY_SHA256_LEN + 1];
+  ferry_hex(md, FERRY_SHA256_LEN, hex);
+  lua_pushlstring(L, hex, 2 * FERRY_SHA256_LEN);
 }
 
 static int l_sha256(lua_State *L) {
   size_t len;
-  const char *s = check_string(L, 1, "sha256", "s", &len);
-  unsigned char md[DIGEST_LEN];
+  const char *s = ferry_check_string(L, 1, "sha256", "s", &len);
+  unsigned char md[FERRY_SHA256_LEN];
   if (!EVP_Digest(s, len, md, NULL, EVP_sha256(), NULL)) return ssl_error(L, "digest");
   push_hex(L, md);
   return 1;
@@ -91,7 +80,7 @@ static void free_ctx(hasher *h) {
 static int l_update(lua_State *L) {
   hasher *h = check_hasher(L, "update");
   size_t len;
-  const char *s = check_string(L, 2, "sha256: update", "s", &len);
+  const char *s = ferry_check_string(L, 2, "sha256: update", "s", &len);
   if (h->finished) return luaL_error(L, "sha256: update after digest (the hasher is finished)");
   if (h->ctx == NULL) return luaL_error(L, "sha256: update on a closed hasher");
   if (!EVP_DigestUpdate(h->ctx, s, len)) return ssl_error(L, "update");
@@ -115,7 +104,7 @@ static int l_hexdigest(lua_State *L) {
 }
 
 static int l_digest(lua_State *L) {
-  lua_pushlstring(L, (const char *)finish(L, check_hasher(L, "digest")), DIGEST_LEN);
+  lua_pushlstring(L, (const char *)finish(L, check_hasher(L, "digest")), FERRY_SHA256_LEN);
   return 1;
 }
 
@@ -130,22 +119,13 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
-/* nil, "sha256 <path>: <strerror>", "ENOENT" etc. */
-static int file_fail(lua_State *L, const char *path, int err) {
-  char code[64];
-  uv_err_name_r(uv_translate_sys_error(err), code, sizeof code);
-  return ferry_fail(L, code, "sha256 %s: %s", path, strerror(err));
-}
-
 static int l_sha256_file(lua_State *L) {
-  size_t len;
-  const char *path = check_string(L, 1, "sha256_file", "path", &len);
-  if (strlen(path) != len) return luaL_error(L, "sha256_file: path contains a NUL byte");
+  const char *path = ferry_check_path(L, 1, "sha256_file", "path", NULL);
   hasher *h = new_hasher(L);
   int fd;
   do fd = open(path, O_RDONLY | O_CLOEXEC);
   while (fd < 0 && errno == EINTR);
-  if (fd < 0) return file_fail(L, path, errno);
+  if (fd < 0) return ferry_sys_fail(L, errno, "sha256", path);
   unsigned char *block = lua_newuserdatauv(L, FILE_BLOCK, 0); /* not on the C stack: hosts may run small stacks */
   for (;;) {
     ssize_t n = read(fd, block, FILE_BLOCK);
@@ -153,7 +133,7 @@ static int l_sha256_file(lua_State *L) {
     if (n < 0) {
       int err = errno;
       close(fd);
-      return file_fail(L, path, err);
+      return ferry_sys_fail(L, err, "sha256", path);
     }
     if (n == 0) break;
     if (!EVP_DigestUpdate(h->ctx, block, (size_t)n)) {
@@ -185,11 +165,6 @@ void ferry_open_hash(lua_State *L) {
       {"sha256_file", l_sha256_file},
       {NULL, NULL},
   };
-  if (luaL_newmetatable(L, HASHER_MT)) {
-    luaL_setfuncs(L, meta, 0);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  ferry_new_class(L, HASHER_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);
 }

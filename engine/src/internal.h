@@ -2,6 +2,7 @@
 #ifndef FERRY_INTERNAL_H
 #define FERRY_INTERNAL_H
 
+#include <locale.h>
 #include <stddef.h>
 
 #include <lauxlib.h>
@@ -9,13 +10,42 @@
 #include <uv.h>
 
 /* Each bound concept registers its functions into the table on top of the stack. */
-void ferry_open_loop(lua_State *L);    /* loop.c: run_once/handles/timer/now_ms/time_ms/getpid */
-void ferry_open_proc(lua_State *L);    /* proc.c: proc_start and the process handle */
-void ferry_open_b64(lua_State *L);     /* base64.c: b64_encode/b64_decode/b64_encoder/b64_decoder */
-void ferry_open_sh(lua_State *L);      /* shquote.c: sh_quote/sh_join */
-void ferry_open_hash(lua_State *L);    /* hash.c: sha256/sha256_new/sha256_file */
-void ferry_open_archive(lua_State *L); /* archive.c: tar writer/reader */
-void ferry_open_fs(lua_State *L);      /* fs.c: lstat/readdir/no-follow writes */
+void ferry_open_loop(lua_State *L);       /* loop.c: run_once/handles/now_ms/time_ms/getpid */
+void ferry_open_timer(lua_State *L);      /* timer.c: timer */
+void ferry_open_proc(lua_State *L);       /* proc.c: proc_start and the process handle */
+void ferry_open_b64(lua_State *L);        /* base64.c: b64_encode/b64_decode/b64_encoder/b64_decoder */
+void ferry_open_sh(lua_State *L);         /* shquote.c: sh_quote/sh_join */
+void ferry_open_hash(lua_State *L);       /* hash.c: sha256/sha256_new/sha256_file */
+void ferry_open_tar_writer(lua_State *L); /* tar_writer.c: tar_writer */
+void ferry_open_tar_reader(lua_State *L); /* tar_reader.c: tar_scan/tar_extract */
+void ferry_open_fs(lua_State *L);         /* fs.c: lstat/readdir/no-follow writes */
+void ferry_open_search(lua_State *L);     /* search.c: search_dirs */
+
+/* util.c: helpers shared by every file. */
+/* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */
+int ferry_fail(lua_State *L, const char *code, const char *fmt, ...);
+/* errno -> its name ("ENOENT") in buf, which is returned. */
+const char *ferry_errname(int err, char *buf, size_t size);
+/* Pushes nil, "<op> <path>: <strerror(err)>", errno name; returns 3. */
+int ferry_sys_fail(lua_State *L, int err, const char *op, const char *path);
+/* Argument idx must be a string (a number is refused): raises "<fn>: <name> must be a string, got <type>", or
+ * with fn NULL Lua's "bad argument #idx to '<f>' (string expected, got <type>)". len may be NULL. */
+const char *ferry_check_string(lua_State *L, int idx, const char *fn, const char *name, size_t *len);
+/* The same, and neither empty nor holding a NUL byte (a path the OS takes): "<fn>: <name> is empty" etc. */
+const char *ferry_check_path(lua_State *L, int idx, const char *fn, const char *name, size_t *len);
+/* A stat mode's file type as ferry names it: "file" "dir" "symlink" "fifo" "socket" "char" "block" "other". */
+const char *ferry_kind_name(unsigned mode);
+/* n bytes as 2n lowercase hex digits and a NUL in out. */
+void ferry_hex(const unsigned char *in, size_t n, char *out);
+/* Register metatable `name` (once): the `meta` functions (__gc, __close, ...) and, unless NULL, `methods` as
+ * its __index table. */
+void ferry_new_class(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
+/* The main thread of L's state: callbacks keep it, since a coroutine may be gone when they run. */
+lua_State *ferry_main_thread(lua_State *L);
+/* A C.UTF-8 LC_CTYPE locale for uselocale, or (locale_t)0. */
+locale_t ferry_utf8_locale(void);
+
+#define FERRY_SHA256_LEN 32
 
 /* loop.c: the libuv loop an engine's Lua state uses (the host's, or a private one). */
 uv_loop_t *ferry_loop_get(lua_State *L);
@@ -28,13 +58,29 @@ lua_State *ferry_loop_thread(lua_State *L);
  * An error is recorded and stops the loop so the Lua side that runs the loop re-raises it. */
 void ferry_loop_call(lua_State *L, int fn, int nargs);
 
-/* proc.c: stop every child of this state's loop: TERM then KILL after the grace period, or KILL now. */
+/* loop.c: what an engine has running on its loop, in registries that hang off the state's loop context (one
+ * engine per thread never shares them), so that an interrupt stops its children and closing the state closes
+ * every handle. A member links itself with a ferry_node as its first field. */
+typedef struct ferry_node {
+  struct ferry_node *next, **pprev;
+} ferry_node;
+typedef enum ferry_registry { FERRY_PROCS, FERRY_TIMERS } ferry_registry;
+ferry_node **ferry_loop_registry(lua_State *L, ferry_registry which);
+void ferry_node_link(ferry_node **head, ferry_node *n);
+void ferry_node_unlink(ferry_node *n); /* a no-op when it is not linked */
+
+/* proc.c: stop every child of this state: TERM then KILL after the grace period, or KILL now. */
 void ferry_proc_kill_all(lua_State *L, int hard);
+/* proc.c, timer.c: the state is closing: kill every child, close every handle of the registry (freed by
+ * their close callbacks, whenever the loop runs them) and never call Lua again. */
+void ferry_proc_close_all(ferry_node **procs);
+void ferry_timer_close_all(ferry_node **timers);
 
-/* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */
-int ferry_fail(lua_State *L, const char *code, const char *fmt, ...);
+/* search.c: push the directories searched for a user's Lua files, in order: a list of {dir=, from=} with from
+ * "FERRY_PATH" (each ';'-separated entry) or "config" ($XDG_CONFIG_HOME/ferry, else ~/.config/ferry). */
+void ferry_push_search_dirs(lua_State *L);
 
-/* fs.c: confined, never-follow filesystem access below a root (shared with archive.c).
+/* fs.c: confined, never-follow filesystem access below a root (shared with tar_reader.c, tar_writer.c).
  * Functions return 0 or an fd on success and -errno on failure; `bad` receives the length of the prefix of
  * `rel` naming the component that failed (FERRY_FS_NO_COMPONENT when no component is to blame). */
 #define FERRY_FS_NO_COMPONENT ((size_t)-1)
@@ -42,7 +88,6 @@ typedef struct ferry_fs_tmp { /* a temp file beside its final name */
   int dirfd, fd;
   char name[32];
 } ferry_fs_tmp;
-const char *ferry_errname(int err, char *buf, size_t size); /* errno -> "ENOENT" etc. */
 int ferry_fs_rel_ok(const char *rel, size_t len); /* relative, '/'-separated, no empty/./.. parts */
 int ferry_fs_walk(int rootfd, const char *rel, size_t len, int create, size_t *bad); /* dir fd of rel[0,len) */
 int ferry_fs_open_parent(int rootfd, const char *rel, int create, const char **leaf, size_t *bad);

@@ -1,9 +1,11 @@
 /* Line editing (libedit) and Ctrl-C for the REPL.
  *
- * Ctrl-C during evaluation sets a hook that raises "interrupted!" at the next Lua instruction, as the
- * standalone lua does; when the code is waiting in the loop for a process, an async handle wakes the loop
- * and every child of the engine is stopped (TERM, then KILL after its grace period). */
-#include <setjmp.h>
+ * Ctrl-C is handled as the standalone lua does: the SIGINT handler only sets a flag and, while code runs under
+ * core.interrupt_pcall, installs a hook that raises "interrupted!" at the next Lua call, return, line or
+ * instruction. When that code is waiting in the loop for a process, an async handle wakes the loop and every
+ * child of the engine is stopped (TERM, then KILL after its grace period). The handler is installed without
+ * SA_RESTART, so at the prompt libedit's read() fails with EINTR and readline() returns (libedit puts the
+ * terminal back): the line is abandoned. Nothing jumps out of the signal handler. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,81 +16,121 @@
 
 #include "internal.h"
 
-static lua_State *sig_state;   /* the state the handler interrupts (the REPL's, one per process) */
-static uv_async_t *sig_wakeup; /* wakes the loop so a waiting call returns */
-static volatile sig_atomic_t interrupted;
-static volatile sig_atomic_t at_prompt; /* Ctrl-C at the prompt abandons the line */
-static sigjmp_buf prompt_jump;
+#define INTERRUPT_MT "ferry.interrupt"      /* metatable of the state's interrupt */
+#define INTERRUPT_KEY "ferry.interrupt.one" /* registry: the state's interrupt, once installed */
+
+/* The signal handler's view (signals are per process: one REPL per process). */
+static lua_State *volatile sig_state;   /* the thread running interruptible code, or NULL */
+static uv_async_t *volatile sig_wakeup; /* wakes the loop so a waiting call returns */
+static volatile sig_atomic_t interrupted;    /* a Ctrl-C came (at the prompt, or during interrupt_pcall) */
+static volatile sig_atomic_t stop_children; /* the wakeup is to stop the children, then the loop */
+
+typedef struct interrupt {
+  uv_async_t *wakeup; /* malloc'd: its close may finish after the state is gone (a host's loop) */
+  struct sigaction old;
+  int installed;
+} interrupt;
 
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
-  interrupted = 0;
   luaL_error(L, "interrupted!");
 }
 
 static void on_sigint(int sig) {
   (void)sig;
-  if (at_prompt) {
-    at_prompt = 0;
-    siglongjmp(prompt_jump, 1);
-  }
   interrupted = 1;
-  if (sig_state) lua_sethook(sig_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-  if (sig_wakeup) uv_async_send(sig_wakeup);
+  lua_State *L = sig_state;
+  if (L == NULL) return; /* at the prompt (read() fails with EINTR) or between evaluations */
+  lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+  stop_children = 1;
+  uv_async_t *w = sig_wakeup;
+  if (w) uv_async_send(w);
 }
 
+/* On the loop, soon after the signal: stop the children the code may wait for, and return to Lua (the hook). */
 static void wakeup_cb(uv_async_t *h) {
-  lua_State *L = h->data;
-  if (interrupted) {
-    ferry_proc_kill_all(L, 0);
+  if (stop_children) {
+    stop_children = 0;
+    ferry_proc_kill_all(h->data, 0);
     uv_stop(h->loop);
   }
 }
 
-/* core.interrupt_install(): route SIGINT to this state (the REPL calls it once). */
-static int l_interrupt_install(lua_State *L) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  sig_state = lua_tothread(L, -1);
-  lua_pop(L, 1);
-  if (!sig_wakeup) {
-    sig_wakeup = malloc(sizeof *sig_wakeup);
-    if (!sig_wakeup) return luaL_error(L, "ferry: out of memory");
-    uv_async_init(ferry_loop_get(L), sig_wakeup, wakeup_cb);
-    sig_wakeup->data = sig_state;
-    uv_unref((uv_handle_t *)sig_wakeup);
-  }
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_sigint;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, NULL);
+static void free_handle(uv_handle_t *h) { free(h); }
+
+/* The state closes: SIGINT goes back to what it was, the wakeup handle is closed. */
+static int interrupt_gc(lua_State *L) {
+  interrupt *it = luaL_checkudata(L, 1, INTERRUPT_MT);
+  if (it->installed) sigaction(SIGINT, &it->old, NULL);
+  it->installed = 0;
+  if (sig_wakeup == it->wakeup) sig_wakeup = NULL;
+  if (it->wakeup && !uv_is_closing((uv_handle_t *)it->wakeup)) uv_close((uv_handle_t *)it->wakeup, free_handle);
+  it->wakeup = NULL;
   return 0;
 }
 
-/* core.interrupt_clear() -> was_interrupted: forget a Ctrl-C that arrived outside evaluation. */
-static int l_interrupt_clear(lua_State *L) {
-  lua_pushboolean(L, interrupted);
+/* core.interrupt_install(): route SIGINT to this state (the REPL calls it once). */
+static int l_interrupt_install(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, INTERRUPT_KEY) != LUA_TNIL) return 0;
+  uv_loop_t *loop = ferry_loop_get(L);
+  interrupt *it = lua_newuserdatauv(L, sizeof *it, 0);
+  memset(it, 0, sizeof *it);
+  luaL_setmetatable(L, INTERRUPT_MT);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, INTERRUPT_KEY); /* lives as long as the state */
+  it->wakeup = malloc(sizeof *it->wakeup);
+  if (!it->wakeup) return luaL_error(L, "ferry: out of memory");
+  uv_async_init(loop, it->wakeup, wakeup_cb);
+  it->wakeup->data = ferry_main_thread(L);
+  uv_unref((uv_handle_t *)it->wakeup);
+  sig_wakeup = it->wakeup;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint; /* no SA_RESTART: a blocked read() returns EINTR */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &it->old);
+  it->installed = 1;
+  return 0;
+}
+
+/* core.interrupt_pcall(fn, msgh) -> true, ... | false, msgh(err): call fn as xpcall does, with Ctrl-C
+ * raising "interrupted!" inside it and stopping this state's children (also when the loop had no chance to).
+ * A Ctrl-C before or after the call is forgotten; the hook never outlives the call, so the caller's own code
+ * is never interrupted. */
+static int l_interrupt_pcall(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  lua_insert(L, 1); /* msgh, fn */
+  lua_State *outer = sig_state;
   interrupted = 0;
-  if (sig_state) lua_sethook(sig_state, NULL, 0, 0);
-  return 1;
+  sig_state = L;
+  int status = lua_pcall(L, 0, LUA_MULTRET, 1);
+  sig_state = outer; /* first: a signal from now on leaves L's hook alone */
+  lua_sethook(L, NULL, 0, 0);
+  if (interrupted) ferry_proc_kill_all(L, 0);
+  interrupted = 0;
+  stop_children = 0;
+  lua_pushboolean(L, status == LUA_OK);
+  lua_replace(L, 1);
+  return lua_gettop(L);
 }
 
 /* core.readline(prompt) -> line | nil at end of input | false when Ctrl-C abandoned the line */
 static int l_readline(lua_State *L) {
   const char *prompt = luaL_optstring(L, 1, "> ");
-  if (sigsetjmp(prompt_jump, 1) != 0) {
-    rl_free_line_state();
-    rl_cleanup_after_signal();
+  rl_catch_signals = 0; /* libedit must not install its own SIGINT handler */
+  interrupted = 0;
+  char *line = readline(prompt);
+  if (interrupted) { /* read() failed with EINTR (or Ctrl-C came as the line ended): abandon it */
+    interrupted = 0;
+    free(line);
     fputs("\n", stdout);
     fflush(stdout);
     lua_pushboolean(L, 0);
     return 1;
   }
-  rl_catch_signals = 0;
-  at_prompt = 1;
-  char *line = readline(prompt);
-  at_prompt = 0;
   if (!line) return 0;
   lua_pushstring(L, line);
   free(line);
@@ -109,7 +151,7 @@ static int l_history_load(lua_State *L) {
 static int l_history_save(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   int rc = write_history(path);
-  if (rc != 0) return ferry_fail(L, "EIO", "save history %s: %s", path, strerror(rc));
+  if (rc != 0) return ferry_sys_fail(L, rc, "save history", path);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -127,7 +169,9 @@ void ferry_open_lineedit(lua_State *L) {
                                  {"history_load", l_history_load},
                                  {"history_save", l_history_save},
                                  {"interrupt_install", l_interrupt_install},
-                                 {"interrupt_clear", l_interrupt_clear},
+                                 {"interrupt_pcall", l_interrupt_pcall},
                                  {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", interrupt_gc}, {NULL, NULL}};
+  ferry_new_class(L, INTERRUPT_MT, meta, NULL);
   luaL_setfuncs(L, fns, 0);
 }

@@ -2,9 +2,11 @@
  *
  * Lua's scheduler (scripts/ferry/task.lua) keeps each task in a coroutine; C callbacks resume them by
  * calling a Lua function through ferry_loop_call. An error inside such a callback cannot propagate
- * through libuv, so it is kept and re-raised by the run_once call that drove the loop. */
+ * through libuv, so it is kept and re-raised by the run_once call that drove the loop.
+ *
+ * The loop context also holds the state's registries of children (proc.c) and timers (timer.c): per state,
+ * so two engines on two threads share nothing, and closing the state closes exactly what it started. */
 #include <signal.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -20,33 +22,44 @@ typedef struct loopctx {
   lua_State *cur; /* the thread that drives the loop now; callbacks run on it */
   int error_ref; /* error raised inside a callback, re-raised by run_once */
   int closing;   /* the state is closing: callbacks no longer reach Lua */
+  ferry_node *procs, *timers; /* this state's children and timers (see internal.h) */
 } loopctx;
-
-typedef struct luatimer {
-  uv_timer_t handle;
-  lua_State *L;
-  int fn_ref;
-  int closed;
-} luatimer;
 
 static void close_walk_cb(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* The state is closing: kill its children and close its handles. A private loop is run until their close
+ * callbacks have freed them; on a host's loop they finish when the host runs it, without touching Lua. */
 static int loopctx_gc(lua_State *L) {
   loopctx *c = luaL_checkudata(L, 1, LOOP_MT);
   c->closing = 1;
-  if (c->loop) ferry_proc_kill_all(L, 1);
-  if (c->owns && c->loop) {
-    /* Let pending close callbacks free their memory, then close anything left. */
-    uv_run(c->loop, UV_RUN_NOWAIT);
-    uv_walk(c->loop, close_walk_cb, NULL);
+  if (c->loop == NULL) return 0;
+  ferry_proc_close_all(&c->procs);
+  ferry_timer_close_all(&c->timers);
+  if (c->owns) {
+    uv_walk(c->loop, close_walk_cb, NULL); /* anything else (the REPL's wakeup when its own gc came later) */
     uv_run(c->loop, UV_RUN_DEFAULT);
     uv_loop_close(c->loop);
   }
   c->loop = NULL;
   return 0;
+}
+
+void ferry_node_link(ferry_node **head, ferry_node *n) {
+  n->next = *head;
+  if (*head) (*head)->pprev = &n->next;
+  n->pprev = head;
+  *head = n;
+}
+
+void ferry_node_unlink(ferry_node *n) {
+  if (n->pprev == NULL) return;
+  *n->pprev = n->next;
+  if (n->next) n->next->pprev = n->pprev;
+  n->next = NULL;
+  n->pprev = NULL;
 }
 
 static loopctx *ctx_get(lua_State *L) {
@@ -90,6 +103,11 @@ uv_loop_t *ferry_loop_get(lua_State *L) {
   return c->loop;
 }
 
+ferry_node **ferry_loop_registry(lua_State *L, ferry_registry which) {
+  loopctx *c = ctx_get(L);
+  return which == FERRY_PROCS ? &c->procs : &c->timers;
+}
+
 lua_State *ferry_loop_thread(lua_State *L) {
   loopctx *c = ctx_get(L);
   return c->cur ? c->cur : L;
@@ -111,16 +129,6 @@ void ferry_loop_call(lua_State *L, int fn, int nargs) {
       lua_pop(L, 1); /* keep the first error: later ones are usually its echoes */
     }
   }
-}
-
-int ferry_fail(lua_State *L, const char *code, const char *fmt, ...) {
-  va_list ap;
-  lua_pushnil(L);
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lua_pushstring(L, code);
-  return 3;
 }
 
 static int run_mode(lua_State *L, uv_run_mode mode) {
@@ -179,68 +187,8 @@ static int l_getpid(lua_State *L) {
   return 1;
 }
 
-static void timer_close_cb(uv_handle_t *h) { free(h); }
-
-static void timer_release(luatimer *t) {
-  if (t->closed) return;
-  t->closed = 1;
-  luaL_unref(t->L, LUA_REGISTRYINDEX, t->fn_ref);
-  uv_close((uv_handle_t *)&t->handle, timer_close_cb);
-}
-
-static void timer_cb(uv_timer_t *h) {
-  luatimer *t = (luatimer *)h;
-  lua_State *L = ferry_loop_thread(t->L);
-  int ref = t->fn_ref;
-  t->fn_ref = LUA_NOREF;
-  timer_release(t);
-  ferry_loop_call(L, ref, 0);
-  luaL_unref(L, LUA_REGISTRYINDEX, ref);
-}
-
-static int l_timer_stop(lua_State *L) {
-  luatimer **ud = luaL_checkudata(L, 1, "ferry.timer");
-  if (*ud) {
-    timer_release(*ud);
-    *ud = NULL;
-  }
-  return 0;
-}
-
-/* core.timer(ms, fn) -> timer: call fn once after ms; timer:stop() cancels it. */
-static int l_timer(lua_State *L) {
-  lua_Integer ms = luaL_checkinteger(L, 1);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_argcheck(L, ms >= 0, 1, "timer delay must be >= 0");
-  luatimer *t = calloc(1, sizeof *t);
-  if (!t) return luaL_error(L, "ferry: out of memory");
-  uv_timer_init(ferry_loop_get(L), &t->handle);
-  lua_State *main;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  main = lua_tothread(L, -1);
-  lua_pop(L, 1);
-  t->L = main;
-  lua_pushvalue(L, 2);
-  t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  uv_update_time(t->handle.loop); /* the loop's cached time may be stale: never fire early */
-  uv_timer_start(&t->handle, timer_cb, (uint64_t)ms, 0);
-  luatimer **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = t;
-  luaL_setmetatable(L, "ferry.timer");
-  return 1;
-}
-
 void ferry_open_loop(lua_State *L) {
-  static const luaL_Reg timer_methods[] = {{"stop", l_timer_stop}, {NULL, NULL}};
-  if (luaL_newmetatable(L, "ferry.timer")) {
-    luaL_newlib(L, timer_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"run_once", l_run_once},
-                                 {"handles", l_handles},   {"now_ms", l_now_ms},
-                                 {"time_ms", l_time_ms},   {"timer", l_timer},
-                                 {"getpid", l_getpid},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"run_once", l_run_once}, {"handles", l_handles}, {"now_ms", l_now_ms},
+                                 {"time_ms", l_time_ms},   {"getpid", l_getpid},   {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -41,12 +41,15 @@ static int l_log(lua_State *L) {
 int luaopen_ferry_core(lua_State *L) {
   lua_newtable(L);
   ferry_open_loop(L);
+  ferry_open_timer(L);
   ferry_open_proc(L);
   ferry_open_b64(L);
   ferry_open_sh(L);
   ferry_open_hash(L);
-  ferry_open_archive(L);
+  ferry_open_tar_writer(L);
+  ferry_open_tar_reader(L);
   ferry_open_fs(L);
+  ferry_open_search(L);
   lua_pushcfunction(L, l_log);
   lua_setfield(L, -2, "log");
   lua_pushstring(L, FERRY_VERSION);

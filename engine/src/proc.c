@@ -7,6 +7,11 @@
  * handle:close_stdin()
  * handle:kill(signame)     signals the whole process group
  * handle.pid, handle.started_at (ms since the epoch)
+ *
+ * Options are all checked before anything is spawned. A running child is in its state's process registry
+ * (loop.c), so an interrupt stops this state's children only, and closing the state kills them and closes their
+ * handles. The struct is freed by the last handle's close callback; the Lua handle and the struct point at each
+ * other, so a handle whose process finished reads as finished, never as freed memory.
  */
 #include <errno.h>
 #include <signal.h>
@@ -31,11 +36,11 @@ typedef struct outbuf {
 } outbuf;
 
 typedef struct proc {
+  ferry_node node; /* the state's process registry, while it runs: first, see internal.h */
   uv_process_t process;
   uv_pipe_t in, out, err;
   uv_timer_t timer;
-  lua_State *L; /* main thread */
-  uv_loop_t *loop;
+  lua_State *L; /* main thread; NULL once the state closes */
   int done_ref;
   outbuf obuf, ebuf;
   int open_handles; /* the struct is freed when the last handle closed */
@@ -47,8 +52,7 @@ typedef struct proc {
   uint64_t start_hr;
   int64_t started_at;
   int pid;
-  struct proc *next, **pprev; /* live list, for killing everything on interrupt */
-  struct proc **owner;        /* the Lua handle's pointer, cleared when the struct is freed */
+  struct proc **owner; /* the Lua handle's pointer, cleared when the struct is freed */
 } proc;
 
 typedef struct write_req {
@@ -56,8 +60,6 @@ typedef struct write_req {
   proc *p;
   int data_ref, cb_ref;
 } write_req;
-
-static proc *live_procs;
 
 static void handle_close_cb(uv_handle_t *h) {
   proc *p = h->data;
@@ -72,6 +74,13 @@ static void handle_close_cb(uv_handle_t *h) {
 static void close_handle(proc *p, uv_handle_t *h) {
   if (!uv_is_closing(h)) uv_close(h, handle_close_cb);
   (void)p;
+}
+
+/* Close whatever is still open; the struct goes with the last handle. */
+static void close_handles(proc *p) {
+  uv_handle_t *handles[] = {(uv_handle_t *)&p->in, (uv_handle_t *)&p->out, (uv_handle_t *)&p->err,
+                            (uv_handle_t *)&p->timer, (uv_handle_t *)&p->process};
+  for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++) close_handle(p, handles[i]);
 }
 
 static void signal_group(proc *p, int sig) {
@@ -109,15 +118,6 @@ static int signal_number(const char *name) {
   return 0;
 }
 
-static void unlink_live(proc *p) {
-  if (p->pprev) {
-    *p->pprev = p->next;
-    if (p->next) p->next->pprev = p->pprev;
-    p->pprev = NULL;
-    p->next = NULL;
-  }
-}
-
 static void push_outbuf(lua_State *L, outbuf *b) {
   lua_pushlstring(L, b->data ? b->data : "", b->len);
 }
@@ -126,10 +126,11 @@ static void push_outbuf(lua_State *L, outbuf *b) {
 static void maybe_finish(proc *p) {
   if (p->finished || !p->exited || !p->obuf.eof || !p->ebuf.eof) return;
   p->finished = 1;
-  unlink_live(p);
+  ferry_node_unlink(&p->node);
   uv_timer_stop(&p->timer);
   close_handle(p, (uv_handle_t *)&p->timer);
   close_handle(p, (uv_handle_t *)&p->process);
+  if (p->L == NULL) return; /* the state closed: nobody to tell */
   lua_State *L = ferry_loop_thread(p->L);
   lua_createtable(L, 0, 10);
   lua_pushinteger(L, p->term_signal ? 128 + p->term_signal : p->exit_status);
@@ -242,6 +243,10 @@ static proc *check_proc(lua_State *L) {
 
 static void write_cb(uv_write_t *req, int status) {
   write_req *w = (write_req *)req;
+  if (w->p->L == NULL) { /* cancelled because the state closed: its references went with it */
+    free(w);
+    return;
+  }
   lua_State *L = ferry_loop_thread(w->p->L);
   luaL_unref(L, LUA_REGISTRYINDEX, w->data_ref);
   int cb = w->cb_ref;
@@ -335,9 +340,8 @@ static int l_gc(lua_State *L) {
 }
 
 void ferry_proc_kill_all(lua_State *L, int hard) {
-  uv_loop_t *loop = ferry_loop_get(L);
-  for (proc *p = live_procs; p; p = p->next) {
-    if (p->loop != loop) continue;
+  for (ferry_node *n = *ferry_loop_registry(L, FERRY_PROCS); n; n = n->next) {
+    proc *p = (proc *)n;
     if (hard) {
       signal_group(p, SIGKILL);
       continue;
@@ -349,6 +353,20 @@ void ferry_proc_kill_all(lua_State *L, int hard) {
       uv_timer_stop(&p->timer);
       uv_timer_start(&p->timer, timer_cb, p->grace_ms, 0);
     }
+  }
+}
+
+void ferry_proc_close_all(ferry_node **procs) {
+  while (*procs) {
+    proc *p = (proc *)*procs;
+    ferry_node_unlink(&p->node);
+    signal_group(p, SIGKILL);
+    p->L = NULL;
+    p->finished = 1;
+    if (p->owner) *p->owner = NULL; /* the Lua handle may be finalized after this: it must not see p */
+    p->owner = NULL;
+    p->in_closed = 1;
+    close_handles(p);
   }
 }
 
@@ -457,18 +475,33 @@ static uint64_t opt_ms(lua_State *L, int opts, const char *field, uint64_t dflt)
   return v;
 }
 
-static int opt_fn_ref(lua_State *L, int opts, const char *field) {
+/* Push opts[field], a function or nil; misuse raises. Returns the stack index. */
+static int opt_fn(lua_State *L, int opts, const char *field) {
   int t = lua_getfield(L, opts, field);
-  if (t == LUA_TNIL) {
-    lua_pop(L, 1);
-    return LUA_NOREF;
-  }
-  if (t != LUA_TFUNCTION) luaL_error(L, "proc.run: opts.%s must be a function", field);
+  if (t != LUA_TNIL && t != LUA_TFUNCTION) luaL_error(L, "proc.run: opts.%s must be a function", field);
+  return lua_gettop(L);
+}
+
+static int ref_or_none(lua_State *L, int idx) {
+  if (lua_isnil(L, idx)) return LUA_NOREF;
+  lua_pushvalue(L, idx);
   return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* uv_spawn failed: the process handle still needs closing too (uv_spawn initialised it). */
+static int spawn_failed(lua_State *L, proc *p, int rc, const char *file, const char *cwd) {
+  luaL_unref(L, LUA_REGISTRYINDEX, p->done_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->obuf.cb_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->ebuf.cb_ref);
+  close_handles(p);
+  if (cwd && rc == UV_ENOENT && access(cwd, F_OK) != 0)
+    return ferry_fail(L, uv_err_name(rc), "spawn %s: cwd %s: %s", file, cwd, uv_strerror(rc));
+  return ferry_fail(L, uv_err_name(rc), "spawn %s: %s", file, uv_strerror(rc));
+}
+
 /* core.proc_start(opts, on_done) -> handle | nil, msg, code
- * opts as ferry.proc.run, with opts.stdin true/false (piped or /dev/null); Lua feeds it. */
+ * opts as ferry.proc.run, with opts.stdin true/false (piped or /dev/null); Lua feeds it.
+ * Every argument is checked before anything is spawned: misuse raises with no child started. */
 static int l_proc_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -486,22 +519,31 @@ static int l_proc_start(lua_State *L) {
   lua_getfield(L, 1, "stdin");
   int want_stdin = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  int on_stdout = opt_fn(L, 1, "on_stdout");
+  int on_stderr = opt_fn(L, 1, "on_stderr");
 
   uv_loop_t *loop = ferry_loop_get(L);
-  lua_State *main;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  main = lua_tothread(L, -1);
-  lua_pop(L, 1);
-
+  proc **ud = lua_newuserdatauv(L, sizeof *ud, 0); /* before the struct: raising later leaks nothing */
+  int ud_idx = lua_gettop(L);
+  *ud = NULL;
+  luaL_setmetatable(L, PROC_MT);
+  lua_pushvalue(L, 2);
+  int done_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int out_ref = ref_or_none(L, on_stdout), err_ref = ref_or_none(L, on_stderr);
   proc *p = calloc(1, sizeof *p);
-  if (!p) return luaL_error(L, "ferry: out of memory");
-  p->L = main;
-  p->loop = loop;
+  if (!p) {
+    luaL_unref(L, LUA_REGISTRYINDEX, done_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, out_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, err_ref);
+    return luaL_error(L, "ferry: out of memory");
+  }
+  p->done_ref = done_ref;
+  p->obuf.cb_ref = out_ref;
+  p->ebuf.cb_ref = err_ref;
+  p->L = ferry_main_thread(L);
   p->obuf.max = p->ebuf.max = (size_t)max_output;
   p->timeout_ms = timeout;
   p->grace_ms = grace;
-  p->done_ref = p->obuf.cb_ref = p->ebuf.cb_ref = LUA_NOREF;
-
   uv_pipe_init(loop, &p->in, 0);
   uv_pipe_init(loop, &p->out, 0);
   uv_pipe_init(loop, &p->err, 0);
@@ -533,39 +575,20 @@ static int l_proc_start(lua_State *L) {
   uv_gettimeofday(&tv);
   p->started_at = tv.tv_sec * 1000 + tv.tv_usec / 1000;
   int rc = uv_spawn(loop, &p->process, &po);
-  if (rc != 0) {
-    /* the process handle still needs closing; the struct goes with the last handle */
-    close_handle(p, (uv_handle_t *)&p->in);
-    close_handle(p, (uv_handle_t *)&p->out);
-    close_handle(p, (uv_handle_t *)&p->err);
-    close_handle(p, (uv_handle_t *)&p->timer);
-    close_handle(p, (uv_handle_t *)&p->process);
-    if (cwd && rc == UV_ENOENT && access(cwd, F_OK) != 0)
-      return ferry_fail(L, uv_err_name(rc), "spawn %s: cwd %s: %s", argv[0], cwd, uv_strerror(rc));
-    return ferry_fail(L, uv_err_name(rc), "spawn %s: %s", argv[0], uv_strerror(rc));
-  }
+  if (rc != 0) return spawn_failed(L, p, rc, argv[0], cwd);
+  /* From here on nothing raises: the child runs and the struct is the loop's until it finishes. */
   p->pid = p->process.pid;
   if (!want_stdin) {
     p->in_closed = 1;
     close_handle(p, (uv_handle_t *)&p->in);
   }
-  lua_pushvalue(L, 2);
-  p->done_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  p->obuf.cb_ref = opt_fn_ref(L, 1, "on_stdout");
-  p->ebuf.cb_ref = opt_fn_ref(L, 1, "on_stderr");
   uv_read_start((uv_stream_t *)&p->out, alloc_cb, read_cb);
   uv_read_start((uv_stream_t *)&p->err, alloc_cb, read_cb);
   if (timeout > 0) uv_timer_start(&p->timer, timer_cb, timeout, 0);
-
-  p->next = live_procs;
-  if (live_procs) live_procs->pprev = &p->next;
-  p->pprev = &live_procs;
-  live_procs = p;
-
-  proc **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ferry_node_link(ferry_loop_registry(L, FERRY_PROCS), &p->node);
   *ud = p;
   p->owner = ud;
-  luaL_setmetatable(L, PROC_MT);
+  lua_pushvalue(L, ud_idx);
   return 1;
 }
 

@@ -50,10 +50,8 @@ static void push_quoted(lua_State *L, const char *s, size_t len, const char *wha
 }
 
 static int l_sh_quote(lua_State *L) {
-  if (lua_type(L, 1) != LUA_TSTRING)
-    return luaL_error(L, "sh.quote: s must be a string, got %s", luaL_typename(L, 1));
   size_t len;
-  const char *s = lua_tolstring(L, 1, &len);
+  const char *s = ferry_check_string(L, 1, "sh.quote", "s", &len);
   push_quoted(L, s, len, "sh.quote: string");
   return 1;
 }

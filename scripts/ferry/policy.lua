@@ -1,6 +1,6 @@
 --- ferry.policy: find and load policy files (providers, adapters) by name.
--- Search order, first match wins: each FERRY_PATH dir (';'-separated) as <dir>/<kind>/<name>.lua, then
--- $XDG_CONFIG_HOME/ferry (or ~/.config/ferry)/<kind>/<name>.lua, then the built-in copy: compiled into the
+-- Search order, first match wins: <dir>/<kind>/<name>.lua in each of the user's dirs (core.search_dirs: each
+-- FERRY_PATH dir, then $XDG_CONFIG_HOME/ferry or ~/.config/ferry), then the built-in copy: compiled into the
 -- binary (core.embedded), else the source tree or the installed tree next to this file.
 local core = require "ferry.core"
 local schema = require "ferry.schema"
@@ -33,17 +33,8 @@ local function here()
   return src:sub(2):match("^(.*)/[^/]*$") or "."
 end
 
-local function user_dirs()
-  local dirs = {}
-  for dir in (os.getenv("FERRY_PATH") or ""):gmatch("[^;]+") do dirs[#dirs + 1] = { dir = dir, from = "FERRY_PATH" } end
-  local xdg, home = os.getenv("XDG_CONFIG_HOME"), os.getenv("HOME")
-  if xdg and xdg ~= "" then
-    dirs[#dirs + 1] = { dir = xdg .. "/ferry", from = "config" }
-  elseif home and home ~= "" then
-    dirs[#dirs + 1] = { dir = home .. "/.config/ferry", from = "config" }
-  end
-  return dirs
-end
+-- The user's dirs, first match wins: the one order the C module searcher uses too (engine/src/search.c).
+local user_dirs = core.search_dirs
 
 -- Directories of the built-in files on disk: the installed tree, then the source tree.
 local function builtin_dirs(kind)

@@ -36,12 +36,11 @@ local function print_values(n, ...)
   io.stdout:write(table.concat(parts, "\t"), "\n")
 end
 
+-- Run a chunk as xpcall would, with Ctrl-C raising "interrupted!" inside it (and stopping its children).
 local function evaluate(chunk)
-  core.interrupt_clear()
-  local results = table.pack(xpcall(chunk, function(e)
+  local results = table.pack(core.interrupt_pcall(chunk, function(e)
     return debug.traceback(tostring(e), 2)
   end))
-  core.interrupt_clear()
   if results[1] then
     print_values(results.n - 1, table.unpack(results, 2, results.n))
   else

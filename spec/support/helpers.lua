@@ -18,6 +18,17 @@ function M.fd_count()
   return #assert(require("ferry.core").fs_readdir("/proc/self/fd"))
 end
 
+--- Pids of the live (not zombie) processes whose command line contains `text` (a plain string).
+function M.pids_with(text)
+  local out = {}
+  for _, name in ipairs(assert(require("ferry.core").fs_readdir("/proc"))) do
+    local cmdline = name:match("^%d+$") and M.read_file("/proc/" .. name .. "/cmdline")
+    local stat = cmdline and cmdline:find(text, 1, true) and M.read_file("/proc/" .. name .. "/stat")
+    if stat and stat:match("^%d+ %b() (%a)") ~= "Z" then out[#out + 1] = tonumber(name) end
+  end
+  return out
+end
+
 --- A fresh temporary directory.
 function M.tmpdir()
   local p = io.popen("mktemp -d /tmp/ferry-spec.XXXXXX")

@@ -18,6 +18,27 @@ local tasks = {}
 for i = 1, 20 do tasks[i] = ferry.spawn(function() ferry.sleep(1); return ferry.proc.run { argv = { "true" } } end) end
 ferry.wait(tasks)
 
+-- A timer that fired, then stopped (its handle freed by the close callback), stopped again, collected; one
+-- stopped before it fired and stopped again after its close completed; one pending when the state closes.
+local fired = false
+local t1 = core.timer(1, function() fired = true end)
+while not fired do core.run_once() end
+t1:stop()
+local t2 = core.timer(1000, function() error("a stopped timer fired") end)
+t2:stop()
+ferry.sleep(5)
+t1:stop()
+t2:stop()
+t1, t2 = nil, nil -- luacheck: ignore 311
+collectgarbage()
+core.timer(60000, function() end)
+-- A bad callback raises before anything is spawned: no child, no handle, no descriptor left behind.
+local handles = core.handles()
+assert(not pcall(core.proc_start, { argv = { "true" }, on_stdout = "print" }, function() end))
+assert(core.handles() == handles)
+-- A child still running when the state closes is killed and its handles freed.
+assert(core.proc_start({ argv = { "sleep", "30" }, stdin = true }, function() end))
+
 local data = string.rep("\0\1\2\255", 1000)
 assert(ferry.b64.decode(ferry.b64.encode(data)) == data)
 assert(not ferry.b64.decode("@@@@"))

@@ -43,8 +43,17 @@ int main(void) {
   if (ferry_dostring(e, "return 1") != 0) return 3;
   printf("error cleared: %d\n", ferry_error(e)[0] == '\0');
   printf("log lines: %d\n", log_lines);
+
+  /* Freed with a timer, a child and a write still pending: the child is killed and the handles close when the
+   * host next runs its loop, without touching the closed Lua state. */
+  if (ferry_dostring(e, "local core = require 'ferry.core'\n"
+                        "core.timer(60000, function() end)\n"
+                        "P = assert(core.proc_start({argv = {'sleep', '30'}, stdin = true}, function() end))\n"
+                        "P:write('x', function() end)") != 0)
+    return 4;
   ferry_free(e);
-  uv_loop_close(&loop);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  printf("host loop closes after free: %d\n", uv_loop_close(&loop));
 
   /* An engine with its own loop, and ferry_dofile. */
   ferry_engine *e2 = ferry_new();

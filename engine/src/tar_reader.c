@@ -1,0 +1,378 @@
+/* Reading a tar stream through libarchive: scan an archive, and extract the planned entries of one with the
+ * confined writes of fs.c.
+ *
+ * core.tar_scan(path[, {max_bytes=1 GiB, max_entries=1e6}]) -> list of
+ *   {name, kind, mode, size, mtime, linkname, sha256}  in archive order (names raw, as stored; kind: "file" |
+ *   "dir" | "symlink" | "hardlink" | "char" | "block" | "fifo" | "socket" | "other"; sha256 for files)
+ *   | nil, "archive exceeds the N byte limit at <name>", "EFBIG" | nil, "bad archive: <reason>", "EINVAL"
+ * core.tar_extract(path, root, plan[, {max_bytes=1 GiB}]) -> count | nil, msg, code
+ *   plan: {[entry name] = {dest=rel, mode=int|nil (the entry's), sha256=hex|nil (checked before the rename)}}.
+ *   Planned files are written to a temp name and renamed, symlinks likewise, dirs made (their modes applied
+ *   last, so a read-only dir can still be filled). Hard links and special files in the plan fail "EINVAL",
+ *   a planned name missing from the archive fails "ENOENT". Stops at the first error.
+ *
+ * A UTF-8 locale is pinned while libarchive works, as in tar_writer.c: names are bytes end to end.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <locale.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <openssl/evp.h>
+
+#include "internal.h"
+
+#define READER_MT "ferry.tar_reader"
+#define BLOCK (64 * 1024)
+#define DEFAULT_MAX_BYTES ((lua_Integer)1 << 30)
+#define DEFAULT_MAX_ENTRIES 1000000
+
+/* opts[field] as a non-negative integer, or dflt. */
+static lua_Integer opt_limit(lua_State *L, int opts, const char *fn, const char *field, lua_Integer dflt) {
+  if (lua_isnoneornil(L, opts)) return dflt;
+  lua_getfield(L, opts, field);
+  lua_Integer v = dflt;
+  if (!lua_isnil(L, -1)) {
+    int ok;
+    v = lua_tointegerx(L, -1, &ok); /* 2^31 (a float) is fine too */
+    if (!ok || v < 0) luaL_error(L, "%s: opts.%s must be a non-negative integer", fn, field);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+typedef struct tar_reader {
+  struct archive *a;
+  EVP_MD_CTX *md;
+  unsigned char *block;
+  int rootfd;
+  ferry_fs_tmp tmp;
+  locale_t loc, old;
+} tar_reader;
+
+/* __close and __gc: runs however the call ends, so nothing leaks and the locale comes back. */
+static int reader_release(lua_State *L) {
+  tar_reader *r = luaL_checkudata(L, 1, READER_MT);
+  ferry_fs_tmp_abort(&r->tmp);
+  if (r->rootfd >= 0) close(r->rootfd);
+  r->rootfd = -1;
+  if (r->a) archive_read_free(r->a);
+  r->a = NULL;
+  EVP_MD_CTX_free(r->md);
+  r->md = NULL;
+  free(r->block);
+  r->block = NULL;
+  if (r->loc) {
+    uselocale(r->old);
+    freelocale(r->loc);
+  }
+  r->loc = (locale_t)0;
+  return 0;
+}
+
+/* Push a to-be-closed reader with path open, or push nil, msg, code and return NULL. */
+static tar_reader *open_reader(lua_State *L, const char *fn, const char *path) {
+  tar_reader *r = lua_newuserdatauv(L, sizeof *r, 0);
+  memset(r, 0, sizeof *r);
+  r->rootfd = -1;
+  ferry_fs_tmp_init(&r->tmp);
+  luaL_setmetatable(L, READER_MT);
+  lua_toclose(L, -1);
+  r->a = archive_read_new();
+  r->md = EVP_MD_CTX_new();
+  r->block = malloc(BLOCK);
+  if (!r->a || !r->md || !r->block) luaL_error(L, "%s: out of memory", fn);
+  r->loc = ferry_utf8_locale();
+  if (r->loc) r->old = uselocale(r->loc);
+  archive_read_support_format_tar(r->a);
+  archive_read_support_format_empty(r->a);
+  struct stat st;
+  if (stat(path, &st) < 0) {
+    ferry_sys_fail(L, errno, fn, path);
+    return NULL;
+  }
+  if (archive_read_open_filename(r->a, path, BLOCK) != ARCHIVE_OK) {
+    int err = archive_errno(r->a);
+    if (err > 0 && err != EILSEQ) { /* libarchive reports a format problem as EILSEQ */
+      ferry_sys_fail(L, err, fn, path);
+    } else {
+      ferry_fail(L, "EINVAL", "bad archive: %s", archive_error_string(r->a));
+    }
+    return NULL;
+  }
+  return r;
+}
+
+static const char *entry_kind(struct archive_entry *e) {
+  if (archive_entry_hardlink(e) != NULL) return "hardlink";
+  return ferry_kind_name(archive_entry_filetype(e)); /* AE_IF* are the S_IF* values */
+}
+
+static int bad_archive(lua_State *L, tar_reader *r) {
+  return ferry_fail(L, "EINVAL", "bad archive: %s", archive_error_string(r->a));
+}
+
+static int too_big(lua_State *L, lua_Integer max, const char *name) {
+  return ferry_fail(L, "EFBIG", "archive exceeds the %I byte limit at %s", max, name);
+}
+
+/* Next header: 1 with *e set, 0 at the end, -1 on a bad archive. */
+static int next_entry(tar_reader *r, struct archive_entry **e) {
+  int rc = archive_read_next_header(r->a, e);
+  if (rc == ARCHIVE_EOF) return 0;
+  if (rc < ARCHIVE_WARN) return -1; /* ARCHIVE_WARN: a name not valid in the locale, kept as its bytes */
+  if (archive_entry_pathname(*e) == NULL) {
+    archive_set_error(r->a, EILSEQ, "an entry without a name");
+    return -1;
+  }
+  return 1;
+}
+
+/* Read the current entry's data, hashing it into r->md and copying it to r->tmp when open.
+ * 0, -1 on a bad archive, -2 over the limit, or an errno (> 0) from writing. */
+static int pump_data(tar_reader *r, int64_t *total, lua_Integer max, unsigned char *md) {
+  if (!EVP_DigestInit_ex(r->md, EVP_sha256(), NULL)) return ENOMEM;
+  for (;;) {
+    la_ssize_t n = archive_read_data(r->a, r->block, BLOCK);
+    if (n < 0) return -1;
+    if (n == 0) break;
+    *total += n;
+    if (*total > max) return -2;
+    if (!EVP_DigestUpdate(r->md, r->block, (size_t)n)) return ENOMEM;
+    if (r->tmp.fd >= 0) {
+      int err = ferry_fs_tmp_write(&r->tmp, r->block, (size_t)n);
+      if (err < 0) return -err;
+    }
+  }
+  return EVP_DigestFinal_ex(r->md, md, NULL) ? 0 : ENOMEM;
+}
+
+static int l_tar_scan(lua_State *L) {
+  const char *path = ferry_check_path(L, 1, "tar_scan", "path", NULL);
+  if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
+    return luaL_error(L, "tar_scan: opts must be a table, got %s", luaL_typename(L, 2));
+  lua_Integer max = opt_limit(L, 2, "tar_scan", "max_bytes", DEFAULT_MAX_BYTES);
+  lua_Integer max_entries = opt_limit(L, 2, "tar_scan", "max_entries", DEFAULT_MAX_ENTRIES);
+  lua_settop(L, 2);
+  tar_reader *r = open_reader(L, "tar_scan", path); /* 3 */
+  if (r == NULL) return 3;
+  lua_newtable(L); /* 4 */
+  lua_Integer n = 0;
+  int64_t total = 0;
+  struct archive_entry *e;
+  int rc;
+  while ((rc = next_entry(r, &e)) > 0) {
+    const char *name = archive_entry_pathname(e);
+    if (n >= max_entries)
+      return ferry_fail(L, "EFBIG", "archive exceeds the %I entry limit at %s", max_entries, name);
+    const char *kind = entry_kind(e);
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushinteger(L, (lua_Integer)archive_entry_perm(e) & 07777);
+    lua_setfield(L, -2, "mode");
+    lua_pushinteger(L, (lua_Integer)archive_entry_size(e));
+    lua_setfield(L, -2, "size");
+    lua_pushnumber(L, (lua_Number)archive_entry_mtime(e) + (lua_Number)archive_entry_mtime_nsec(e) / 1e9);
+    lua_setfield(L, -2, "mtime");
+    const char *link = archive_entry_hardlink(e) ? archive_entry_hardlink(e) : archive_entry_symlink(e);
+    if (link) {
+      lua_pushstring(L, link);
+      lua_setfield(L, -2, "linkname");
+    }
+    if (strcmp(kind, "file") == 0) {
+      if (archive_entry_size(e) > max - total) return too_big(L, max, name);
+      unsigned char md[FERRY_SHA256_LEN];
+      char digest[2 * FERRY_SHA256_LEN + 1];
+      int err = pump_data(r, &total, max, md);
+      if (err == -1) return bad_archive(L, r);
+      if (err == -2) return too_big(L, max, name);
+      if (err) return luaL_error(L, "tar_scan: sha256 failed");
+      ferry_hex(md, FERRY_SHA256_LEN, digest);
+      lua_pushstring(L, digest);
+      lua_setfield(L, -2, "sha256");
+    }
+    lua_rawseti(L, 4, ++n);
+  }
+  if (rc < 0) return bad_archive(L, r);
+  return 1;
+}
+
+/* ---- extract ---- */
+
+/* Check plan (index 3); misuse raises. */
+static void check_plan(lua_State *L) {
+  if (!lua_istable(L, 3)) luaL_error(L, "tar_extract: plan must be a table, got %s", luaL_typename(L, 3));
+  lua_pushnil(L);
+  while (lua_next(L, 3)) {
+    size_t len;
+    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "tar_extract: plan keys must be entry names (strings)");
+    const char *name = lua_tostring(L, -2);
+    if (!lua_istable(L, -1)) luaL_error(L, "tar_extract: plan['%s'] must be a table", name);
+    const char *dest = lua_getfield(L, -1, "dest") == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+    if (dest == NULL || !ferry_fs_rel_ok(dest, len))
+      luaL_error(L, "tar_extract: plan['%s'].dest must be a relative path without empty, '.' or '..' components",
+                 name);
+    lua_pop(L, 1);
+    int t = lua_getfield(L, -1, "mode");
+    if (t != LUA_TNIL && (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 07777))
+      luaL_error(L, "tar_extract: plan['%s'].mode must be an integer in 0..07777", name);
+    lua_pop(L, 1);
+    t = lua_getfield(L, -1, "sha256");
+    if (t != LUA_TNIL && (t != LUA_TSTRING || lua_rawlen(L, -1) != 2 * FERRY_SHA256_LEN))
+      luaL_error(L, "tar_extract: plan['%s'].sha256 must be 64 hex digits", name);
+    lua_pop(L, 2);
+  }
+}
+
+typedef struct extract_ctx {
+  tar_reader *r;
+  const char *root;
+  lua_Integer max;
+  int64_t total;
+} extract_ctx;
+
+/* Push "tar_extract <name> ->" for ferry_fs_fail messages. */
+static const char *op_name(lua_State *L, const char *name) {
+  return lua_pushfstring(L, "tar_extract %s ->", name);
+}
+
+static int extract_file(lua_State *L, extract_ctx *x, struct archive_entry *e, const char *name, const char *dest,
+                        int mode, const char *want_sha) {
+  tar_reader *r = x->r;
+  const char *leaf;
+  size_t bad;
+  int dirfd = ferry_fs_open_parent(r->rootfd, dest, 1, &leaf, &bad);
+  if (dirfd < 0) return ferry_fs_fail(L, -dirfd, op_name(L, name), x->root, dest, bad);
+  int err = ferry_fs_tmp_create(&r->tmp, dirfd);
+  if (err < 0) return ferry_fs_fail(L, -err, op_name(L, name), x->root, dest, FERRY_FS_NO_COMPONENT);
+  unsigned char md[FERRY_SHA256_LEN];
+  if (archive_entry_size(e) > x->max - x->total) return too_big(L, x->max, name);
+  err = pump_data(r, &x->total, x->max, md);
+  if (err == -1) return bad_archive(L, r);
+  if (err == -2) return too_big(L, x->max, name);
+  if (err) return ferry_fs_fail(L, err, op_name(L, name), x->root, dest, FERRY_FS_NO_COMPONENT);
+  char digest[2 * FERRY_SHA256_LEN + 1];
+  ferry_hex(md, FERRY_SHA256_LEN, digest);
+  if (want_sha && strcmp(digest, want_sha) != 0)
+    return ferry_fail(L, "EINVAL", "tar_extract %s: content differs from the scanned archive", name);
+  struct timespec times[2] = {{0, UTIME_OMIT}, {archive_entry_mtime(e), archive_entry_mtime_nsec(e)}};
+  futimens(r->tmp.fd, times);
+  err = ferry_fs_tmp_commit(&r->tmp, leaf, (unsigned)mode);
+  if (err < 0) return ferry_fs_fail(L, -err, op_name(L, name), x->root, dest, FERRY_FS_NO_COMPONENT);
+  return 0;
+}
+
+/* Write the current entry as planned (plan entry at the top of the stack). 0 or the count of pushed values. */
+static int extract_entry(lua_State *L, extract_ctx *x, struct archive_entry *e, const char *name, int dirs) {
+  lua_getfield(L, -1, "dest");
+  const char *dest = lua_tostring(L, -1); /* anchored by the plan */
+  lua_pop(L, 1);
+  int mode = lua_getfield(L, -1, "mode") == LUA_TNIL ? (int)(archive_entry_perm(e) & 0777)
+                                                      : (int)(lua_tointeger(L, -1) & 0777);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "sha256");
+  const char *want_sha = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  const char *kind = entry_kind(e);
+  if (strcmp(kind, "file") == 0) return extract_file(L, x, e, name, dest, mode, want_sha);
+  size_t bad = FERRY_FS_NO_COMPONENT;
+  int err;
+  if (strcmp(kind, "dir") == 0) {
+    err = ferry_fs_mkdir(x->r->rootfd, dest, mode | 0700, &bad); /* owner-writable until the end */
+    if (err == 0) {
+      lua_createtable(L, 2, 0);
+      lua_pushstring(L, dest);
+      lua_rawseti(L, -2, 1);
+      lua_pushinteger(L, mode);
+      lua_rawseti(L, -2, 2);
+      lua_rawseti(L, dirs, (lua_Integer)lua_rawlen(L, dirs) + 1);
+    }
+  } else if (strcmp(kind, "symlink") == 0) {
+    const char *leaf;
+    int dirfd = ferry_fs_open_parent(x->r->rootfd, dest, 1, &leaf, &bad);
+    if (dirfd < 0) {
+      err = dirfd;
+    } else {
+      err = ferry_fs_symlink_in(dirfd, leaf, archive_entry_symlink(e));
+      close(dirfd);
+    }
+  } else {
+    return ferry_fail(L, "EINVAL", "tar_extract %s: a %s entry cannot be extracted", name, kind);
+  }
+  if (err < 0) return ferry_fs_fail(L, -err, op_name(L, name), x->root, dest, bad);
+  return 0;
+}
+
+static int l_tar_extract(lua_State *L) {
+  const char *path = ferry_check_path(L, 1, "tar_extract", "path", NULL);
+  const char *root = ferry_check_path(L, 2, "tar_extract", "root", NULL);
+  check_plan(L);
+  if (!lua_isnoneornil(L, 4) && !lua_istable(L, 4))
+    return luaL_error(L, "tar_extract: opts must be a table, got %s", luaL_typename(L, 4));
+  extract_ctx x = {NULL, root, opt_limit(L, 4, "tar_extract", "max_bytes", DEFAULT_MAX_BYTES), 0};
+  lua_settop(L, 4);
+  x.r = open_reader(L, "tar_extract", path); /* 5 */
+  if (x.r == NULL) return 3;
+  x.r->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (x.r->rootfd < 0) return ferry_sys_fail(L, errno, "tar_extract", root);
+  lua_newtable(L); /* 6: names written */
+  lua_newtable(L); /* 7: dirs made, {dest, mode}, for their modes at the end */
+  lua_Integer count = 0;
+  struct archive_entry *e;
+  int rc;
+  while ((rc = next_entry(x.r, &e)) > 0) {
+    const char *name = archive_entry_pathname(e);
+    lua_pushstring(L, name);
+    if (lua_rawget(L, 3) == LUA_TNIL) {
+      lua_pop(L, 1);
+      continue;
+    }
+    int pushed = extract_entry(L, &x, e, name, 7);
+    if (pushed) return pushed;
+    lua_pop(L, 1);
+    lua_pushstring(L, name);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, 6);
+    count++;
+  }
+  if (rc < 0) return bad_archive(L, x.r);
+  lua_pushnil(L);
+  while (lua_next(L, 3)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, 6) == LUA_TNIL)
+      return ferry_fail(L, "ENOENT", "tar_extract %s: planned entry %s is not in the archive", path,
+                        lua_tostring(L, -2));
+    lua_pop(L, 1);
+  }
+  for (lua_Integer i = (lua_Integer)lua_rawlen(L, 7); i > 0; i--) { /* deepest first */
+    lua_rawgeti(L, 7, i);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    const char *dest = lua_tostring(L, -2);
+    size_t bad;
+    int fd = ferry_fs_walk(x.r->rootfd, dest, strlen(dest), 0, &bad);
+    int err = fd < 0 ? -fd : fchmod(fd, (mode_t)lua_tointeger(L, -1)) < 0 ? errno : 0;
+    if (fd >= 0) close(fd);
+    if (err) return ferry_fs_fail(L, err, "tar_extract chmod", root, dest, bad);
+    lua_pop(L, 3);
+  }
+  lua_pushinteger(L, count);
+  return 1;
+}
+
+void ferry_open_tar_reader(lua_State *L) {
+  static const luaL_Reg fns[] = {{"tar_scan", l_tar_scan}, {"tar_extract", l_tar_extract}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__close", reader_release}, {"__gc", reader_release}, {NULL, NULL}};
+  ferry_new_class(L, READER_MT, meta, NULL);
+  luaL_setfuncs(L, fns, 0);
+}
