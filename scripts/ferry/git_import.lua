@@ -1,0 +1,466 @@
+--- ferry.git_import: the agent's commits back into the host repository. The sandbox is hostile, so a bundle is
+-- verified before anything reaches the workspace's repository:
+--   the file's size is bounded; it is a v2 bundle whose header carries exactly the expected ref (no tag, no
+--   other ref); `git bundle verify` passes in a scratch bare repository that borrows the host's objects
+--   (alternates), and the bundle is fetched there (a truncated pack fails here); the ref is a commit whose
+--   history shares a commit with the one ferry sent (a bundle of another repository is refused); every new
+--   object is under a size limit; every path the new commits add is a plain relative path without a `.git`
+--   component, and every symlink they add resolves inside the work tree; then the objects move into the
+--   host repository by a fetch from the scratch repository with transfer.fsckObjects on (git 2.39 ignores
+--   it for bundles, not for repositories), which writes no ref. Nothing else is ever written: no tag, no
+--   other ref, and on any refusal no object.
+-- Integration (M.integrate) then moves one ref with `update-ref` and its old-value check: the user's branch
+-- when it still is where ferry left it (fast-forward), else refs/heads/ferry/<branch>. M.sync_index resets
+-- the host's index for the paths that changed, once the file merge has written the working tree.
+local core = require "ferry.core"
+local git = require "ferry.git"
+local util = require "ferry.util"
+
+local M = {}
+
+--- Default limits: the bundle file, and any one object in it (uncompressed).
+M.MAX_BYTES = 256 * 1024 * 1024
+M.MAX_OBJECT_BYTES = 128 * 1024 * 1024
+
+local ZERO = ("0"):rep(40)
+local RESOLVE_BUDGET = 256
+local NO_GC = { "-c", "gc.auto=0", "-c", "maintenance.auto=false" }
+
+local function refused(why)
+  return nil, "git bundle refused: " .. why, "EPERM"
+end
+
+local function names_of(refs)
+  local out = {}
+  for _, r in ipairs(refs) do out[#out + 1] = r.name end
+  return table.concat(out, ", ")
+end
+
+-- The header's checks: a v2 bundle carrying exactly `ref`. Returns the header or nil, message, code.
+local function check_header(path, ref)
+  local h, why = git.bundle_header(path)
+  if not h then return refused(why) end
+  if h.version ~= 2 then return refused("a v" .. h.version .. " bundle (" .. table.concat(h.capabilities, ", ")
+    .. "); only v2 bundles are accepted") end
+  if #h.refs == 0 then return refused("it carries no ref; " .. ref .. " is expected") end
+  for _, r in ipairs(h.refs) do
+    if r.name ~= ref then
+      return refused("it carries " .. r.name .. "; only " .. ref .. " is expected (refs: " .. names_of(h.refs) .. ")")
+    end
+  end
+  if #h.refs > 1 then return refused("it carries " .. ref .. " " .. #h.refs .. " times") end
+  return h
+end
+
+local function has_commit(dir, oid)
+  local res = git.run(dir, { "cat-file", "-e", oid .. "^{commit}" })
+  return res ~= nil and res.code == 0
+end
+
+local function is_ancestor(dir, a, b)
+  local res = git.run(dir, { "merge-base", "--is-ancestor", a, b })
+  return res ~= nil and res.code == 0
+end
+
+-- A scratch bare repository that reads the host's objects through alternates.
+local function scratch(info)
+  local dir, err, code = core.fs_mkdtemp("ferry-git-import-")
+  if not dir then return nil, err, code end
+  local repo = dir .. "/repo.git"
+  local out
+  out, err, code = git.out(dir, { "init", "-q", "--bare", "--template=", repo }, "git init (scratch)")
+  if out then
+    local f = io.open(repo .. "/objects/info/alternates", "wb")
+    if f and f:write(info.common_dir .. "/objects\n") and f:close() then return { dir = dir, repo = repo } end
+    err, code = "cannot write the scratch repository's alternates", "EIO"
+  end
+  core.fs_remove_tree(dir)
+  return nil, err, code
+end
+
+-- verify and fetch into the scratch repository. Returns true or nil, message, code (ENEEDFULL: the host lacks
+-- the prerequisites).
+local function fetch_scratch(s, path, ref)
+  local res, err, code = git.run(s.repo, { "bundle", "verify", "-q", path })
+  if not res then return nil, err, code end
+  if res.code ~= 0 then
+    if (res.stderr or ""):find("lacks these prerequisite", 1, true) then
+      return nil, "git bundle: this repository lacks the commits the bundle builds on ("
+        .. git.failure("git bundle verify", res):gsub("^git bundle verify: ", "") .. "); a full bundle is needed",
+        "ENEEDFULL"
+    end
+    return refused(git.failure("git bundle verify", res))
+  end
+  res, err, code = git.run(s.repo, { "fetch", "-q", "--no-tags", "--no-write-fetch-head", path,
+    ref .. ":refs/heads/incoming" })
+  if not res then return nil, err, code end
+  if res.code ~= 0 then return refused("its pack is damaged or incomplete: " .. git.failure("git fetch", res)) end
+  return true
+end
+
+-- Object ids stored in the scratch repository itself (its packs and loose objects), not its alternates.
+local function own_objects(repo)
+  local ids = {}
+  local pack_dir = repo .. "/objects/pack"
+  for _, name in ipairs(core.fs_readdir(pack_dir) or {}) do
+    if name:match("^pack%-%x+%.idx$") then
+      local f = io.open(pack_dir .. "/" .. name, "rb")
+      local idx = f and f:read("a")
+      if f then f:close() end
+      local res = idx and git.run(repo, { "show-index" }, { stdin = idx })
+      if not res or res.code ~= 0 then return nil, "cannot read the pack index " .. name end
+      for oid in res.stdout:gmatch("%d+ (%x+)") do ids[#ids + 1] = oid end
+    end
+  end
+  for _, sub in ipairs(core.fs_readdir(repo .. "/objects") or {}) do
+    if sub:match("^%x%x$") then
+      for _, rest in ipairs(core.fs_readdir(repo .. "/objects/" .. sub) or {}) do ids[#ids + 1] = sub .. rest end
+    end
+  end
+  return ids
+end
+
+local function check_sizes(repo, max_object)
+  local ids, err = own_objects(repo)
+  if not ids then return nil, err, "EIO" end
+  if #ids == 0 then return true end
+  local out, gerr, code = git.out(repo, { "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)" },
+    "git cat-file --batch-check", { stdin = table.concat(ids, "\n") .. "\n" })
+  if not out then return nil, gerr, code end
+  for oid, kind, size in out:gmatch("(%x+) (%a+) (%d+)") do
+    if tonumber(size) > max_object then
+      return refused(kind .. " " .. oid .. " is " .. size .. " bytes, over the " .. max_object .. " byte limit")
+    end
+  end
+  return true
+end
+
+-- ---- paths and symlinks of the new commits ----
+
+local function bad_component(path)
+  if path:sub(1, 1) == "/" then return "an absolute path" end
+  for comp in (path .. "/"):gmatch("([^/]*)/") do
+    if comp == "" or comp == "." or comp == ".." then return "a '" .. comp .. "' component" end
+    if comp:lower() == ".git" then return "a .git component" end
+  end
+  return nil
+end
+
+-- diff-tree -z records of the new commits: {commit, path, mode, oid} for every added or changed entry.
+local function new_entries(repo, commits)
+  local out, err, code = git.out(repo, { "diff-tree", "-r", "-z", "--root", "-m", "--no-renames", "--stdin" },
+    "git diff-tree", { stdin = table.concat(commits, "\n") .. "\n" })
+  if not out then return nil, err, code end
+  local entries, commit = {}, nil
+  local fields = git.split_z(out)
+  local i = 1
+  while i <= #fields do
+    local f = fields[i]
+    local mode, oid, status = f:match("^:%d+ (%d+) %x+ (%x+) (%a)")
+    if mode then
+      if status ~= "D" then entries[#entries + 1] = { commit = commit, path = fields[i + 1], mode = mode, oid = oid } end
+      i = i + 2
+    else
+      commit = f:match("^(%x+)") or commit
+      i = i + 1
+    end
+  end
+  return entries
+end
+
+-- The targets of the blobs `oids`: {oid = target}.
+local function blob_texts(repo, oids)
+  local res, err, code = git.run(repo, { "cat-file", "--batch" }, { stdin = table.concat(oids, "\n") .. "\n" })
+  if not res then return nil, err, code end
+  local texts, pos, out = {}, 1, res.stdout or ""
+  while pos <= #out do
+    local oid, size, stop = out:match("^(%x+) %a+ (%d+)\n()", pos)
+    if not oid then break end
+    texts[oid] = out:sub(stop, stop + tonumber(size) - 1)
+    pos = stop + tonumber(size) + 1
+  end
+  return texts
+end
+
+-- Every symlink of a commit's tree: {path = target}.
+local function symlinks_of(repo, commit)
+  local out, err, code = git.out(repo, { "ls-tree", "-r", "-z", "--full-tree", commit }, "git ls-tree")
+  if not out then return nil, err, code end
+  local oids, paths = {}, {}
+  for _, rec in ipairs(git.split_z(out)) do
+    local oid, path = rec:match("^120000 blob (%x+)\t(.+)$")
+    if oid then
+      oids[#oids + 1], paths[#paths + 1] = oid, path
+    end
+  end
+  local texts, terr, tcode = blob_texts(repo, oids)
+  if not texts then return nil, terr, tcode end
+  local links = {}
+  for i, path in ipairs(paths) do links[path] = texts[oids[i]] end
+  return links
+end
+
+local function split(path)
+  local out = {}
+  for c in path:gmatch("[^/]+") do out[#out + 1] = c end
+  return out
+end
+
+-- Resolve `target` from the dir `stack` through the tree's symlinks; false, why when it leaves the top.
+local function resolve(links, stack, target, ctx)
+  if target == "" then return false, "an empty target" end
+  if target:sub(1, 1) == "/" then return false, "an absolute target" end
+  local comps = split(target)
+  for i, c in ipairs(comps) do
+    if c == ".." then
+      if #stack == 0 then return false, "a target outside the work tree" end
+      stack[#stack] = nil
+    elseif c ~= "." then
+      stack[#stack + 1] = c
+      local next_target = links[table.concat(stack, "/")]
+      if next_target then
+        ctx.budget = ctx.budget - 1
+        if ctx.budget < 0 then return false, "too many symlinks to resolve" end
+        stack[#stack] = nil
+        local rest = table.concat(comps, "/", i + 1)
+        local ok, why = resolve(links, stack, next_target, ctx)
+        if not ok then return false, why end
+        if rest ~= "" then return resolve(links, stack, rest, ctx) end
+        return true
+      end
+    end
+  end
+  return true
+end
+
+local function check_symlinks(repo, by_commit)
+  for commit, paths in pairs(by_commit) do
+    local links, err, code = symlinks_of(repo, commit)
+    if not links then return nil, err, code end
+    for _, path in ipairs(paths) do
+      local parent = util.parent_of(path)
+      local ok, why = resolve(links, parent and split(parent) or {}, links[path] or "", { budget = RESOLVE_BUDGET })
+      if not ok then
+        return refused("commit " .. commit .. " adds the symlink '" .. path .. "' with " .. why .. " ("
+          .. string.format("%q", links[path] or "") .. ")")
+      end
+    end
+  end
+  return true
+end
+
+local function check_paths(repo, new, base, allow_outside)
+  local out, err, code = git.out(repo, { "rev-list", new, "--not", base }, "git rev-list")
+  if not out then return nil, err, code end
+  local commits = {}
+  for oid in out:gmatch("%x+") do commits[#commits + 1] = oid end
+  if #commits == 0 then return true end
+  local entries
+  entries, err, code = new_entries(repo, commits)
+  if not entries then return nil, err, code end
+  local links = {}
+  for _, e in ipairs(entries) do
+    local bad = bad_component(e.path)
+    if bad then return refused("commit " .. e.commit .. " adds '" .. e.path .. "': " .. bad) end
+    if e.mode == "120000" and not allow_outside then
+      links[e.commit] = links[e.commit] or {}
+      table.insert(links[e.commit], e.path)
+    end
+  end
+  return check_symlinks(repo, links)
+end
+
+-- The checks on the fetched ref: a commit, related to `base`, objects within limits, clean paths.
+local function check_incoming(s, info, new, expect, opts)
+  local res = git.run(s.repo, { "cat-file", "-t", new })
+  local kind = res and res.code == 0 and res.stdout:match("%a+")
+  if kind ~= "commit" then return refused(expect.ref .. " points to a " .. tostring(kind) .. ", not a commit") end
+  if not has_commit(info.top, expect.base) then
+    return refused("the commit ferry sent, " .. expect.base .. ", is no longer in this repository")
+  end
+  res = git.run(s.repo, { "merge-base", expect.base, new })
+  if not res or res.code ~= 0 then
+    return refused("its history is unrelated to " .. expect.ref .. " (no commit in common with " .. expect.base
+      .. "): a bundle of another repository, or a rewrite of the first commit the sandbox got")
+  end
+  local ok, err, code = check_sizes(s.repo, opts.max_object_bytes or M.MAX_OBJECT_BYTES)
+  if not ok then return nil, err, code end
+  return check_paths(s.repo, new, expect.base, opts.allow_outside_symlinks)
+end
+
+-- The objects of the scratch repository's ref into the host's repository, checked by fsck on the way.
+local function move_objects(s, info)
+  local args = { "-c", "transfer.fsckObjects=true", "-c", "fetch.fsckObjects=true" }
+  table.move(NO_GC, 1, #NO_GC, #args + 1, args)
+  table.move({ "fetch", "-q", "--no-tags", "--no-write-fetch-head", s.repo, "refs/heads/incoming" }, 1, 6,
+    #args + 1, args)
+  local res, err, code = git.run(info.top, args)
+  if not res then return nil, err, code end
+  if res.code ~= 0 then return refused("fsck: " .. git.failure("git fetch", res):gsub("^git fetch: ", "")) end
+  return true
+end
+
+local function check_limits(path, opts)
+  local st = core.fs_stat(path)
+  if not st then return nil, "git bundle " .. path .. ": no such file", "ENOENT" end
+  local max = opts.max_bytes or M.MAX_BYTES
+  if st.size > max then
+    return nil, "git bundle refused: " .. path .. " is " .. st.size .. " bytes, over the " .. max .. " byte limit",
+      "EFBIG"
+  end
+  return true
+end
+
+local function import_new(info, path, expect, opts, new)
+  local s, err, code = scratch(info)
+  if not s then return nil, err, code end
+  local ok
+  ok, err, code = fetch_scratch(s, path, expect.ref)
+  if ok then ok, err, code = check_incoming(s, info, new, expect, opts) end
+  if ok then ok, err, code = move_objects(s, info) end
+  core.fs_remove_tree(s.dir)
+  if not ok then return nil, err, code end
+  if not has_commit(info.top, new) then return nil, "git bundle: " .. new .. " did not arrive", "EIO" end
+  return true
+end
+
+--- Verify a bundle from the sandbox and bring its objects into the host repository (no ref is written).
+--- expect: ref (the one ref the bundle must carry: "refs/heads/<branch>", or "HEAD" for a detached
+--- workspace), base (the commit ferry sent). opts: max_bytes (the bundle file, default M.MAX_BYTES),
+--- max_object_bytes (default M.MAX_OBJECT_BYTES), allow_outside_symlinks. Returns {new (the ref's commit),
+--- commits (reachable from new, not from base)} or nil, message, code: "git bundle refused: <why>" EPERM
+--- (EFBIG over max_bytes) with nothing imported; ENEEDFULL when the host lacks the commits a thin bundle
+--- builds on (ask the sandbox for a full one: ferry.git_remote.outbound with params.full).
+---@param info table  ferry.git.detect's
+---@param path string  the bundle file
+---@param expect table
+---@param opts table|nil
+---@return table|nil imported, string|nil err, string|nil code
+function M.import(info, path, expect, opts)
+  opts = opts or {}
+  local ok, err, code = check_limits(path, opts)
+  if not ok then return nil, err, code end
+  local h
+  h, err, code = check_header(path, expect.ref)
+  if not h then return nil, err, code end
+  local new = h.refs[1].oid
+  if not has_commit(info.top, new) then
+    ok, err, code = import_new(info, path, expect, opts, new)
+    if not ok then return nil, err, code end
+  end
+  local count = git.out(info.top, { "rev-list", "--count", new, "--not", expect.base }, "git rev-list --count")
+  return { new = new, commits = tonumber((count or ""):match("%d+")) or 0 }
+end
+
+-- ---- integration ----
+
+local function rev(top, spec)
+  local res = git.run(top, { "rev-parse", "-q", "--verify", spec .. "^{commit}" })
+  return res and res.code == 0 and res.stdout:match("^(%x+)") or nil
+end
+
+local function update_ref(top, ref, new, old, message)
+  local args = { "update-ref", "-m", message }
+  if ref == "HEAD" then args[#args + 1] = "--no-deref" end
+  table.move({ ref, new, old }, 1, 3, #args + 1, args)
+  local res, err, code = git.run(top, args)
+  if not res then return nil, err, code end
+  if res.code ~= 0 then return nil, git.failure("git update-ref " .. ref, res), "EGIT" end
+  return true
+end
+
+-- Where the agent's commits go when the user's branch moved: refs/heads/ferry/<branch>, a free or
+-- fast-forwardable one of its numbered variants, or refs/ferry/<branch> when a branch named like a
+-- directory of those exists.
+local function candidates(branch)
+  local name = branch or "detached"
+  local list = { "refs/heads/ferry/" .. name }
+  for i = 2, 9 do list[#list + 1] = "refs/heads/ferry/" .. name .. "-" .. i end
+  list[#list + 1] = "refs/ferry/" .. name
+  return list
+end
+
+local function keep_on_ferry_ref(top, expect, new)
+  local last
+  for _, ref in ipairs(candidates(expect.branch)) do
+    local cur = rev(top, ref)
+    if cur == new then return ref, cur end
+    if not cur or is_ancestor(top, cur, new) then
+      local ok, err = update_ref(top, ref, new, cur or ZERO, "ferry: the sandbox's commits on " .. expect.ref)
+      if ok then return ref, cur end
+      last = err
+    end
+  end
+  return nil, "no ferry/ ref could be written: " .. tostring(last)
+end
+
+local function changed_paths(top, old, new)
+  local out = git.out(top, { "diff", "--name-only", "-z", "--no-renames", old, new }, "git diff --name-only")
+  return out and git.split_z(out) or {}
+end
+
+--- Integrate imported commits: fast-forward the user's ref (expect.ref) when HEAD is still on it and it is
+--- still at expect.base (`update-ref` with the old value, so a move in between is never overwritten); else
+--- keep the commits on refs/heads/ferry/<branch> (see above) and leave the user's branch, HEAD and index
+--- alone; nothing when the ref already contains them. expect: ref, branch (nil when detached), base.
+--- Returns {mode = "fast-forward"|"ferry-ref"|"none", ref (the ref written, or the user's), old, new, commits
+--- (on ref and not on the user's branch before), paths (fast-forward: the paths that differ between old and
+--- new, for M.sync_index)} or nil, message, code.
+---@param info table
+---@param new string  M.import's new
+---@param expect table
+---@return table|nil result, string|nil err, string|nil code
+function M.integrate(info, new, expect)
+  local top = info.top
+  local cur = rev(top, expect.ref)
+  if cur and (cur == new or is_ancestor(top, new, cur)) then
+    return { mode = "none", ref = expect.ref, old = cur, new = cur, commits = 0, paths = {} }
+  end
+  local head_ref = git.run(top, { "symbolic-ref", "-q", "HEAD" })
+  local on = head_ref and head_ref.code == 0 and head_ref.stdout:match("^([^\n]+)") or "HEAD"
+  if cur == expect.base and on == expect.ref and is_ancestor(top, expect.base, new) then
+    local ok = update_ref(top, expect.ref, new, expect.base, "ferry: fast-forward from the sandbox")
+    if ok then
+      local count = git.out(top, { "rev-list", "--count", new, "^" .. expect.base }, "git rev-list") or ""
+      return { mode = "fast-forward", ref = expect.ref, old = expect.base, new = new,
+        commits = tonumber(count:match("%d+")) or 0, paths = changed_paths(top, expect.base, new) }
+    end
+  end
+  local ref, old = keep_on_ferry_ref(top, expect, new)
+  if not ref then return nil, "git: " .. old, "EGIT" end
+  local count = git.out(top, { "rev-list", "--count", new, "--not", cur or expect.base }, "git rev-list") or ""
+  return { mode = "ferry-ref", ref = ref, old = old, new = new, commits = tonumber(count:match("%d+")) or 0,
+    paths = {} }
+end
+
+--- After a fast-forward and the file merge: the host's index entries of `result.paths` and of the paths
+--- that were staged when the workspace was sent (`staged_paths`, ferry.git_pack's) are reset to the new
+--- commit (other entries, the user's own staging, are kept; no working-tree file is touched), then the index
+--- is refreshed. A no-op for other modes.
+---@param info table
+---@param result table  M.integrate's
+---@param staged_paths string[]|nil
+---@return true|nil ok, string|nil err, string|nil code
+function M.sync_index(info, result, staged_paths)
+  if result.mode ~= "fast-forward" then return true end
+  local seen, paths = {}, {}
+  for _, list in ipairs { result.paths or {}, staged_paths or {} } do
+    for _, p in ipairs(list) do
+      if not seen[p] then
+        seen[p] = true
+        paths[#paths + 1] = p
+      end
+    end
+  end
+  if #paths > 0 then
+    local out, err, code = git.out(info.top, { "reset", "-q", result.new, "--pathspec-from-file=-",
+      "--pathspec-file-nul" }, "git reset (index of the changed paths)",
+      { stdin = table.concat(paths, "\0") .. "\0", env = { GIT_LITERAL_PATHSPECS = "1" } })
+    if not out then return nil, err, code end
+  end
+  local res, err, code = git.run(info.top, { "update-index", "-q", "--refresh" })
+  if not res then return nil, err, code end
+  return true
+end
+
+return M
