@@ -90,7 +90,9 @@ for _, label in ipairs { "local", "bwrap" } do
       assert.is_nil(core.fs_lstat(box.host_root .. "/ignored-dir"))
       assert.is_nil(core.fs_lstat(box.host_root .. "/" .. git_remote.INPUTS))
       -- the agent can commit, as the host's user
+      in_sandbox(sb, rd, "mkdir -p .ferry-runtime/shell && echo secret > .ferry-runtime/shell/auth.json")
       in_sandbox(sb, rd, "git add -A && git commit -q -m 'agent work'")
+      assert.equal("", in_sandbox(sb, rd, "git ls-files .ferry-runtime"))
       assert.equal("Host User <host@example.com>\n", in_sandbox(sb, rd, "git log -1 --format='%an <%ae>'"))
       assert.equal("", sandbox_status(sb, rd))
       assert.equal("true\n", in_sandbox(sb, rd, "git fsck --no-progress >/dev/null 2>&1 && echo true"))

@@ -34,8 +34,8 @@ local ENV = {
 }
 
 --- Run `git -C dir ARGS...`. opts: stdin, env (merged over ferry's clean git environment), timeout_ms,
---- max_output, to_file (a path: stdout goes there instead of into memory). Returns the ferry.proc.run result (whatever the exit code), or nil, "git is not installed
---- or not on PATH", "ENOENT", or the spawn error.
+--- max_output, to_file (a path: stdout goes there instead of into memory). Returns the ferry.proc.run result
+--- (whatever the exit code), or nil, "git is not installed or not on PATH", "ENOENT", or the spawn error.
 ---@param dir string
 ---@param args string[]
 ---@param opts table|nil

@@ -9,9 +9,7 @@
 --   host repository by a fetch from the scratch repository with transfer.fsckObjects on (git 2.39 ignores
 --   it for bundles, not for repositories), which writes no ref. Nothing else is ever written: no tag, no
 --   other ref, and on any refusal no object.
--- Integration (M.integrate) then moves one ref with `update-ref` and its old-value check: the user's branch
--- when it still is where ferry left it (fast-forward), else refs/heads/ferry/<branch>. M.sync_index resets
--- the host's index for the paths that changed, once the file merge has written the working tree.
+-- Integration is ferry.git_integrate.
 local core = require "ferry.core"
 local git = require "ferry.git"
 local util = require "ferry.util"
@@ -22,7 +20,6 @@ local M = {}
 M.MAX_BYTES = 256 * 1024 * 1024
 M.MAX_OBJECT_BYTES = 128 * 1024 * 1024
 
-local ZERO = ("0"):rep(40)
 local RESOLVE_BUDGET = 256
 local NO_GC = { "-c", "gc.auto=0", "-c", "maintenance.auto=false" }
 
@@ -57,11 +54,6 @@ local function has_commit(dir, oid)
   return res ~= nil and res.code == 0
 end
 
-local function is_ancestor(dir, a, b)
-  local res = git.run(dir, { "merge-base", "--is-ancestor", a, b })
-  return res ~= nil and res.code == 0
-end
-
 -- A scratch bare repository that reads the host's objects through alternates.
 local function scratch(info)
   local dir, err, code = core.fs_mkdtemp("ferry-git-import-")
@@ -81,7 +73,7 @@ end
 -- verify and fetch into the scratch repository. Returns true or nil, message, code (ENEEDFULL: the host lacks
 -- the prerequisites).
 local function fetch_scratch(s, path, ref)
-  local res, err, code = git.run(s.repo, { "bundle", "verify", "-q", path })
+  local res, err, code = git.run(s.repo, { "bundle", "verify", path }) -- -q would hide why it fails
   if not res then return nil, err, code end
   if res.code ~= 0 then
     if (res.stderr or ""):find("lacks these prerequisite", 1, true) then
@@ -158,7 +150,9 @@ local function new_entries(repo, commits)
     local f = fields[i]
     local mode, oid, status = f:match("^:%d+ (%d+) %x+ (%x+) (%a)")
     if mode then
-      if status ~= "D" then entries[#entries + 1] = { commit = commit, path = fields[i + 1], mode = mode, oid = oid } end
+      if status ~= "D" then
+        entries[#entries + 1] = { commit = commit, path = fields[i + 1], mode = mode, oid = oid }
+      end
       i = i + 2
     else
       commit = f:match("^(%x+)") or commit
@@ -271,11 +265,11 @@ local function check_paths(repo, new, base, allow_outside)
 end
 
 -- The checks on the fetched ref: a commit, related to `base`, objects within limits, clean paths.
-local function check_incoming(s, info, new, expect, opts)
+local function check_incoming(s, new, expect, opts)
   local res = git.run(s.repo, { "cat-file", "-t", new })
   local kind = res and res.code == 0 and res.stdout:match("%a+")
   if kind ~= "commit" then return refused(expect.ref .. " points to a " .. tostring(kind) .. ", not a commit") end
-  if not has_commit(info.top, expect.base) then
+  if not has_commit(s.repo, expect.base) then -- the host's objects, or the bundle's (a full one)
     return refused("the commit ferry sent, " .. expect.base .. ", is no longer in this repository")
   end
   res = git.run(s.repo, { "merge-base", expect.base, new })
@@ -316,7 +310,7 @@ local function import_new(info, path, expect, opts, new)
   if not s then return nil, err, code end
   local ok
   ok, err, code = fetch_scratch(s, path, expect.ref)
-  if ok then ok, err, code = check_incoming(s, info, new, expect, opts) end
+  if ok then ok, err, code = check_incoming(s, new, expect, opts) end
   if ok then ok, err, code = move_objects(s, info) end
   core.fs_remove_tree(s.dir)
   if not ok then return nil, err, code end
@@ -350,117 +344,6 @@ function M.import(info, path, expect, opts)
   end
   local count = git.out(info.top, { "rev-list", "--count", new, "--not", expect.base }, "git rev-list --count")
   return { new = new, commits = tonumber((count or ""):match("%d+")) or 0 }
-end
-
--- ---- integration ----
-
-local function rev(top, spec)
-  local res = git.run(top, { "rev-parse", "-q", "--verify", spec .. "^{commit}" })
-  return res and res.code == 0 and res.stdout:match("^(%x+)") or nil
-end
-
-local function update_ref(top, ref, new, old, message)
-  local args = { "update-ref", "-m", message }
-  if ref == "HEAD" then args[#args + 1] = "--no-deref" end
-  table.move({ ref, new, old }, 1, 3, #args + 1, args)
-  local res, err, code = git.run(top, args)
-  if not res then return nil, err, code end
-  if res.code ~= 0 then return nil, git.failure("git update-ref " .. ref, res), "EGIT" end
-  return true
-end
-
--- Where the agent's commits go when the user's branch moved: refs/heads/ferry/<branch>, a free or
--- fast-forwardable one of its numbered variants, or refs/ferry/<branch> when a branch named like a
--- directory of those exists.
-local function candidates(branch)
-  local name = branch or "detached"
-  local list = { "refs/heads/ferry/" .. name }
-  for i = 2, 9 do list[#list + 1] = "refs/heads/ferry/" .. name .. "-" .. i end
-  list[#list + 1] = "refs/ferry/" .. name
-  return list
-end
-
-local function keep_on_ferry_ref(top, expect, new)
-  local last
-  for _, ref in ipairs(candidates(expect.branch)) do
-    local cur = rev(top, ref)
-    if cur == new then return ref, cur end
-    if not cur or is_ancestor(top, cur, new) then
-      local ok, err = update_ref(top, ref, new, cur or ZERO, "ferry: the sandbox's commits on " .. expect.ref)
-      if ok then return ref, cur end
-      last = err
-    end
-  end
-  return nil, "no ferry/ ref could be written: " .. tostring(last)
-end
-
-local function changed_paths(top, old, new)
-  local out = git.out(top, { "diff", "--name-only", "-z", "--no-renames", old, new }, "git diff --name-only")
-  return out and git.split_z(out) or {}
-end
-
---- Integrate imported commits: fast-forward the user's ref (expect.ref) when HEAD is still on it and it is
---- still at expect.base (`update-ref` with the old value, so a move in between is never overwritten); else
---- keep the commits on refs/heads/ferry/<branch> (see above) and leave the user's branch, HEAD and index
---- alone; nothing when the ref already contains them. expect: ref, branch (nil when detached), base.
---- Returns {mode = "fast-forward"|"ferry-ref"|"none", ref (the ref written, or the user's), old, new, commits
---- (on ref and not on the user's branch before), paths (fast-forward: the paths that differ between old and
---- new, for M.sync_index)} or nil, message, code.
----@param info table
----@param new string  M.import's new
----@param expect table
----@return table|nil result, string|nil err, string|nil code
-function M.integrate(info, new, expect)
-  local top = info.top
-  local cur = rev(top, expect.ref)
-  if cur and (cur == new or is_ancestor(top, new, cur)) then
-    return { mode = "none", ref = expect.ref, old = cur, new = cur, commits = 0, paths = {} }
-  end
-  local head_ref = git.run(top, { "symbolic-ref", "-q", "HEAD" })
-  local on = head_ref and head_ref.code == 0 and head_ref.stdout:match("^([^\n]+)") or "HEAD"
-  if cur == expect.base and on == expect.ref and is_ancestor(top, expect.base, new) then
-    local ok = update_ref(top, expect.ref, new, expect.base, "ferry: fast-forward from the sandbox")
-    if ok then
-      local count = git.out(top, { "rev-list", "--count", new, "^" .. expect.base }, "git rev-list") or ""
-      return { mode = "fast-forward", ref = expect.ref, old = expect.base, new = new,
-        commits = tonumber(count:match("%d+")) or 0, paths = changed_paths(top, expect.base, new) }
-    end
-  end
-  local ref, old = keep_on_ferry_ref(top, expect, new)
-  if not ref then return nil, "git: " .. old, "EGIT" end
-  local count = git.out(top, { "rev-list", "--count", new, "--not", cur or expect.base }, "git rev-list") or ""
-  return { mode = "ferry-ref", ref = ref, old = old, new = new, commits = tonumber(count:match("%d+")) or 0,
-    paths = {} }
-end
-
---- After a fast-forward and the file merge: the host's index entries of `result.paths` and of the paths
---- that were staged when the workspace was sent (`staged_paths`, ferry.git_pack's) are reset to the new
---- commit (other entries, the user's own staging, are kept; no working-tree file is touched), then the index
---- is refreshed. A no-op for other modes.
----@param info table
----@param result table  M.integrate's
----@param staged_paths string[]|nil
----@return true|nil ok, string|nil err, string|nil code
-function M.sync_index(info, result, staged_paths)
-  if result.mode ~= "fast-forward" then return true end
-  local seen, paths = {}, {}
-  for _, list in ipairs { result.paths or {}, staged_paths or {} } do
-    for _, p in ipairs(list) do
-      if not seen[p] then
-        seen[p] = true
-        paths[#paths + 1] = p
-      end
-    end
-  end
-  if #paths > 0 then
-    local out, err, code = git.out(info.top, { "reset", "-q", result.new, "--pathspec-from-file=-",
-      "--pathspec-file-nul" }, "git reset (index of the changed paths)",
-      { stdin = table.concat(paths, "\0") .. "\0", env = { GIT_LITERAL_PATHSPECS = "1" } })
-    if not out then return nil, err, code end
-  end
-  local res, err, code = git.run(info.top, { "update-index", "-q", "--refresh" })
-  if not res then return nil, err, code end
-  return true
 end
 
 return M

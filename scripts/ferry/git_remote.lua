@@ -46,6 +46,12 @@ local PRELUDE = table.concat({
   "export GIT_NO_REPLACE_OBJECTS=1 GIT_TERMINAL_PROMPT=0 LC_ALL=C",
 }, "\n")
 
+local function quote_all(list)
+  local out = {}
+  for i, s in ipairs(list) do out[i] = q(s) end
+  return out
+end
+
 local function need_git(no_git)
   return "if ! command -v git >/dev/null 2>&1; then " .. no_git .. "; fi"
 end
@@ -56,7 +62,8 @@ local function fresh_lines(pack)
     "rm -rf .git && git init -q --template= . >/dev/null || ferry_fail 'git init'",
   }
   if pack.branch then
-    lines[#lines + 1] = "git symbolic-ref HEAD " .. q("refs/heads/" .. pack.branch) .. " || ferry_fail 'git symbolic-ref'"
+    lines[#lines + 1] = "git symbolic-ref HEAD " .. q("refs/heads/" .. pack.branch)
+      .. " || ferry_fail 'git symbolic-ref'"
   end
   if pack.mode == "full" then
     lines[#lines + 1] = 'if [ -f "$ferry_in/' .. NAMES.shallow .. '" ]; then cp "$ferry_in/' .. NAMES.shallow
@@ -116,6 +123,15 @@ local function index_lines(pack)
   return lines
 end
 
+-- .git/info/exclude: the runtime dir (and the names in pack.keep_out) are no part of the work tree, so the
+-- agent's `git add -A` never commits them (assets may hold credentials).
+local function exclude_lines(pack)
+  local patterns = { "/" .. remote.RUNTIME_DIR .. "/" }
+  for _, name in ipairs(pack.keep_out or {}) do patterns[#patterns + 1] = "/" .. name end
+  return { "mkdir -p .git/info && printf '%s\\n' " .. table.concat(quote_all(patterns), " ")
+    .. " > .git/info/exclude || ferry_fail 'writing .git/info/exclude'" }
+end
+
 local function identity_lines(pack)
   local id = pack.identity or {}
   return {
@@ -125,7 +141,9 @@ local function identity_lines(pack)
 end
 
 --- The inbound lines (see the top of this file) for `pack` (ferry.git_pack's, or a table with its fields:
---- mode, head, branch, bundle_ref, have, identity), the inputs being in REMOTE_DIR/M.INPUTS. They end with
+--- mode, head, branch, bundle_ref, have, identity; plus keep_out: names at the top of the remote dir that are
+--- no part of the work tree, such as the adapter's preserved names, for .git/info/exclude besides the
+--- runtime dir), the inputs being in REMOTE_DIR/M.INPUTS. They end with
 --- `exit`: run them as a script, or in a subshell `( ... )` inside another one.
 ---@param remote_dir string
 ---@param pack table
@@ -140,8 +158,8 @@ function M.inbound_lines(remote_dir, pack)
     'cd "$ferry_r" || ferry_fail "cd $ferry_r"',
   }
   local delta = pack.mode == "thin" or pack.mode == "same"
-  local parts = { delta and delta_check_lines(pack) or fresh_lines(pack), branch_lines(pack), index_lines(pack),
-    identity_lines(pack) }
+  local parts = { delta and delta_check_lines(pack) or fresh_lines(pack), exclude_lines(pack), branch_lines(pack),
+    index_lines(pack), identity_lines(pack) }
   for _, part in ipairs(parts) do table.move(part, 1, #part, #lines + 1, lines) end
   lines[#lines + 1] = 'rm -rf "$ferry_in"'
   lines[#lines + 1] = 'echo "ferry-git: ok $(git rev-parse -q --verify HEAD)" >&2'
@@ -177,8 +195,10 @@ function M.inbound(sb, remote_dir, pack)
     writer, werr, wcode = core.tar_writer(pack.dir, pack.names, {})
     if not writer then return nil, "git inputs: " .. werr, wcode end
   end
-  local script = "ferry_in=" .. q(remote_dir .. "/" .. M.INPUTS) .. '\nrm -rf "$ferry_in" && mkdir -p "$ferry_in" || exit 1\n'
-    .. (writer and 'tar -x -f - -C "$ferry_in" || exit 1\n' or "") .. "(\n" .. M.inbound_lines(remote_dir, pack) .. "\n)"
+  local script = "ferry_in=" .. q(remote_dir .. "/" .. M.INPUTS)
+    .. '\nrm -rf "$ferry_in" && mkdir -p "$ferry_in" || exit 1\n'
+    .. (writer and 'tar -x -f - -C "$ferry_in" || exit 1\n' or "")
+    .. "(\n" .. M.inbound_lines(remote_dir, pack) .. "\n)"
   local res, err, code = sb:pipe_in(script, writer and function() return writer:read() end or "",
     { what = "git history to " .. remote_dir })
   if writer then writer:close() end
