@@ -120,7 +120,9 @@ function M.bundle_header(path)
   f:close()
   local first = data:match("^([^\n]*)\n")
   local version = first == "# v2 git bundle" and 2 or first == "# v3 git bundle" and 3 or nil
-  if not version then return nil, "not a git bundle (it starts with " .. string.format("%q", data:sub(1, 20)) .. ")" end
+  if not version then
+    return nil, 'not a git bundle (it starts with "' .. data:sub(1, 16):gsub("[%c\128-\255\"\\]", "?") .. '")'
+  end
   local h = { version = version, capabilities = {}, prerequisites = {}, refs = {} }
   local pos = #first + 2
   while true do

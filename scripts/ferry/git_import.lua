@@ -70,9 +70,25 @@ local function scratch(info)
   return nil, err, code
 end
 
--- verify and fetch into the scratch repository. Returns true or nil, message, code (ENEEDFULL: the host lacks
--- the prerequisites).
-local function fetch_scratch(s, path, ref)
+-- Chunks of the file at `path` from byte `offset` on.
+local function file_reader(path, offset)
+  local f = io.open(path, "rb")
+  if f then f:seek("set", offset) end
+  return function()
+    local chunk = f and f:read(65536)
+    if not chunk and f then
+      f:close()
+      f = nil
+    end
+    return chunk
+  end
+end
+
+-- `git bundle verify`, then the bundle's pack into the scratch repository through `index-pack --strict`
+-- (what `git bundle unbundle` does, with git's fsck checks on every object: a '.git' tree entry, a '..'
+-- component, a broken link...; a truncated pack fails here), then its ref as refs/heads/incoming there.
+-- Returns true or nil, message, code (ENEEDFULL: the host lacks the prerequisites).
+local function unbundle_scratch(s, path, header, new)
   local res, err, code = git.run(s.repo, { "bundle", "verify", path }) -- -q would hide why it fails
   if not res then return nil, err, code end
   if res.code ~= 0 then
@@ -83,10 +99,17 @@ local function fetch_scratch(s, path, ref)
     end
     return refused(git.failure("git bundle verify", res))
   end
-  res, err, code = git.run(s.repo, { "fetch", "-q", "--no-tags", "--no-write-fetch-head", path,
-    ref .. ":refs/heads/incoming" })
+  res, err, code = git.run(s.repo, { "index-pack", "--strict", "--fix-thin", "--stdin" },
+    { stdin = file_reader(path, header.bytes) })
   if not res then return nil, err, code end
-  if res.code ~= 0 then return refused("its pack is damaged or incomplete: " .. git.failure("git fetch", res)) end
+  if res.code ~= 0 then
+    local why = git.failure("git index-pack", res):gsub("^git index%-pack: ", "")
+    if why:find("fsck error", 1, true) then return refused("fsck: " .. why) end
+    return refused("its pack is damaged or incomplete: " .. why)
+  end
+  res, err, code = git.run(s.repo, { "update-ref", "refs/heads/incoming", new })
+  if not res then return nil, err, code end
+  if res.code ~= 0 then return refused("its pack does not hold " .. new .. " (" .. git.failure("", res) .. ")") end
   return true
 end
 
@@ -305,11 +328,11 @@ local function check_limits(path, opts)
   return true
 end
 
-local function import_new(info, path, expect, opts, new)
+local function import_new(info, path, header, expect, opts, new)
   local s, err, code = scratch(info)
   if not s then return nil, err, code end
   local ok
-  ok, err, code = fetch_scratch(s, path, expect.ref)
+  ok, err, code = unbundle_scratch(s, path, header, new)
   if ok then ok, err, code = check_incoming(s, new, expect, opts) end
   if ok then ok, err, code = move_objects(s, info) end
   core.fs_remove_tree(s.dir)
@@ -339,7 +362,7 @@ function M.import(info, path, expect, opts)
   if not h then return nil, err, code end
   local new = h.refs[1].oid
   if not has_commit(info.top, new) then
-    ok, err, code = import_new(info, path, expect, opts, new)
+    ok, err, code = import_new(info, path, h, expect, opts, new)
     if not ok then return nil, err, code end
   end
   local count = git.out(info.top, { "rev-list", "--count", new, "--not", expect.base }, "git rev-list --count")
