@@ -84,7 +84,8 @@ for _, label in ipairs { "local", "bwrap" } do
       assert.truthy(host:find(" A intent.txt", 1, true))
       assert.equal(host, sandbox_status(sb, rd))
       assert.equal(R.git(ws, { "ls-files", "-s" }), in_sandbox(sb, rd, "git ls-files -s"))
-      assert.equal(R.git(ws, { "diff", "--cached", "--full-index" }), in_sandbox(sb, rd, "git diff --cached --full-index"))
+      assert.equal(R.git(ws, { "diff", "--cached", "--full-index" }),
+        in_sandbox(sb, rd, "git diff --cached --full-index"))
       -- ignored files stayed home; the inputs are gone
       assert.is_nil(core.fs_lstat(box.host_root .. "/debug.log"))
       assert.is_nil(core.fs_lstat(box.host_root .. "/ignored-dir"))

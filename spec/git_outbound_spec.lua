@@ -86,7 +86,7 @@ for _, label in ipairs { "local", "bwrap" } do
       assert.equal("", R.sh(ws, "find .git -name '*.ferry-remote*'"))
     end)
 
-    it("keeps the agent's commits on ferry/<branch> when the user's branch moved, and leaves the branch alone", function()
+    it("keeps the agent's commits on ferry/<branch> when the user's branch moved, and leaves it alone", function()
       prepare(5)
       in_sandbox(sb, rd, "echo one > a1.txt && git add a1.txt && git commit -q -m 'agent one'")
       local user = R.commit(ws, { ["user.txt"] = "user\n" }, "user meanwhile")
