@@ -136,6 +136,24 @@ for _, label in ipairs { "local", "bwrap" } do
       fsck_clean(ws)
     end)
 
+    it("creates the branch of a host that had no commit yet", function()
+      ws = repo.tmp .. "/fresh"
+      R.sh(repo.tmp, "mkdir fresh && cd fresh && git init -q -b main && git config user.name U && "
+        .. "git config user.email u@x && echo a > a.txt && echo b > b.txt && git add a.txt")
+      prepare()
+      assert.is_nil(job.expect.base)
+      in_sandbox(sb, rd, "git add -A && git commit -q -m 'agent: first commit'")
+      local result = restore()
+      assert.equal("fast-forward", result.mode)
+      assert.equal("refs/heads/main", result.ref)
+      assert.is_nil(result.old)
+      assert.equal(1, result.commits)
+      assert.equal("full", result.kind)
+      assert.equal("agent: first commit\n", R.git(ws, { "log", "--format=%s" }))
+      assert.equal("", R.status(ws))
+      fsck_clean(ws)
+    end)
+
     it("fast-forwards a detached HEAD", function()
       R.git(ws, { "checkout", "-q", "--detach", "HEAD~1" })
       local base = R.head(ws)

@@ -292,6 +292,7 @@ local function check_incoming(s, new, expect, opts)
   local res = git.run(s.repo, { "cat-file", "-t", new })
   local kind = res and res.code == 0 and res.stdout:match("%a+")
   if kind ~= "commit" then return refused(expect.ref .. " points to a " .. tostring(kind) .. ", not a commit") end
+  if not expect.base then return check_paths(s.repo, new, nil, opts.allow_outside_symlinks) end -- was unborn
   if not has_commit(s.repo, expect.base) then -- the host's objects, or the bundle's (a full one)
     return refused("the commit ferry sent, " .. expect.base .. ", is no longer in this repository")
   end

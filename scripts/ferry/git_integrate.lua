@@ -59,15 +59,47 @@ local function keep_on_ferry_ref(top, expect, new)
   return nil, "no ferry/ ref could be written: " .. tostring(last)
 end
 
+-- The paths that differ between two commits (every path of `new` when old is nil: an unborn branch).
 local function changed_paths(top, old, new)
-  local out = git.out(top, { "diff", "--name-only", "-z", "--no-renames", old, new }, "git diff --name-only")
+  local args = old and { "diff", "--name-only", "-z", "--no-renames", old, new }
+    or { "ls-tree", "-r", "-z", "--name-only", "--full-tree", new }
+  local out = git.out(top, args, "git " .. args[1])
   return out and git.split_z(out) or {}
+end
+
+-- Commits reachable from `new` and from none of `others` (nil entries skipped).
+local function count_new(top, new, ...)
+  local args = { "rev-list", "--count", new, "--not" }
+  for i = 1, select("#", ...) do
+    local oid = select(i, ...)
+    if oid then args[#args + 1] = oid end
+  end
+  local out = git.out(top, args, "git rev-list --count") or ""
+  return tonumber(out:match("%d+")) or 0
+end
+
+local function head_points_to(top)
+  local res = git.run(top, { "symbolic-ref", "-q", "HEAD" })
+  return res and res.code == 0 and res.stdout:match("^([^\n]+)") or "HEAD"
+end
+
+-- The fast-forward: HEAD still on the ref, the ref still at base (absent for an unborn branch), new
+-- descending from base. Returns the result, or nil when it does not apply or the ref moved meanwhile.
+local function fast_forward(top, new, expect, cur)
+  if cur ~= expect.base or head_points_to(top) ~= expect.ref then return nil end
+  if expect.base and not is_ancestor(top, expect.base, new) then return nil end
+  if not update_ref(top, expect.ref, new, expect.base or ZERO, "ferry: fast-forward from the sandbox") then
+    return nil
+  end
+  return { mode = "fast-forward", ref = expect.ref, old = expect.base, new = new,
+    commits = count_new(top, new, expect.base), paths = changed_paths(top, expect.base, new) }
 end
 
 --- Integrate imported commits: fast-forward the user's ref (expect.ref) when HEAD is still on it and it is
 --- still at expect.base (`update-ref` with the old value, so a move in between is never overwritten); else
 --- keep the commits on refs/heads/ferry/<branch> (see above) and leave the user's branch, HEAD and index
---- alone; nothing when the ref already contains them. expect: ref, branch (nil when detached), base.
+--- alone; nothing when the ref already contains them. expect: ref, branch (nil when detached), base (nil
+--- when the branch was unborn: the fast-forward then creates it).
 --- Returns {mode = "fast-forward"|"ferry-ref"|"none", ref (the ref written, or the user's), old, new, commits
 --- (on ref and not on the user's branch before), paths (fast-forward: the paths that differ between old and
 --- new, for M.sync_index)} or nil, message, code.
@@ -81,20 +113,11 @@ function M.integrate(info, new, expect)
   if new == expect.base or (cur and (cur == new or is_ancestor(top, new, cur))) then
     return { mode = "none", ref = expect.ref, old = cur, new = cur, commits = 0, paths = {} }
   end
-  local head_ref = git.run(top, { "symbolic-ref", "-q", "HEAD" })
-  local on = head_ref and head_ref.code == 0 and head_ref.stdout:match("^([^\n]+)") or "HEAD"
-  if cur == expect.base and on == expect.ref and is_ancestor(top, expect.base, new) then
-    local ok = update_ref(top, expect.ref, new, expect.base, "ferry: fast-forward from the sandbox")
-    if ok then
-      local count = git.out(top, { "rev-list", "--count", new, "^" .. expect.base }, "git rev-list") or ""
-      return { mode = "fast-forward", ref = expect.ref, old = expect.base, new = new,
-        commits = tonumber(count:match("%d+")) or 0, paths = changed_paths(top, expect.base, new) }
-    end
-  end
+  local done = fast_forward(top, new, expect, cur)
+  if done then return done end
   local ref, old = keep_on_ferry_ref(top, expect, new)
   if not ref then return nil, "git: " .. old, "EGIT" end
-  local count = git.out(top, { "rev-list", "--count", new, "--not", cur or expect.base }, "git rev-list") or ""
-  return { mode = "ferry-ref", ref = ref, old = old, new = new, commits = tonumber(count:match("%d+")) or 0,
+  return { mode = "ferry-ref", ref = ref, old = old, new = new, commits = count_new(top, new, cur, expect.base),
     paths = {} }
 end
 

@@ -211,12 +211,13 @@ end
 -- ---- outbound ----
 
 --- The outbound lines (see the top of this file). params: ref ("refs/heads/<branch>" or "HEAD"), base (the
---- commit shipped), full (bundle the whole ref).
+--- commit shipped; nil when the host's branch was unborn), full (bundle the whole ref).
 ---@param remote_dir string
 ---@param params table
 ---@return string
 function M.outbound_lines(remote_dir, params)
-  local ref, base = q(params.ref), q(params.base)
+  local ref, base = q(params.ref), params.base and q(params.base) or "''"
+  local thin = params.base and not params.full
   return table.concat({
     PRELUDE,
     "ferry_r=" .. q(remote_dir) .. ' ferry_out="$ferry_r/' .. M.OUTBOUND .. '"',
@@ -230,7 +231,7 @@ function M.outbound_lines(remote_dir, params)
     "ferry_kind=none; ferry_count=0",
     'rm -f "$ferry_out"',
     'if [ -n "$ferry_head" ]; then',
-    "  if " .. (params.full and "false" or "git cat-file -e " .. q(params.base .. "^{commit}") .. " 2>/dev/null")
+    "  if " .. (thin and "git cat-file -e " .. q(params.base .. "^{commit}") .. " 2>/dev/null" or "false")
       .. "; then",
     "    ferry_count=$(git rev-list --count " .. ref .. " ^" .. base .. ") || ferry_fail 'git rev-list'",
     '    if [ "$ferry_count" -gt 0 ]; then ferry_kind=thin; fi',
