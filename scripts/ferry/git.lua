@@ -30,12 +30,17 @@ local ENV = {
   GIT_ALTERNATE_OBJECT_DIRECTORIES = false, GIT_COMMON_DIR = false, GIT_NAMESPACE = false,
   GIT_GRAFT_FILE = false, GIT_SHALLOW_FILE = false, GIT_REPLACE_REF_BASE = false, GIT_PREFIX = false,
   GIT_QUARANTINE_PATH = false, GIT_LITERAL_PATHSPECS = false, GIT_GLOB_PATHSPECS = false,
-  GIT_NOGLOB_PATHSPECS = false, GIT_ICASE_PATHSPECS = false, GIT_OPTIONAL_LOCKS = false,
+  GIT_NOGLOB_PATHSPECS = false, GIT_ICASE_PATHSPECS = false,
+  GIT_OPTIONAL_LOCKS = "0", -- reading never rewrites the user's index behind their back
 }
 
+--- Bytes of a git command's output kept in memory (listings of big repositories); more is an error.
+M.MAX_OUTPUT = 512 * 1024 * 1024
+
 --- Run `git -C dir ARGS...`. opts: stdin, env (merged over ferry's clean git environment), timeout_ms,
---- max_output, to_file (a path: stdout goes there instead of into memory). Returns the ferry.proc.run result
---- (whatever the exit code), or nil, "git is not installed or not on PATH", "ENOENT", or the spawn error.
+--- max_output (default M.MAX_OUTPUT), to_file (a path: stdout goes there instead of into memory). Returns the
+--- ferry.proc.run result (whatever the exit code), or nil, "git is not installed or not on PATH", "ENOENT",
+--- or the spawn error.
 ---@param dir string
 ---@param args string[]
 ---@param opts table|nil
@@ -54,7 +59,7 @@ function M.run(dir, args, opts)
     if not sink then return nil, "cannot write " .. opts.to_file .. ": " .. tostring(ferr), "EIO" end
   end
   local res, err, code = proc.run { argv = argv, env = env, stdin = opts.stdin, timeout_ms = opts.timeout_ms,
-    max_output = opts.max_output, on_stdout = sink and function(chunk)
+    max_output = opts.max_output or M.MAX_OUTPUT, on_stdout = sink and function(chunk)
       local ok, e = sink:write(chunk)
       if not ok then werr = werr or e end
     end }
@@ -87,6 +92,8 @@ function M.out(dir, args, what, opts)
   local res, err, code = M.run(dir, args, opts)
   if not res then return nil, what .. ": " .. err, code end
   if res.code ~= 0 or res.timed_out then return nil, M.failure(what, res), "EGIT" end
+  if res.truncated then return nil, what .. ": output over " .. (opts and opts.max_output or M.MAX_OUTPUT)
+    .. " bytes", "EFBIG" end
   return res.stdout
 end
 
