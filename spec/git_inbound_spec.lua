@@ -168,6 +168,20 @@ for _, label in ipairs { "local", "bwrap" } do
       assert.equal("2\n", in_sandbox(sb, rd, "git rev-list --count HEAD"))
     end)
 
+    it("fails with git's message when a step fails in the sandbox", function()
+      R.dirty(ws)
+      local info = send_tree(sb, ws, rd)
+      local pack = assert(git_pack.pack(info, { depth = 2 }))
+      helpers.write_file(pack.dir .. "/" .. git_pack.NAMES.patch,
+        "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n")
+      local ok, err, code = git_remote.inbound(sb, rd, pack)
+      git_pack.cleanup(pack)
+      assert.is_nil(ok)
+      assert.equal("EIO", code)
+      assert.truthy(err:find("^git in the sandbox: .*x: does not exist in index; ferry%-git: failed: git apply "
+        .. "%-%-cached %(the staged changes%)$"), err)
+    end)
+
     it("marks tracked files ferry keeps home skip-worktree, so git status does not show them deleted", function()
       R.commit(ws, { ["build/out.txt"] = "built\n", ["vendor/keep/i.js"] = "tracked anyway\n" }, "tracked build")
       local info = assert(git.detect(ws))

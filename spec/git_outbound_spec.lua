@@ -122,6 +122,27 @@ for _, label in ipairs { "local", "bwrap" } do
       assert.equal(" M " .. R.path_of(1) .. "\n", R.status(ws))
     end)
 
+    it("says so when the branch is gone from the sandbox, and refuses a bundle over its limit", function()
+      prepare(3)
+      in_sandbox(sb, rd, "git checkout -q -b other && echo x > x.txt && git add x.txt && git commit -q -m x && "
+        .. "git branch -q -D feature")
+      local before = R.refs(ws)
+      local result = restore()
+      assert.equal("none", result.mode)
+      assert.equal("refs/heads/other", result.on)
+      assert.equal("the sandbox has no refs/heads/feature any more: no commits came back", result.warning)
+      assert.equal(before, R.refs(ws))
+
+      in_sandbox(sb, rd, "git checkout -q -b feature")
+      local dest = box.tmp .. "/out.bundle"
+      local ok, err, code = git_remote.outbound(sb, rd, { ref = "refs/heads/feature", base = repo.head }, dest,
+        { max_bytes = 100 })
+      assert.is_nil(ok)
+      assert.equal("git bundle from the sandbox: the bundle is over the 100 byte limit", err)
+      assert.equal("EFBIG", code)
+      assert.is_nil(core.fs_lstat(dest))
+    end)
+
     it("asks for a full bundle when the host lost the commit it sent, and keeps the result on a ferry ref", function()
       prepare(5)
       in_sandbox(sb, rd, "echo one > a1.txt && git add a1.txt && git commit -q -m 'agent one'")
