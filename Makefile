@@ -3,7 +3,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 LUA ?= lua5.4
 BUSTED ?= busted --lua=$(LUA)
-PKGS := lua5.4 libuv libarchive libcrypto libedit
+PKGS := lua5.4 libuv libarchive libcrypto libssl libedit libcurl libh2o
 
 CC ?= cc
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
@@ -51,7 +51,7 @@ $(B)/ferry: $(B)/obj/main.o $(B)/libferry.a
 
 $(B)/lua/ferry/core.so: $(CORE_OBJ)
 	@mkdir -p $(@D)
-	$(CC) -shared -o $@ $^ $(shell pkg-config --libs libuv libarchive libcrypto)
+	$(CC) -shared -o $@ $^ $(shell pkg-config --libs libuv libarchive libcrypto libssl libcurl libh2o)
 
 VERSION := $(shell sed -n 's/^\#define FERRY_VERSION "\(.*\)"/\1/p' engine/include/ferry.h)
 make_pc = sed -e 's|@PREFIX@|$(1)|g' -e 's|@VERSION@|$(VERSION)|g' engine/tools/ferry.pc.in

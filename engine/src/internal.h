@@ -16,6 +16,9 @@ void ferry_open_sh(lua_State *L);      /* shquote.c: sh_quote/sh_join */
 void ferry_open_hash(lua_State *L);    /* hash.c: sha256/sha256_new/sha256_file */
 void ferry_open_archive(lua_State *L); /* archive.c: tar writer/reader */
 void ferry_open_fs(lua_State *L);      /* fs.c: lstat/readdir/no-follow writes */
+void ferry_open_hmac(lua_State *L);    /* hmac.c: hmac_sha256/hmac_equal/random_bytes */
+void ferry_open_http_client(lua_State *L); /* http_client.c: http_request (libcurl on the loop) */
+void ferry_open_http_server(lua_State *L); /* http_server.c: http_listen (libh2o on the loop) */
 
 /* loop.c: the libuv loop an engine's Lua state uses (the host's, or a private one). */
 uv_loop_t *ferry_loop_get(lua_State *L);

@@ -252,7 +252,7 @@ function Session:run(script, popts)
   end
   local header = string.format("%d %d %s %s %s\n", size, popts.stdin ~= nil and 1 or 0, marker,
     timeout > 0 and seconds(timeout) or "0", seconds(grace))
-  if popts.on_spawn then popts.on_spawn(self.pid, started_at) end
+  if popts.on_spawn then popts.on_spawn(self.pid, started_at, self.handle) end
   local handle = self.handle
   local sent, serr = send(handle, header, script, popts.stdin)
   if not cur.finished then task.await(function(w) wake = w end) end
