@@ -85,7 +85,8 @@ demo: all
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
 	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/ferry $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters \
-	  $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/cli
+	  $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/cli \
+	  $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/bridge
 	install -m 755 $(B)/ferry $(DESTDIR)$(PREFIX)/bin/ferry
 	install -m 644 $(B)/libferry.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(B)/libferry.so $(DESTDIR)$(PREFIX)/lib/
@@ -94,6 +95,7 @@ install: all
 	install -m 755 $(B)/lua/ferry/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/ferry/
 	install -m 644 $(wildcard scripts/ferry/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/
 	install -m 644 $(wildcard scripts/ferry/cli/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/cli/
+	install -m 644 $(wildcard scripts/ferry/bridge/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/bridge/
 	$(if $(wildcard scripts/adapters/*.lua),install -m 644 $(wildcard scripts/adapters/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters/)
 	$(if $(wildcard providers/*.lua),install -m 644 $(wildcard providers/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers/)
 

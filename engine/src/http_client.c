@@ -486,6 +486,7 @@ static int l_http_request(lua_State *L) {
   const char *cainfo = opt_string(L, 1, "cainfo");
   long timeout = opt_ms(L, 1, "timeout_ms", 0);
   long connect_timeout = opt_ms(L, 1, "connect_timeout_ms", 10000);
+  long stall = opt_ms(L, 1, "stall_timeout_ms", 0);
   long max_body = opt_ms(L, 1, "max_body", DEFAULT_MAX_BODY);
   int t = lua_getfield(L, 1, "body");
   if (t != LUA_TNIL && t != LUA_TSTRING) return luaL_error(L, "http_request: opts.body must be a string");
@@ -525,6 +526,10 @@ static int l_http_request(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
   if (timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+  if (stall > 0) { /* curl counts whole seconds: less than 1 byte a second for that long */
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (stall + 999) / 1000);
+  }
   if (cainfo) curl_easy_setopt(e, CURLOPT_CAINFO, cainfo);
   if (headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
   if (lua_getfield(L, 1, "body") == LUA_TSTRING) {

@@ -7,8 +7,10 @@ local M = {}
 
 --- Send one request and wait for the whole response.
 --- opts: url, method (default GET, or POST with a body), headers (list of "Name: value"), body (string),
---- timeout_ms, connect_timeout_ms, cainfo, max_body, on_headers(status, headers), on_data(chunk) (the body
---- as it arrives: then res.body is nil; must not block), on_request(req) (the request handle, to abort it).
+--- timeout_ms, connect_timeout_ms, stall_timeout_ms (fail when nothing moved for that long), cainfo, max_body,
+--- on_headers(status, headers), on_data(chunk) (the body
+--- as it arrives: then res.body is nil; must not block), on_request(handle) (handle:abort(why) ends the
+--- request at once: request() then returns nil, why or "aborted", "ECANCELED").
 --- Returns {status, headers = {lowercase name = value}, body} or nil, message, code (ECONNREFUSED,
 --- ETIMEDOUT, ECONNRESET, ETLS, EFBIG, EIO, ...).
 ---@param opts table
@@ -19,7 +21,12 @@ function M.request(opts)
     local res = task.await(function(wake)
       local req, err, code = core.http_request(opts, wake)
       if not req then return wake({ error = err, code = code }) end
-      if opts.on_request then opts.on_request(req) end
+      if opts.on_request then
+        opts.on_request({ abort = function(_, why)
+          req:abort()
+          wake({ error = why or "aborted", code = "ECANCELED" })
+        end })
+      end
     end)
     if res.error then return nil, res.error, res.code end
     return res

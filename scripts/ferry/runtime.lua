@@ -172,7 +172,7 @@ local function open_sandbox(provider, on_exec)
     probed:close()
     return nil
   end
-  return sb, provider, counter
+  return sb, sb.spec or provider, counter -- a bridge's spec carries its lease id: restore finds the sandbox
 end
 
 -- After a failed prepare or restore on a sandbox opened without a probe: the probe's message when the
