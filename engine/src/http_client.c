@@ -12,6 +12,11 @@
  * curl runs its callbacks only inside curl_multi_socket_action, which this file calls from libuv callbacks.
  * Those callbacks only queue (data, completion); the queue reaches Lua after socket_action returned, so Lua
  * never runs inside curl and may start or abort requests from any callback it gets.
+ *
+ * curl's timeouts (often 0 ms: "act now") never run socket_action from a uv timer: a timer due when an
+ * iteration starts fires before the loop polls, and a request completed there would leave a UV_RUN_ONCE
+ * caller (a blocking call outside a task) asleep in the poll that follows. They kick a check handle instead,
+ * with an idle handle keeping that poll from blocking, so the work runs right after the poll.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -38,6 +43,9 @@ typedef struct http_multi {
   CURLM *multi;
   uv_loop_t *loop;
   uv_timer_t timer;
+  uv_idle_t idle;   /* active while a kick is pending: the poll does not block */
+  uv_check_t check; /* runs the kicked socket_action after the poll */
+  int kicked, closing_handles;
   lua_State *L; /* main thread */
   http_req *live;                 /* every request not yet freed */
   http_req *queue_head, *queue_tail; /* requests with something to deliver to Lua */
@@ -179,13 +187,16 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 }
 
 static void on_timeout(uv_timer_t *t);
+static void kick(http_multi *m);
 
 static int on_timer(CURLM *multi, long timeout_ms, void *userp) {
   (void)multi;
   http_multi *m = userp;
   if (timeout_ms < 0)
     uv_timer_stop(&m->timer);
-  else /* never call curl from here: the uv timer runs socket_action on the next turn */
+  else if (timeout_ms == 0) /* never call curl from here: the kick runs socket_action after the next poll */
+    kick(m);
+  else
     uv_timer_start(&m->timer, on_timeout, (uint64_t)timeout_ms, 0);
   return 0;
 }
@@ -340,16 +351,33 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   process(m);
 }
 
-static void on_timeout(uv_timer_t *t) {
-  http_multi *m = t->data;
+static void on_idle(uv_idle_t *h) { (void)h; }
+
+static void on_check(uv_check_t *h) {
+  http_multi *m = h->data;
+  m->kicked = 0;
+  uv_idle_stop(&m->idle);
+  uv_check_stop(&m->check);
   int running;
   curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   process(m);
 }
 
+static void kick(http_multi *m) {
+  if (m->kicked || m->closing) return;
+  m->kicked = 1;
+  uv_idle_start(&m->idle, on_idle);
+  uv_check_start(&m->check, on_check);
+}
+
+static void on_timeout(uv_timer_t *t) { kick(t->data); }
+
 /* ---- the multi handle of a Lua state ---- */
 
-static void multi_close_cb(uv_handle_t *h) { free(h->data); }
+static void multi_close_cb(uv_handle_t *h) {
+  http_multi *m = h->data;
+  if (--m->closing_handles == 0) free(m);
+}
 
 /* The state is closing: drop every request without telling Lua, close the connections. */
 static int multi_gc(lua_State *L) {
@@ -360,8 +388,10 @@ static int multi_gc(lua_State *L) {
   m->closing = 1;
   while (m->live) req_free(m->live);
   curl_multi_cleanup(m->multi); /* closes cached connections: on_socket removes their polls */
-  uv_timer_stop(&m->timer);
+  m->closing_handles = 3;
   uv_close((uv_handle_t *)&m->timer, multi_close_cb);
+  uv_close((uv_handle_t *)&m->idle, multi_close_cb);
+  uv_close((uv_handle_t *)&m->check, multi_close_cb);
   return 0;
 }
 
@@ -391,7 +421,9 @@ static http_multi *get_multi(lua_State *L) {
   m->L = lua_tothread(L, -1);
   lua_pop(L, 1);
   uv_timer_init(loop, &m->timer);
-  m->timer.data = m;
+  uv_idle_init(loop, &m->idle);
+  uv_check_init(loop, &m->check);
+  m->timer.data = m->idle.data = m->check.data = m;
   uv_unref((uv_handle_t *)&m->timer); /* the requests, not the client, keep the loop alive */
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);

@@ -119,9 +119,11 @@ function Bridge:signed(method, path, body, opts)
     "X-Ferry-Signature: " .. (opts.signature or sig_hex), "Expect:", "Content-Type: application/json" }
   for _, h in ipairs(opts.headers or {}) do headers[#headers + 1] = h end
   local res, err = http.request { url = self.url .. path, method = method, headers = headers,
-    body = body ~= nil and text or nil, timeout_ms = 30000 }
+    body = body ~= nil and text or nil, timeout_ms = opts.timeout_ms or 30000 }
   assert(res, err)
   return res.status, protocol.decode(res.body) or res.body, res.headers, sig_hex, nonce
 end
+
+M.Bridge = Bridge
 
 return M
