@@ -94,8 +94,8 @@ local function framing_start(buf, lead)
   local at
   for i = #buf, math.max(1, #buf - #lead - 32), -1 do
     if buf:byte(i) == 10 then
-      local tail = buf:sub(i)
-      if (#tail <= #lead and lead:sub(1, #tail) == tail) or tail:sub(1, #lead) == lead then at = i end
+      local rest = buf:sub(i)
+      if (#rest <= #lead and lead:sub(1, #rest) == rest) or rest:sub(1, #lead) == lead then at = i end
     end
   end
   return at
