@@ -116,8 +116,12 @@ function Bridge:signed(method, path, body, opts)
     path = opts.sign_path or path, host = opts.sign_host or host, time = time, nonce = nonce,
     body_sha256 = core.sha256(opts.sign_body or text), chain = opts.chain }))
   local headers = { "Host: " .. host, "X-Ferry-Key: " .. key, "X-Ferry-Time: " .. time, "X-Ferry-Nonce: " .. nonce,
-    "X-Ferry-Signature: " .. (opts.signature or sig_hex), "Expect:", "Content-Type: application/json" }
-  for _, h in ipairs(opts.headers or {}) do headers[#headers + 1] = h end
+    "X-Ferry-Signature: " .. (opts.signature or sig_hex), "Content-Type: application/json" }
+  local expect = "Expect:"
+  for _, h in ipairs(opts.headers or {}) do
+    if h:lower():match("^expect:") then expect = h else headers[#headers + 1] = h end
+  end
+  headers[#headers + 1] = expect
   local res, err = http.request { url = self.url .. path, method = method, headers = headers,
     body = body ~= nil and text or nil, timeout_ms = opts.timeout_ms or 30000 }
   assert(res, err)
