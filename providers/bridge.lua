@@ -73,7 +73,7 @@ end
 
 -- Renew the lease every third of its ttl while the provider is open.
 function Bridge:schedule_renewal()
-  local every = math.max(5000, math.floor(self.ttl_s * 1000 / 3))
+  local every = math.max(500, math.floor(self.ttl_s * 1000 / 3))
   self.renewal = core.timer(every, function()
     if self.closed then return end
     require("ferry.task").spawn(function()

@@ -18,6 +18,15 @@ local START_TIMEOUT_MS = 15000
 
 -- A local-backed template: commands run on the host (sh -c), the lease dir holds the workspace.
 M.LOCAL_TEMPLATE = "cmd:env FERRY_LEASE_DIR={dir}/sb/{lease}"
+-- A bubblewrap sandbox per lease; M.BWRAP_WORKS says whether bwrap can run here.
+M.BWRAP_TEMPLATE = "bwrap:{dir}/sb/{lease}"
+local probe = ferry.proc.run { argv = { "bwrap", "--ro-bind", "/", "/", "true" } }
+M.BWRAP_WORKS = probe ~= nil and probe.code == 0
+
+--- The bwrap template where bwrap works, else the local one.
+function M.sandbox_template()
+  return M.BWRAP_WORKS and M.BWRAP_TEMPLATE or M.LOCAL_TEMPLATE
+end
 
 local Bridge = {}
 Bridge.__index = Bridge
@@ -80,6 +89,11 @@ function Bridge:provider(params)
     if params[k] then q[#q + 1] = k .. "=" .. params[k] end
   end
   return "bridge+" .. self.url .. "?" .. table.concat(q, "&")
+end
+
+--- The host dir holding a lease's workspace (bwrap binds {dir}/sb/LEASE at /sandbox).
+function Bridge:workspace_dir(lease)
+  return self.dir .. "/sb/" .. lease .. "/workspace"
 end
 
 --- Signal the server process (KILL, TERM) and wait for it to end.
