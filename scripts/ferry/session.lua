@@ -103,6 +103,7 @@ end
 
 local function stream(pattern, lead, emit, max)
   local s = { buf = "", parts = {}, size = 0, truncated = false }
+  local anchored = "^" .. pattern
   local function deliver(data)
     if data == "" then return end
     if emit then
@@ -121,7 +122,12 @@ local function stream(pattern, lead, emit, max)
   function s.push(chunk)
     if s.done then return end
     s.buf = s.buf .. chunk
-    local at, _, a, b = s.buf:find(pattern)
+    -- a plain search for the lead first: the pattern tried at every byte of a large chunk costs more
+    local at = s.buf:find(lead, 1, true)
+    local a, b
+    if at then
+      at, _, a, b = s.buf:find(anchored, at)
+    end
     if at then
       deliver(s.buf:sub(1, at - 1))
       -- anything after the framing is stray output of a background process: dropped

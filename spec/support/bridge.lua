@@ -63,10 +63,11 @@ function Bridge:launch()
 end
 
 --- Start a server. opts: template ("{dir}" is the server's temp dir; default M.LOCAL_TEMPLATE), extra (more
---- arguments), keys (id -> secret; default k1 and k2 with random secrets).
+--- arguments), keys (id -> secret; default k1 and k2 with random secrets), root (where the temp dir goes,
+--- default /tmp).
 function M.start(opts)
   opts = opts or {}
-  local dir = helpers.tmpdir()
+  local dir = opts.root and assert(core.fs_mkdtemp(opts.root .. "/ferry-bridge-")) or helpers.tmpdir()
   local b = setmetatable({ dir = dir, extra = opts.extra, key_files = {}, secrets = {} }, Bridge)
   b.template = (opts.template or M.LOCAL_TEMPLATE):gsub("{dir}", dir)
   for id, secret in pairs(opts.keys or { k1 = protocol.hex(core.random_bytes(32)),
@@ -112,7 +113,7 @@ end
 --- Stop the server and remove its files.
 function Bridge:stop()
   self:kill("KILL")
-  helpers.rmtree(self.dir)
+  ferry.proc.run { argv = { "rm", "-rf", self.dir } }
 end
 
 --- Send a signed request, with tampering for the security specs. opts: key (default k1), secret (override),

@@ -159,6 +159,27 @@ function Client:read_output(lease, exec_id, out, err)
   return exit
 end
 
+-- The next chunk of queued stdin: whole parts up to MAX_CHUNK (one copy), a part split only when it alone
+-- is bigger.
+local function take_chunk(q)
+  local n, size = 0, 0
+  while n < #q.parts and size + #q.parts[n + 1] <= protocol.MAX_CHUNK do
+    n, size = n + 1, size + #q.parts[n + 1]
+  end
+  local chunk
+  if #q.parts == 0 then
+    chunk = ""
+  elseif n == 0 then
+    local first = q.parts[1]
+    chunk, q.parts[1] = first:sub(1, protocol.MAX_CHUNK), first:sub(protocol.MAX_CHUNK + 1)
+  else
+    chunk = table.concat(q.parts, "", 1, n)
+    q.parts = table.move(q.parts, n + 1, #q.parts, 1, {})
+  end
+  q.size = q.size - #chunk
+  return chunk
+end
+
 -- Send stdin as chained chunk requests. A producer task reads ahead (at most one chunk beyond the one in
 -- flight), so chunks fill up to MAX_CHUNK while the previous one travels. Returns true or nil, message, code.
 function Client:send_stdin(lease, exec_id, stdin, chain)
@@ -188,10 +209,7 @@ function Client:send_stdin(lease, exec_id, stdin, chain)
   while true do
     while q.size == 0 and not q.eof do task.await(function(w) q.sender = w end) end
     if q.err then return nil, "stdin: " .. tostring(q.err), "EIO" end
-    local buf = table.concat(q.parts)
-    local chunk = buf:sub(1, protocol.MAX_CHUNK)
-    local rest = buf:sub(#chunk + 1)
-    q.parts, q.size = rest ~= "" and { rest } or {}, #rest
+    local chunk = take_chunk(q)
     local last = q.eof and q.size == 0
     notify("producer")
     local body, status_or_err, sig_or_code = self:call("PUT", path .. "?seq=" .. seq .. (last and "&eof=1" or ""),

@@ -15,6 +15,7 @@ M.ATTACH_TIMEOUT_MS = 30000  -- an exec whose output stream never comes is kille
 local HIGH_WATER = 1024 * 1024 -- output queued beyond this pauses the command's pipes
 local LOW_WATER = 256 * 1024
 local WRITE_BATCH = 256 * 1024 -- frames written to the client at once, at most
+local STDIN_QUEUE = 2 * 1024 * 1024 -- stdin received but not yet written to the command, at most
 
 local Exec = {}
 Exec.__index = Exec
@@ -37,6 +38,12 @@ function Exec:push(kind, payload)
     self.handle:pause_output()
   end
   wake_all(self, "writer_waiters")
+end
+
+function Exec:queued_stdin()
+  local n = 0
+  for _, c in ipairs(self.stdin_queue) do n = n + #c end
+  return n
 end
 
 -- The stdin reader the command's feeder calls: the next chunk, waiting for its request; nil at EOF.
@@ -129,7 +136,9 @@ function Exec:stdin_chunk(seq, eof, body, sig_hex)
   if #body > 0 then self.stdin_queue[#self.stdin_queue + 1] = body end
   if eof then self.stdin_eof = true end
   wake_all(self, "reader_waiters")
-  while #self.stdin_queue > 0 and not self.finished do
+  -- answered once the queue is back within its bound: the command holds at most STDIN_QUEUE bytes not yet
+  -- written (plus the pipe's), however fast the client sends
+  while self:queued_stdin() > STDIN_QUEUE and not self.finished do
     task.await(function(wake) self.chunk_waiters[#self.chunk_waiters + 1] = wake end)
   end
   return 200, { accepted = not (self.finished and #self.stdin_queue > 0), received = #body }
