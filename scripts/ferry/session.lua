@@ -123,9 +123,9 @@ local function stream(pattern, lead, emit, max)
     if s.done then return end
     s.buf = s.buf .. chunk
     -- a plain search for the lead first: the pattern tried at every byte of a large chunk costs more
-    local at = s.buf:find(lead, 1, true)
-    local a, b
+    local at, a, b = s.buf:find(lead, 1, true), nil, nil
     if at then
+      local _
       at, _, a, b = s.buf:find(anchored, at)
     end
     if at then
