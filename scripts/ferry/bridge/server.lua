@@ -282,7 +282,7 @@ function Server:dispatch(ctx)
   if not a then return fail(ctx, status, code, message) end
   ctx.auth = a
   if not route then
-    return fail(ctx, why == "method" and 405 or 404, "not_found",
+    return fail(ctx, why == "method" and 405 or 404, why == "method" and "method_not_allowed" or "not_found",
       "no route " .. req.method .. " " .. req.path:sub(1, 200))
   end
   ctx.route = route.pattern
