@@ -8,6 +8,8 @@
  *   the first data), on_data(chunk) (the body as it arrives; then result.body is nil)
  *   on_done(result) once: {status, headers = {lowercase name = value}, body} or {error = message, code}
  * request:abort()   stop it; on_done is not called
+ * core.http_close_idle() -> true when the client had no request in flight and closed its cached connections
+ *   (a fresh client starts with the next request), false otherwise
  *
  * curl runs its callbacks only inside curl_multi_socket_action, which this file calls from libuv callbacks.
  * Those callbacks only queue (data, completion); the queue reaches Lua after socket_action returned, so Lua
@@ -379,12 +381,7 @@ static void multi_close_cb(uv_handle_t *h) {
   if (--m->closing_handles == 0) free(m);
 }
 
-/* The state is closing: drop every request without telling Lua, close the connections. */
-static int multi_gc(lua_State *L) {
-  http_multi **ud = luaL_checkudata(L, 1, MULTI_MT);
-  http_multi *m = *ud;
-  if (!m) return 0;
-  *ud = NULL;
+static void multi_close(http_multi *m) {
   m->closing = 1;
   while (m->live) req_free(m->live);
   curl_multi_cleanup(m->multi); /* closes cached connections: on_socket removes their polls */
@@ -392,7 +389,32 @@ static int multi_gc(lua_State *L) {
   uv_close((uv_handle_t *)&m->timer, multi_close_cb);
   uv_close((uv_handle_t *)&m->idle, multi_close_cb);
   uv_close((uv_handle_t *)&m->check, multi_close_cb);
+}
+
+/* The state is closing: drop every request without telling Lua, close the connections. */
+static int multi_gc(lua_State *L) {
+  http_multi **ud = luaL_checkudata(L, 1, MULTI_MT);
+  if (*ud) multi_close(*ud);
+  *ud = NULL;
   return 0;
+}
+
+static int l_http_close_idle(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, MULTI_KEY) != LUA_TUSERDATA) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  http_multi **ud = lua_touserdata(L, -1);
+  if (*ud && (*ud)->live) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (*ud) multi_close(*ud);
+  *ud = NULL;
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, MULTI_KEY);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 static http_multi *get_multi(lua_State *L) {
@@ -400,7 +422,7 @@ static http_multi *get_multi(lua_State *L) {
     http_multi *m = *(http_multi **)lua_touserdata(L, -1);
     lua_pop(L, 1);
     if (m) return m;
-    luaL_error(L, "http_request: the HTTP client is closed");
+    luaL_error(L, "http_request: the HTTP client is closed"); /* only while the state closes */
   }
   lua_pop(L, 1);
   static int curl_ready;
@@ -625,4 +647,6 @@ void ferry_open_http_client(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_http_request);
   lua_setfield(L, -2, "http_request");
+  lua_pushcfunction(L, l_http_close_idle);
+  lua_setfield(L, -2, "http_close_idle");
 }

@@ -33,6 +33,13 @@ function M.request(opts)
   end)
 end
 
+--- Close the client's kept-alive connections when no request is in flight (they are reused otherwise).
+--- Returns whether it did.
+---@return boolean
+function M.close_idle()
+  return core.http_close_idle()
+end
+
 -- The response handle a request handler gets: blocking write, deferred close notification.
 local Response = {}
 Response.__index = Response

@@ -113,6 +113,7 @@ end
 --- Stop the server and remove its files.
 function Bridge:stop()
   self:kill("KILL")
+  http.close_idle() -- the client's connections to it
   ferry.proc.run { argv = { "rm", "-rf", self.dir } }
 end
 
@@ -144,5 +145,13 @@ function Bridge:signed(method, path, body, opts)
 end
 
 M.Bridge = Bridge
+
+--- Close an in-process server with no connection left behind (later specs count descriptors).
+function M.close_server(srv)
+  http.close_idle()
+  local deadline = core.now_ms() + 3000
+  while srv:connections() > 0 and core.now_ms() < deadline do ferry.sleep(10) end
+  srv:close()
+end
 
 return M
