@@ -16,7 +16,7 @@
  *     res.closed                            true once the client is gone
  *   These callbacks run inside h2o: they must only record and schedule, never block.
  * server.port, server:connections(), server:close() (stops accepting; kept-alive connections end at their
- * idle timeout, then the server's memory is freed)
+ * idle timeout)
  *
  * libh2o 2.2 buffers a request body whole before the handler runs (no streaming uploads), which is why the
  * bridge protocol sends stdin as a sequence of bounded requests.
@@ -45,7 +45,10 @@ typedef struct http_server {
   int port, connections, max_connections;
   int closing;
   struct http_server **owner;
+  struct http_server *next_retired;
 } http_server;
+
+static http_server *retired; /* closed servers, kept (and reachable) for the process's life: see below */
 
 typedef struct server_handler {
   h2o_handler_t super;
@@ -107,6 +110,8 @@ static void server_close(http_server *s) {
   s->closing = 1;
   if (s->owner) *s->owner = NULL;
   s->owner = NULL;
+  s->next_retired = retired;
+  retired = s;
   h2o_context_request_shutdown(&s->ctx);
   uv_close((uv_handle_t *)&s->listener, NULL);
   maybe_release(s);
