@@ -28,10 +28,10 @@ function M.new(opts)
 end
 
 -- The headers of a signed request, and its signature (raw and hex).
-function Client:signed(method, path, body, chain)
+function Client:signed(method, path, body, chain, body_sha256)
   local time, nonce = tostring(os.time()), protocol.hex(core.random_bytes(16))
   local sig = protocol.sign(self.secret, { key_id = self.key_id, method = method, path = path, host = self.authority,
-    time = time, nonce = nonce, body_sha256 = core.sha256(body), chain = chain })
+    time = time, nonce = nonce, body_sha256 = body_sha256 or core.sha256(body), chain = chain })
   local sig_hex = protocol.hex(sig)
   local headers = { "Host: " .. self.authority, "X-Ferry-Key: " .. self.key_id, "X-Ferry-Time: " .. time,
     "X-Ferry-Nonce: " .. nonce, "X-Ferry-Signature: " .. sig_hex, "Expect:" }
@@ -84,14 +84,14 @@ function Client:transport_error(err, code)
 end
 
 --- A signed request. `rel` is below /v1 ("/leases"); body: a table (JSON), a string, or nil. opts: chain,
---- lease (for error messages), timeout_ms. Returns the decoded JSON body, status, signature hex, or nil,
---- message, code.
+--- lease (for error messages), timeout_ms, body_sha256 (the body's hash when already known). Returns the
+--- decoded JSON body, status, signature hex, or nil, message, code.
 ---@return table|nil body, integer|string status_or_err, string|nil
 function Client:call(method, rel, body, opts)
   opts = opts or {}
   local path = self.prefix .. "/" .. protocol.VERSION .. rel
   local text = type(body) == "table" and protocol.encode(body) or body or ""
-  local headers, _, sig_hex = self:signed(method, path, text, opts.chain)
+  local headers, _, sig_hex = self:signed(method, path, text, opts.chain, opts.body_sha256)
   headers[#headers + 1] = "Content-Type: " .. (type(body) == "string" and "application/octet-stream"
     or "application/json")
   local res, err, code = http.request { url = self:url(path), method = method, headers = headers,
@@ -159,34 +159,37 @@ function Client:read_output(lease, exec_id, out, err)
   return exit
 end
 
--- The next chunk of queued stdin: whole parts up to MAX_CHUNK (one copy), a part split only when it alone
--- is bigger.
-local function take_chunk(q)
-  local n, size = 0, 0
-  while n < #q.parts and size + #q.parts[n + 1] <= protocol.MAX_CHUNK do
-    n, size = n + 1, size + #q.parts[n + 1]
+-- Stdin cut into chunks of at most MAX_CHUNK, each hashed as its pieces arrive (while the chunk before it
+-- travels), so that sending a chunk costs no hashing on the critical path.
+local function chunker()
+  local c = { ready = {}, parts = {}, size = 0, hasher = core.sha256_new() }
+  function c:cut() -- the chunk being filled is complete (it may be empty: the EOF request)
+    self.ready[#self.ready + 1] = { data = table.concat(self.parts), sha256 = self.hasher:hexdigest() }
+    self.parts, self.size, self.hasher = {}, 0, core.sha256_new()
   end
-  local chunk
-  if #q.parts == 0 then
-    chunk = ""
-  elseif n == 0 then
-    local first = q.parts[1]
-    chunk, q.parts[1] = first:sub(1, protocol.MAX_CHUNK), first:sub(protocol.MAX_CHUNK + 1)
-  else
-    chunk = table.concat(q.parts, "", 1, n)
-    q.parts = table.move(q.parts, n + 1, #q.parts, 1, {})
+  function c:add(data)
+    local at = 1
+    while at <= #data do
+      local take = math.min(#data - at + 1, protocol.MAX_CHUNK - self.size)
+      local piece = (at == 1 and take == #data) and data or data:sub(at, at + take - 1)
+      self.parts[#self.parts + 1], self.size = piece, self.size + take
+      self.hasher:update(piece)
+      at = at + take
+      if self.size == protocol.MAX_CHUNK then self:cut() end
+    end
   end
-  q.size = q.size - #chunk
-  return chunk
+  return c
 end
 
--- Send stdin as chained chunk requests. A producer task reads ahead (at most one chunk beyond the one in
--- flight), so chunks fill up to MAX_CHUNK while the previous one travels. Returns true or nil, message, code.
+-- Send stdin as chained chunk requests. A producer task reads and hashes ahead (at most one chunk beyond the
+-- one in flight); the sender takes whatever is there when the previous chunk was answered. Returns true or
+-- nil, message, code.
 function Client:send_stdin(lease, exec_id, stdin, chain)
-  local q = { parts = {}, size = 0, eof = false }
+  local q = chunker()
   local function notify(which) local w = q[which]; q[which] = nil; if w then w() end end
   if type(stdin) == "string" then
-    q.parts, q.size, q.eof = { stdin }, #stdin, true
+    q:add(stdin)
+    q.eof = true
   else
     task.spawn(function()
       local ok, perr = pcall(function()
@@ -194,9 +197,9 @@ function Client:send_stdin(lease, exec_id, stdin, chain)
           local c = stdin()
           if c == nil then break end
           if type(c) ~= "string" then error("the stdin function returned a " .. type(c), 0) end
-          q.parts[#q.parts + 1], q.size = c, q.size + #c
+          q:add(c)
           notify("sender")
-          while q.size >= protocol.MAX_CHUNK and not q.stop do task.await(function(w) q.producer = w end) end
+          while #q.ready > 0 and not q.stop do task.await(function(w) q.producer = w end) end
         end
       end)
       if not ok then q.err = perr end
@@ -207,20 +210,20 @@ function Client:send_stdin(lease, exec_id, stdin, chain)
   local path = "/leases/" .. lease .. "/execs/" .. exec_id .. "/stdin"
   local seq = 0
   while true do
-    while q.size == 0 and not q.eof do task.await(function(w) q.sender = w end) end
+    while #q.ready == 0 and q.size == 0 and not q.eof do task.await(function(w) q.sender = w end) end
     if q.err then return nil, "stdin: " .. tostring(q.err), "EIO" end
-    local chunk = take_chunk(q)
-    local last = q.eof and q.size == 0
+    if #q.ready == 0 then q:cut() end
+    local chunk = table.remove(q.ready, 1)
+    local last = q.eof and #q.ready == 0 and q.size == 0
     notify("producer")
     local body, status_or_err, sig_or_code = self:call("PUT", path .. "?seq=" .. seq .. (last and "&eof=1" or ""),
-      chunk, { chain = chain, lease = lease })
+      chunk.data, { chain = chain, lease = lease, body_sha256 = chunk.sha256 })
     if not body then
       q.stop = true
       notify("producer")
       return nil, status_or_err, sig_or_code
     end
-    local sig_hex = sig_or_code
-    chain, seq = sig_hex, seq + 1
+    chain, seq = sig_or_code, seq + 1
     if body.accepted == false or last then
       q.stop = true
       notify("producer")
