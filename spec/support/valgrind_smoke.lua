@@ -76,7 +76,7 @@ assert(http.request { url = base .. "/stream", on_data = function(c) got = got +
 assert(got == 210000)
 local handle
 ferry.spawn(function() ferry.sleep(30); handle:abort() end)
-assert(not http.request { url = base .. "/forever", on_request = function(r) handle = r end })
+assert(not http.request { url = base .. "/forever", on_request = function(req) handle = req end })
 assert(not http.request { url = "http://127.0.0.1:1/" })
 ferry.sleep(50)
 assert(http.close_idle())
