@@ -146,4 +146,24 @@ describe("ferry through bridge+http://", function()
     assert.equal(1, again.code)
     assert.equal("ferry: exec: lease " .. lease .. " expired\n", again.stderr)
   end)
+
+  it("speaks HTTPS with bridge+https://...&cacert=, and serves under a path prefix", function()
+    helpers.sh(string.format("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/key.pem -out %s/cert.pem "
+      .. "-days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null", tmp, tmp))
+    local tls = bridge.start { extra = { "--tls-cert", tmp .. "/cert.pem", "--tls-key", tmp .. "/key.pem",
+      "--prefix", "/ferry/api" } }
+    finally(function() tls:stop() end)
+    assert.matches("listening on 127%.0%.0%.1:%d+ as 127%.0%.0%.1:%d+ %(https%)", tls.stderr)
+    local base = "bridge+https://127.0.0.1:" .. tls.port .. "/ferry/api?key_id=k1&key_file=" .. tls.key_files.k1
+    local sb = assert(ferry.open(base .. "&cacert=" .. tmp .. "/cert.pem"))
+    assert.equal("over tls\n", assert(sb:exec("echo over tls")).stdout)
+    assert.matches("^bridge%+https://127%.0%.0%.1:%d+/ferry/api%?key_id=k1&key_file=.*&lease=%x+", sb.spec)
+    sb:close()
+    local _, err, code = ferry.open(base)
+    assert.equal("ETLS", code)
+    assert.matches("^bridge unreachable: https://127%.0%.0%.1:%d+: ", err)
+    local _, perr = ferry.open("bridge+https://127.0.0.1:" .. tls.port .. "?key_id=k1&key_file=" .. tls.key_files.k1
+      .. "&cacert=" .. tmp .. "/cert.pem") -- no prefix: no such route
+    assert.matches("^bridge https://127%.0%.0%.1:%d+: no route POST /v1/leases %(HTTP 404 not_found%)$", perr)
+  end)
 end)

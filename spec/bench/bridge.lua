@@ -15,7 +15,7 @@ local transport = require "bench.transport"
 
 local M = {}
 
-M.REPS = 3
+M.REPS = 5
 M.ROUND_TRIPS = 50
 M.STREAM_BYTES = 1024 * 1024 * 1024
 
