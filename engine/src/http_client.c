@@ -33,6 +33,7 @@
 #define REQ_MT "ferry.http_request"
 #define DEFAULT_MAX_BODY (16 * 1024 * 1024)
 #define RECV_BUFFER (64 * 1024)
+#define DELIVER_SLICE (64 * 1024)
 
 typedef struct bytes {
   char *data;
@@ -269,16 +270,16 @@ static void deliver(http_multi *m, http_req *r) {
       ferry_loop_call(L, r->on_headers_ref, 2);
     }
   }
-  if (!r->aborted && r->on_data_ref != LUA_NOREF && r->data.len > 0) {
-    lua_pushlstring(L, r->data.data, r->data.len);
-    r->data.len = 0;
-    if (r->data.cap > 4 * RECV_BUFFER) { /* a burst grew it: do not keep the memory */
-      free(r->data.data);
-      r->data.data = NULL;
-      r->data.cap = 0;
-    }
+  /* in slices of at most DELIVER_SLICE: one socket_action can read megabytes, and strings of one size keep
+   * the consumer's heap from fragmenting */
+  for (size_t at = 0; !r->aborted && r->on_data_ref != LUA_NOREF && at < r->data.len;) {
+    size_t n = r->data.len - at < DELIVER_SLICE ? r->data.len - at : DELIVER_SLICE;
+    lua_pushlstring(L, r->data.data + at, n);
+    at += n;
+    if (at == r->data.len) r->data.len = 0;
     ferry_loop_call(L, r->on_data_ref, 1);
   }
+  if (r->aborted) r->data.len = 0;
   r->delivering = 0;
   if (r->aborted || !r->done) {
     if (r->aborted) req_free(r);

@@ -11,6 +11,7 @@ local M = {}
 local STALL_MS = 30000          -- a stream with nothing for this long (keepalives come every second) is dead
 local REQUEST_TIMEOUT_MS = 120000
 local DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+local COLLECT_EVERY = 8 * 1024 * 1024
 
 local Client = {}
 Client.__index = Client
@@ -132,7 +133,7 @@ end
 function Client:read_output(lease, exec_id, out, err)
   local path = self.prefix .. "/" .. protocol.VERSION .. "/leases/" .. lease .. "/execs/" .. exec_id .. "/output"
   local headers, sig = self:signed("GET", path, "")
-  local exit, problem, status, error_body = nil, nil, nil, {}
+  local exit, problem, status, error_body, received = nil, nil, nil, {}, 0
   local handle
   local reader = protocol.frame_reader(self.secret, sig, function(kind, payload)
     if exit then problem = "data after the exit frame" return end
@@ -145,6 +146,11 @@ function Client:read_output(lease, exec_id, out, err)
     on_headers = function(s) status = s end,
     on_data = function(c)
       if status ~= 200 then error_body[#error_body + 1] = c return end
+      received = received + #c
+      if received >= COLLECT_EVERY then -- a long stream makes garbage fast: collect as it goes, bounding memory
+        received = 0
+        collectgarbage()
+      end
       local ok, perr = pcall(reader.push, reader, c)
       if not ok or not perr then problem = problem or (ok and reader.err or tostring(perr)) end
       if problem then handle:abort(problem) end

@@ -103,7 +103,7 @@ end
 function M.frame_reader(secret, seed, on_frame)
   local r = { prev = seed, parts = {}, size = 0, frames = 0, need = 5 } -- need: bytes the next frame takes
   local function take_buffer()
-    local buf = table.concat(r.parts)
+    local buf = #r.parts == 1 and r.parts[1] or table.concat(r.parts)
     r.parts, r.size = {}, 0
     return buf
   end
