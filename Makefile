@@ -3,7 +3,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 LUA ?= lua5.4
 BUSTED ?= busted --lua=$(LUA)
-PKGS := lua5.4 libuv libarchive libcrypto libedit
+PKGS := lua5.4 libuv libarchive libcrypto libssl libedit libcurl libh2o
 
 CC ?= cc
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
@@ -51,7 +51,7 @@ $(B)/ferry: $(B)/obj/main.o $(B)/libferry.a
 
 $(B)/lua/ferry/core.so: $(CORE_OBJ)
 	@mkdir -p $(@D)
-	$(CC) -shared -o $@ $^ $(shell pkg-config --libs libuv libarchive libcrypto)
+	$(CC) -shared -o $@ $^ $(shell pkg-config --libs libuv libarchive libcrypto libssl libcurl libh2o)
 
 VERSION := $(shell sed -n 's/^\#define FERRY_VERSION "\(.*\)"/\1/p' engine/include/ferry.h)
 make_pc = sed -e 's|@PREFIX@|$(1)|g' -e 's|@VERSION@|$(VERSION)|g' engine/tools/ferry.pc.in
@@ -85,7 +85,8 @@ demo: all
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
 	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/ferry $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters \
-	  $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/cli
+	  $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/cli \
+	  $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/bridge
 	install -m 755 $(B)/ferry $(DESTDIR)$(PREFIX)/bin/ferry
 	install -m 644 $(B)/libferry.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(B)/libferry.so $(DESTDIR)$(PREFIX)/lib/
@@ -94,6 +95,7 @@ install: all
 	install -m 755 $(B)/lua/ferry/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/ferry/
 	install -m 644 $(wildcard scripts/ferry/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/
 	install -m 644 $(wildcard scripts/ferry/cli/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/cli/
+	install -m 644 $(wildcard scripts/ferry/bridge/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/bridge/
 	$(if $(wildcard scripts/adapters/*.lua),install -m 644 $(wildcard scripts/adapters/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters/)
 	$(if $(wildcard providers/*.lua),install -m 644 $(wildcard providers/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers/)
 

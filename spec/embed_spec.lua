@@ -47,7 +47,8 @@ describe("embedding ferry in a C host", function()
     local env = { PKG_CONFIG_PATH = prefix .. "/lib/pkgconfig" }
     local r = sh("cd " .. work .. " && cc -o host-static " .. helpers.root ..
       "/spec/support/host/host.c " .. prefix .. "/lib/libferry.a $(pkg-config --cflags ferry) " ..
-      "$(pkg-config --libs lua5.4 libuv libarchive libcrypto libedit) -llua5.4-cjson -lm && ./host-static", env)
+      "$(pkg-config --libs lua5.4 libuv libarchive libcrypto libssl libedit libcurl libh2o) -llua5.4-cjson -lm" ..
+      " && ./host-static", env)
     assert.equal(0, r.code)
     assert.equal(expected, r.stdout)
   end)

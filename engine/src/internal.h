@@ -20,6 +20,9 @@ void ferry_open_tar_writer(lua_State *L); /* tar_writer.c: tar_writer */
 void ferry_open_tar_reader(lua_State *L); /* tar_reader.c: tar_scan/tar_extract */
 void ferry_open_fs(lua_State *L);         /* fs.c: lstat/readdir/no-follow writes */
 void ferry_open_search(lua_State *L);     /* search.c: search_dirs */
+void ferry_open_hmac(lua_State *L);       /* hmac.c: hmac_sha256/hmac_equal/random_bytes */
+void ferry_open_http_client(lua_State *L); /* http_client.c: http_request (libcurl on the loop) */
+void ferry_open_http_server(lua_State *L); /* http_server.c: http_listen (libh2o on the loop) */
 
 /* util.c: helpers shared by every file. */
 /* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */

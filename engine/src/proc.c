@@ -6,6 +6,8 @@
  * handle:write(chunk, cb)  cb(err_or_nil) once the chunk is in the pipe (backpressure)
  * handle:close_stdin()
  * handle:kill(signame)     signals the whole process group
+ * handle:pause_output() / handle:resume_output()   stop and restart reading stdout and stderr (the child
+ *                          blocks once the pipes are full): a consumer slower than the child bounds its memory
  * handle.pid, handle.started_at (ms since the epoch)
  *
  * Options are all checked before anything is spawned. A running child is in its state's process registry
@@ -313,6 +315,31 @@ static int l_kill(lua_State *L) {
   return 1;
 }
 
+static void set_reading(proc *p, int on) {
+  uv_stream_t *pipes[2] = {(uv_stream_t *)&p->out, (uv_stream_t *)&p->err};
+  outbuf *bufs[2] = {&p->obuf, &p->ebuf};
+  for (int i = 0; i < 2; i++) {
+    if (bufs[i]->eof) continue;
+    if (on)
+      uv_read_start(pipes[i], alloc_cb, read_cb);
+    else
+      uv_read_stop(pipes[i]);
+  }
+}
+
+/* handle:pause_output(), handle:resume_output() */
+static int l_pause_output(lua_State *L) {
+  proc *p = check_proc(L);
+  if (p && !p->finished) set_reading(p, 0);
+  return 0;
+}
+
+static int l_resume_output(lua_State *L) {
+  proc *p = check_proc(L);
+  if (p && !p->finished) set_reading(p, 1);
+  return 0;
+}
+
 static int l_index(lua_State *L) {
   proc *p = check_proc(L);
   const char *k = luaL_checkstring(L, 2);
@@ -594,7 +621,8 @@ static int l_proc_start(lua_State *L) {
 
 void ferry_open_proc(lua_State *L) {
   static const luaL_Reg methods[] = {
-      {"write", l_write}, {"close_stdin", l_close_stdin}, {"kill", l_kill}, {NULL, NULL}};
+      {"write", l_write},           {"close_stdin", l_close_stdin},     {"kill", l_kill},
+      {"pause_output", l_pause_output}, {"resume_output", l_resume_output}, {NULL, NULL}};
   if (luaL_newmetatable(L, PROC_MT)) {
     lua_pushcfunction(L, l_index);
     lua_setfield(L, -2, "__index");

@@ -36,7 +36,7 @@ function M.open(provider, on_exec, option)
     probed:close()
     return nil
   end
-  return sb, provider, handle
+  return sb, sb.spec or provider, handle -- a bridge's spec carries its lease id: restore finds the sandbox
 end
 
 --- After a failed operation on a sandbox opened without a probe: the probe's message (after `prefix`) when

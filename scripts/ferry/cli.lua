@@ -23,6 +23,10 @@ usage: ferry VERB [ARGS...]
                              bring the sandbox's workspace back, 3-way merged with host edits
   prepare --many FILE [--jobs N] [--json]    many sandboxes at once (FILE: JSON list of
   restore --many FILE [--jobs N] [--json]    {provider, adapter, workspace, remote_dir, state})
+  bridge serve --listen HOST:PORT --key ID=FILE... --sandbox TEMPLATE --state-dir DIR [...]
+                             serve sandboxes over the signed HTTP bridge protocol
+  bridge leases --state-dir DIR [--json]     the leases a bridge server recorded
+  bridge release -p PROVIDER                 end the lease of a bridge+http(s):// provider string
   adapters [--check]         each adapter and the file it is loaded from (--check: validate every one)
   providers [--check]        each provider and the file it is loaded from (--check: validate every one)
   --version                  print the version
@@ -38,6 +42,7 @@ local VERB_FILES = {
   exec = "ferry.cli.sandbox", put = "ferry.cli.sandbox", get = "ferry.cli.sandbox", ls = "ferry.cli.sandbox",
   prepare = "ferry.cli.runtime", restore = "ferry.cli.runtime",
   adapters = "ferry.cli.policy", providers = "ferry.cli.policy",
+  bridge = "ferry.cli.bridge",
 }
 
 -- The verb named `name`, loading its file first.

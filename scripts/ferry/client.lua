@@ -458,7 +458,9 @@ end
 function M.open(spec, opts)
   opts = opts or {}
   if type(spec) ~= "string" then error("ferry.open: expected a provider string, got " .. type(spec), 2) end
-  local name, arg = spec:match("^([%w_][%w_%-]*):(.*)$")
+  -- "NAME+SCHEME:REST" (bridge+http://...) opens provider NAME with "SCHEME:REST"
+  local name, arg = spec:match("^([%w_][%w_%-]*)%+(%a[%w+.-]*:.*)$")
+  if not name then name, arg = spec:match("^([%w_][%w_%-]*):(.*)$") end
   if not name then name = spec:match("^([%w_][%w_%-]*)$") end
   local mod, lerr, lcode
   if name then mod, lerr, lcode = policy.load("providers", name) end
@@ -469,13 +471,15 @@ function M.open(spec, opts)
   end
   local provider, err, code = mod.open(arg, opts)
   if not provider then return nil, err, code end
-  if opts.session then require("ferry.session").wrap(provider, { on_exec = opts.on_exec }) end
+  -- a provider with its own exec (the bridge) already keeps its sandbox's shell: session applies to commands
+  if opts.session and not provider.exec then require("ferry.session").wrap(provider, { on_exec = opts.on_exec }) end
   local caps = {}
   for k, v in pairs(provider.caps or {}) do caps[k] = v end
   for k, v in pairs(opts.caps or {}) do caps[k] = v end
   return setmetatable({
     provider = provider,
     name = provider.name or spec,
+    spec = provider.spec or spec,
     caps = caps,
     remote_dir_default = provider.default_remote_dir,
     on_exec = opts.on_exec,

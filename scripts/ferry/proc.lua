@@ -61,7 +61,7 @@ local function run_in_task(opts)
     if waiting then waiting(res) end
   end)
   if not handle then return nil, err, code end
-  if opts.on_spawn then opts.on_spawn(handle.pid, handle.started_at) end
+  if opts.on_spawn then opts.on_spawn(handle.pid, handle.started_at, handle) end
   if opts.stdin ~= nil then
     local ok, ferr = pcall(feed, handle, opts.stdin, function() return result ~= nil end)
     if not ok then

@@ -85,9 +85,22 @@ local function new_marker()
 end
 
 -- One output stream of the current command: what comes before `pattern` (the framing) is the command's,
--- delivered as it arrives except the last `hold` bytes, which might be the start of the framing.
-local function stream(pattern, hold, emit, max)
+-- delivered as it arrives except a tail that might be the start of the framing (a "\n" then a prefix of
+-- `lead`, or the whole lead while the rest of its line is coming), so a short line is not held back.
+local function framing_start(buf, lead)
+  local at
+  for i = #buf, math.max(1, #buf - #lead - 32), -1 do
+    if buf:byte(i) == 10 then
+      local rest = buf:sub(i)
+      if (#rest <= #lead and lead:sub(1, #rest) == rest) or rest:sub(1, #lead) == lead then at = i end
+    end
+  end
+  return at
+end
+
+local function stream(pattern, lead, emit, max)
   local s = { buf = "", parts = {}, size = 0, truncated = false }
+  local anchored = "^" .. pattern
   local function deliver(data)
     if data == "" then return end
     if emit then
@@ -106,16 +119,25 @@ local function stream(pattern, hold, emit, max)
   function s.push(chunk)
     if s.done then return end
     s.buf = s.buf .. chunk
-    local at, _, a, b = s.buf:find(pattern)
+    -- a plain search for the lead first: the pattern tried at every byte of a large chunk costs more
+    local at, a, b = s.buf:find(lead, 1, true), nil, nil
+    if at then
+      local _
+      at, _, a, b = s.buf:find(anchored, at)
+    end
     if at then
       deliver(s.buf:sub(1, at - 1))
       -- anything after the framing is stray output of a background process: dropped
       s.done, s.fields, s.buf = true, { a, b }, ""
       return
     end
-    if #s.buf > 2 * hold then
-      deliver(s.buf:sub(1, -hold - 1))
-      s.buf = s.buf:sub(-hold)
+    local keep = framing_start(s.buf, lead)
+    if keep then
+      deliver(s.buf:sub(1, keep - 1))
+      s.buf = s.buf:sub(keep)
+    else
+      deliver(s.buf)
+      s.buf = ""
     end
   end
   function s.flush() deliver(s.buf); s.buf = "" end
@@ -208,9 +230,9 @@ local function seconds(ms) return string.format("%.3f", ms / 1000) end
 function Session:run(script, popts)
   local marker = new_marker()
   local max = popts.max_output or DEFAULT_MAX_OUTPUT
-  local hold = #marker + 32
-  local out = stream("\n" .. marker .. " (%d+) (%d)\n", hold, popts.on_stdout, max)
-  local err = stream("\n" .. marker .. "\n", hold, popts.on_stderr, max)
+  local lead = "\n" .. marker
+  local out = stream(lead .. " (%d+) (%d)\n", lead, popts.on_stdout, max)
+  local err = stream(lead .. "\n", lead, popts.on_stderr, max)
   local started, started_at = core.now_ms(), core.time_ms()
   local cur = {}
   local wake
@@ -249,7 +271,7 @@ function Session:run(script, popts)
   end
   local header = string.format("%d %d %s %s %s\n", size, popts.stdin ~= nil and 1 or 0, marker,
     timeout > 0 and seconds(timeout) or "0", seconds(grace))
-  if popts.on_spawn then popts.on_spawn(self.pid, started_at) end
+  if popts.on_spawn then popts.on_spawn(self.pid, started_at, self.handle) end
   local handle = self.handle
   local sent, serr = send(handle, header, script, popts.stdin)
   if not cur.finished then task.await(function(w) wake = w end) end

@@ -73,3 +73,33 @@ if dir then
   core.fs_remove_tree(dir)
 end
 print("valgrind smoke: ok")
+
+-- the bridge's bindings: HMAC, random bytes, the HTTP server and client on one loop (a whole response, a
+-- streamed one, an aborted one), closing both
+assert(#core.hmac_sha256("key", "a", "b") == 32 and core.hmac_equal("x", "x") and #core.random_bytes(16) == 16)
+local http = require "ferry.http"
+local srv = assert(http.listen({ port = 0, idle_timeout_ms = 200 }, function(req, res)
+  if req.path == "/stream" then
+    res:start(200, {})
+    for _ = 1, 3 do if not res:write(string.rep("s", 70000)) then return end end
+    res:finish()
+  elseif req.path == "/forever" then
+    res:start(200, {})
+    while res:write("tick") do ferry.sleep(5) end
+  else
+    res:respond(200, { ["x-n"] = tostring(#req.body) }, req.path)
+  end
+end))
+local base = "http://127.0.0.1:" .. srv.port
+assert(assert(http.request { url = base .. "/a", method = "PUT", body = string.rep("b", 100000) }).body == "/a")
+local got = 0
+assert(http.request { url = base .. "/stream", on_data = function(c) got = got + #c end })
+assert(got == 210000)
+local handle
+ferry.spawn(function() ferry.sleep(30); handle:abort() end)
+assert(not http.request { url = base .. "/forever", on_request = function(req) handle = req end })
+assert(not http.request { url = "http://127.0.0.1:1/" })
+ferry.sleep(50)
+assert(http.close_idle())
+ferry.sleep(300)
+srv:close()
