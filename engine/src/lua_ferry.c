@@ -49,6 +49,7 @@ int luaopen_ferry_core(lua_State *L) {
   ferry_open_tar_writer(L);
   ferry_open_tar_reader(L);
   ferry_open_fs(L);
+  ferry_open_runfiles(L);
   ferry_open_search(L);
   lua_pushcfunction(L, l_log);
   lua_setfield(L, -2, "log");
