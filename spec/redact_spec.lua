@@ -127,7 +127,8 @@ describe("state.redactor", function()
     assert.same({ "kept ***", "a ***" }, out.warnings)
     assert.equal("x ***", out.install_warning)
     assert.same({ "***: hard link" }, out.refused)
-    for _, k in ipairs { "workspace", "remote_dir", "baseline", "local_stat", "excludes", "changed", "conflict_copies" } do
+    for _, k in ipairs { "workspace", "remote_dir", "baseline", "local_stat", "excludes", "changed",
+      "conflict_copies" } do
       assert.equal(st[k], out[k], k)
     end
     assert.equal("cmd:env TOKEN=abab", st.provider) -- the record itself is left alone

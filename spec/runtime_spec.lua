@@ -364,7 +364,9 @@ describe("runtime install", function()
     W.mkdir(tmp, "ws2") -- two workspaces: prepares of one workspace take turns (the workspace lock)
     local results = ferry.wait {
       ferry.spawn(function() return assert(prepare(adapter, { state = tmp .. "/s1.json" })) end),
-      ferry.spawn(function() return assert(prepare(adapter, { state = tmp .. "/s2.json", workspace = tmp .. "/ws2" })) end),
+      ferry.spawn(function()
+        return assert(prepare(adapter, { state = tmp .. "/s2.json", workspace = tmp .. "/ws2" }))
+      end),
     }
     assert.equal("ran\n", W.read(tmp, "ran"))
     local statuses = { results[1].install_status, results[2].install_status }
