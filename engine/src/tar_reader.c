@@ -330,7 +330,7 @@ static int extract_file(lua_State *L, extract_ctx *x, struct archive_entry *e, c
   }
   int noreplace = want->key != NULL && want->key[0] == '\0';
   err = ferry_fs_tmp_commit(&r->tmp, leaf, (unsigned)mode, noreplace);
-  if (err == -EEXIST && noreplace) return -1;
+  if ((err == -EEXIST && noreplace) || err == -ENOENT) return -1; /* ENOENT: the host removed the dir meanwhile */
   if (err < 0) return ferry_fs_fail(L, -err, op_name(L, name), x->root, dest, FERRY_FS_NO_COMPONENT);
   return 0;
 }
@@ -347,7 +347,7 @@ static int extract_symlink(lua_State *L, extract_ctx *x, struct archive_entry *e
   int noreplace = want->key != NULL && want->key[0] == '\0';
   int err = go <= 0 ? go : ferry_fs_symlink_in(dirfd, leaf, archive_entry_symlink(e), noreplace);
   ferry_fs_tmp_abort(&x->r->tmp);
-  if (go == 0 || (err == -EEXIST && noreplace)) return -1;
+  if (go == 0 || (err == -EEXIST && noreplace) || err == -ENOENT) return -1;
   if (err < 0) return ferry_fs_fail(L, -err, op_name(L, name), x->root, dest, FERRY_FS_NO_COMPONENT);
   return 0;
 }

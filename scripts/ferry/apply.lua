@@ -98,6 +98,24 @@ local function mkdir(job, a)
   return true
 end
 
+-- What to relocate when the write of `path` found the host changed: the highest directory the plan made
+-- (or kept) above it that is no longer a directory on disk, else the relocated root it already goes below,
+-- else the path itself.
+local function moved_root(job, path)
+  local _, relocated, root = destination(job, path)
+  if relocated then return root, "dir" end
+  local at = 1
+  while true do
+    local slash = path:find("/", at, true)
+    if not slash then break end
+    local dir = path:sub(1, slash - 1)
+    local st = core.fs_safe_lstat(job.ws, dir)
+    if not st or st.kind ~= "dir" then return dir, "dir" end
+    at = slash + 1
+  end
+  return path, job.target[path] and job.target[path].kind or "file"
+end
+
 -- One tar_extract per spool and round (a source written to two places needs two rounds). Returns the writes
 -- of the next round: the second uses of a source, and the writes the host moved, now aimed at their copies.
 local function write_round(job, writes)
@@ -128,9 +146,8 @@ local function write_round(job, writes)
     if count + #moved ~= n then return nil, string.format("restore: wrote %d of %d entries", count, n), "EIO" end
     for _, dest in ipairs(moved) do
       local w = by_dest[dest]
-      local _, relocated, root = destination(job, w.path)
-      local kind = job.target[w.path] and job.target[w.path].kind or "file"
-      relocate(job, relocated and root or w.path, relocated and "dir" or kind)
+      local root, kind = moved_root(job, w.path)
+      relocate(job, root, kind)
       later[#later + 1] = w
     end
   end

@@ -146,9 +146,10 @@ local function run(opts, sb, provider_string, handle, inputs)
   if not asset_plan then return nil, redact_fn(perr), pcode end
 
   job.first_line = install.check_line(adapter, job.runtime_dir)
-  -- from the first command that changes the sandbox until the state is written, a restore from this state
-  -- file could read a half-synced sandbox: it refuses while the mark is there
-  local marked, merr, mcode = state_file.mark_unfinished(job.state)
+  -- from the first command that changes the sandbox until the state is written, a restore from it could
+  -- read a half-synced sandbox: restore refuses while the mark is there
+  local recorded_provider = redact_fn(provider_string)
+  local marked, merr, mcode = state_file.mark_unfinished(recorded_provider, job.remote_dir)
   if not marked then return nil, "prepare: " .. merr, mcode end
   local synced, serr, scode = sync.run(sb, job, job.base, job.fallback)
   if not synced then return nil, redact_fn(serr), scode end
@@ -165,7 +166,7 @@ local function run(opts, sb, provider_string, handle, inputs)
   progress:phase("finalize")
   local wrote, werr, wcode = state_file.write(job.state, redact_record(state_record(job, provider_string, synced)))
   if not wrote then return nil, "prepare: " .. werr, wcode end
-  state_file.clear_unfinished(job.state)
+  state_file.clear_unfinished(recorded_provider, job.remote_dir)
   result.state = job.state
   result.commands = handle.commands()
   return redact_record(result)

@@ -252,11 +252,11 @@ function M.restore(opts)
   if not lock then return nil, redact_fn(lcode == "EBUSY" and lerr or "restore: " .. lerr), lcode end
   -- what a prepare that held the lock meanwhile wrote is the state to restore from
   st, err, code = state_file.read(path)
-  if st and state_file.unfinished(path) then
+  local mark = st and state_file.unfinished(st.provider, st.remote_dir)
+  if mark then
+    err = "a prepare into " .. st.remote_dir .. " did not finish, so the sandbox may hold part of the workspace "
+      .. "(a restore would take the rest as deleted); prepare again, or remove " .. mark .. " to restore anyway"
     st, code = nil, "EAGAIN"
-    err = "the prepare that wrote " .. path .. " did not finish, so the sandbox may hold part of the workspace "
-      .. "(a restore would take the rest as deleted); prepare again, or remove " .. state_file.unfinished_path(path)
-      .. " to restore anyway"
   end
   if not st then
     lock:release()

@@ -75,34 +75,39 @@ function M.write(path, state)
   return true
 end
 
---- The mark a prepare leaves beside the state file `path` while it changes the sandbox: <path>.unfinished.
----@param path string
+--- The mark a prepare leaves while it changes a sandbox's remote dir, for whatever state file it writes:
+--- <state dir>/unfinished/<16 hex of sha256(provider "\n" remote_dir)>, the provider string as the state file
+--- records it (redacted).
+---@param provider string
+---@param remote_dir string
 ---@return string
-function M.unfinished_path(path)
-  return path .. ".unfinished"
+function M.unfinished_path(provider, remote_dir)
+  return M.dir() .. "/unfinished/" .. core.sha256(provider .. "\n" .. remote_dir):sub(1, 16)
 end
 
---- Mark the prepare that is about to change the sandbox (the mark holds its pid).
+--- Mark a prepare that is about to change the sandbox (the mark holds its pid and the remote dir).
 ---@return true|nil, string|nil err, string|nil code
-function M.mark_unfinished(path)
-  local dir, base = util.split_path(M.unfinished_path(path))
+function M.mark_unfinished(provider, remote_dir)
+  local dir, base = util.split_path(M.unfinished_path(provider, remote_dir))
   local made, err, code = make_dirs(dir)
   if not made then return nil, err, code end
-  local wrote, werr, wcode = core.fs_safe_write(dir, base, "pid " .. core.getpid() .. "\n", 384)
+  local wrote, werr, wcode = core.fs_safe_write(dir, base, "pid " .. core.getpid() .. "\n" .. remote_dir .. "\n",
+    384)
   if not wrote then return nil, "state: " .. werr, wcode end
   return true
 end
 
---- The prepare finished: its state file is whole and describes the sandbox.
-function M.clear_unfinished(path)
-  os.remove(M.unfinished_path(path))
+--- The prepare finished: the sandbox holds the whole workspace and its state file says so.
+function M.clear_unfinished(provider, remote_dir)
+  os.remove(M.unfinished_path(provider, remote_dir))
 end
 
---- True when the last prepare that wrote `path` did not finish (killed, or failed after it began changing
---- the sandbox).
----@return boolean
-function M.unfinished(path)
-  return core.fs_lstat(M.unfinished_path(path)) ~= nil
+--- The mark's path when the last prepare into that sandbox's remote dir did not finish (killed, or failed
+--- after it began changing the sandbox), else nil.
+---@return string|nil
+function M.unfinished(provider, remote_dir)
+  local path = M.unfinished_path(provider, remote_dir)
+  return core.fs_lstat(path) and path or nil
 end
 
 local function integer_fields(entry)
