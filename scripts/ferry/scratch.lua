@@ -28,6 +28,7 @@ function M.start_token(pid)
   if not rest then return nil end
   local fields = {}
   for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
+  if fields[1] == "Z" or fields[1] == "X" then return nil end -- dead, not yet reaped
   local started = fields[20] -- field 22: start time, clock ticks after boot
   boot_id = boot_id or read("/proc/sys/kernel/random/boot_id") or ""
   return started and core.sha256(boot_id .. ":" .. started):sub(1, 12) or nil
