@@ -11,7 +11,11 @@ local W = require "support.workspaces"
 local STALLING_TAR = [[#!/bin/sh
 case "$*" in *"-T /dev/null"*) exec /bin/tar "$@" ;; esac
 if [ "$1" = "-c" ] && [ -n "$FERRY_STALL" ] && [ -f "$FERRY_STALL" ]; then
-  /bin/tar "$@" | { dd bs=512 count=40 iflag=fullblock 2>/dev/null; while [ -f "$FERRY_STALL" ]; do sleep 0.05; done; cat; }
+  /bin/tar "$@" | {
+    dd bs=512 count=40 iflag=fullblock 2>/dev/null
+    while [ -f "$FERRY_STALL" ]; do sleep 0.05; done
+    cat
+  }
   exit 0
 fi
 exec /bin/tar "$@"
