@@ -100,7 +100,6 @@ describe("restore's spool", function()
     local state_a, stall_a, remote_a = sandbox("a")
     local state_b, stall_b = sandbox("b")
     local killed, dead_spool = stalled_restore(state_a, stall_a)
-    assert.matches("^ferry%-restore%-" .. killed .. "%-%x+%-", dead_spool)
     os.execute("kill -9 " .. killed)
     wait_gone(killed)
     for _, pid in ipairs(helpers.pids_with(remote_a)) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
@@ -115,6 +114,7 @@ describe("restore's spool", function()
     wait_gone(live)
     assert.same({}, spool_dirs())
     assert.equal("the agent's\n", W.read(tmp, "b/f01.bin"))
+    assert.matches("^ferry%-restore%-" .. killed .. "%-%x+%-", dead_spool) -- named after its owner
   end)
 
   for _, signal in ipairs { "TERM", "INT" } do
