@@ -96,18 +96,6 @@ describe("redact.table", function()
     assert.same({ a = "plain", list = { "x", "the ***" }, ["*** key"] = 1 }, copy)
     assert.equal("***", redact.table("s3cret", r))
   end)
-
-  it("keeps the strings `keep` keeps, knowing the key each sits under", function()
-    local r = redact.new { "abc" }
-    local calls = {}
-    local function keep(key, _, under)
-      calls[#calls + 1] = tostring(under) .. "/" .. tostring(key)
-      return key == "sum" and under == "files"
-    end
-    local t = { files = { sum = "abc123" }, other = { sum = "abc123" }, note = "abc" }
-    assert.same({ files = { sum = "abc123" }, other = { sum = "***123" }, note = "***" }, redact.table(t, r, keep))
-    assert.truthy(#calls > 0)
-  end)
 end)
 
 describe("state.redactor", function()

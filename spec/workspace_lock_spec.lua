@@ -8,9 +8,11 @@ local helpers = require "support.helpers"
 local W = require "support.workspaces"
 
 local SLOW_TAR = [[#!/bin/sh
-# tar -x waits while the file named by $FERRY_SLOW exists; everything else is the real tar.
+# tar -x waits while the file named by $FERRY_SLOW exists, and $FERRY_NAP seconds more; everything else is the
+# real tar.
 if [ "$1" = "-x" ] && [ -n "$FERRY_SLOW" ]; then
   while [ -f "$FERRY_SLOW" ]; do sleep 0.05; done
+  [ -z "$FERRY_NAP" ] || sleep "$FERRY_NAP"
 fi
 exec /bin/tar "$@"
 ]]
@@ -159,6 +161,32 @@ describe("the workspace lock", function()
     local got = assert(ferry.restore { state = state, lock_wait_ms = 0 })
     assert.same({}, got.deleted)
     assert_all_files(ws)
+    assert_all_files(remote)
+  end)
+
+  it("makes the --many items of one workspace take turns", function()
+    local items = {}
+    for i = 1, 2 do
+      items[i] = string.format('{"provider": %q, "workspace": %q, "remote_dir": %q, "state": %q}',
+        provider .. " FERRY_NAP=1", ws, remote, tmp .. "/many" .. i .. ".json")
+    end
+    helpers.write_file(tmp .. "/many.json", "[" .. table.concat(items, ",") .. "]")
+    local p = assert(io.popen(core.sh_quote(helpers.ferry_bin) .. " prepare --many "
+      .. core.sh_quote(tmp .. "/many.json") .. " --json 2>&1", "r"))
+    local lines = {}
+    for line in p:lines() do lines[#lines + 1] = require("cjson").decode(line) end
+    p:close()
+    local ms = {}
+    for _, e in ipairs(lines) do
+      if e.event == "sandbox" then
+        assert.is_true(e.ok, e.error)
+        ms[#ms + 1] = e.ms
+      end
+    end
+    table.sort(ms)
+    -- each sync naps 1 s; the item that waited for the other took both naps
+    assert.equal(2, #ms)
+    assert.is_true(ms[2] >= 2000, "the second item did not wait: " .. ms[1] .. " and " .. ms[2] .. " ms")
     assert_all_files(remote)
   end)
 end)
