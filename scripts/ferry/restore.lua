@@ -251,7 +251,12 @@ function M.restore(opts)
   local lock, lerr, lcode = workspace_lock.acquire(ws, "restore", opts)
   if not lock then return nil, redact_fn(lcode == "EBUSY" and lerr or "restore: " .. lerr), lcode end
   -- what a prepare that held the lock meanwhile wrote is the state to restore from
+  local first_workspace = st.workspace
   st, err, code = state_file.read(path)
+  if st and not opts.workspace and st.workspace ~= first_workspace then
+    st, err, code = nil, path .. " was rewritten for workspace " .. st.workspace .. " while this restore waited; "
+      .. "run it again", "EAGAIN"
+  end
   local mark = st and state_file.unfinished(st.provider, st.remote_dir)
   if mark then
     err = "a prepare into " .. st.remote_dir .. " did not finish, so the sandbox may hold part of the workspace "
