@@ -99,20 +99,25 @@ describe("restore with a host-side failure", function()
     helpers.rmtree(tmp)
   end)
 
-  it("reports a lock that cannot be taken as what it is, not as a restore running", function()
-    W.mkdir(tmp, "state.json.lock") -- a directory where the lock file goes
+  it("reports a lock that cannot be taken as what it is, not as another operation running", function()
+    local st = assert(require("ferry.core").fs_stat(ws))
+    local lock_path = string.format("%s/%d-%d.lock", require("ferry.workspace_lock").dir(), st.dev, st.ino)
+    os.remove(lock_path)
+    assert(os.execute("mkdir -p " .. require("ferry.core").sh_quote(lock_path))) -- a directory where it goes
     local ok, err, code = ferry.restore { state = state }
+    os.remove(lock_path)
     assert.is_nil(ok)
-    assert.equal("restore: lock " .. state .. ".lock: Is a directory", err)
+    assert.equal("restore: lock " .. lock_path .. ": Is a directory", err)
     assert.equal("EISDIR", code)
   end)
 
-  it("still reports a lock held by another restore as EBUSY", function()
-    local held = assert(require("ferry.core").fs_lock(state .. ".lock"))
-    local ok, err, code = ferry.restore { state = state }
-    held:unlock()
+  it("still reports a lock held by another operation as EBUSY", function()
+    local held = assert(require("ferry.workspace_lock").acquire(ws, "restore"))
+    local ok, err, code = ferry.restore { state = state, lock_wait_ms = 0 }
+    held:release()
     assert.is_nil(ok)
-    assert.equal("restore: another restore of " .. ws .. " is running", err)
+    assert.equal(ws .. ": another ferry prepare/restore is running (pid " .. require("ferry.core").getpid() .. ")",
+      err)
     assert.equal("EBUSY", code)
   end)
 end)

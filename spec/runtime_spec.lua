@@ -361,9 +361,12 @@ describe("runtime install", function()
   it("installs once when two prepares race on one sandbox", function()
     local adapter = shell_adapter { detect = "ferry-no-such-command",
       install = "echo ran >> " .. tmp .. "/ran; sleep 1" }
+    W.mkdir(tmp, "ws2") -- two workspaces: prepares of one workspace take turns (the workspace lock)
     local results = ferry.wait {
       ferry.spawn(function() return assert(prepare(adapter, { state = tmp .. "/s1.json" })) end),
-      ferry.spawn(function() return assert(prepare(adapter, { state = tmp .. "/s2.json" })) end),
+      ferry.spawn(function()
+        return assert(prepare(adapter, { state = tmp .. "/s2.json", workspace = tmp .. "/ws2" }))
+      end),
     }
     assert.equal("ran\n", W.read(tmp, "ran"))
     local statuses = { results[1].install_status, results[2].install_status }
@@ -510,41 +513,41 @@ describe("runtime state and errors", function()
     helpers.rmtree(tmp)
   end)
 
-  it("writes a 0600 JSON state file without secrets", function()
+  it("writes a 0600 JSON state file, the provider string redacted and paths verbatim", function()
     local secret = "hunter2-very-secret-value"
     W.symlink(ws, "link", "x-" .. secret)
-    local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
-      state = tmp .. "/st/state.json", excludes = { "*" .. secret .. "*" }, secrets = { secret } })
+    local res = assert(ferry.prepare { provider = "cmd:env FERRY_SPEC_TOKEN=" .. secret, workspace = ws,
+      remote_dir = box.root, state = tmp .. "/st/state.json", secrets = { secret } })
     assert.equal(384, core.fs_lstat(res.state).mode)
     local text = W.read(tmp, "st/state.json")
-    assert.is_nil(text:find(secret, 1, true))
+    assert.equal(1, select(2, text:gsub(secret:gsub("%p", "%%%0"), ""))) -- the link target, nowhere else
     local st = require("cjson").decode(text)
     assert.equal(1, st.version)
-    assert.equal("local", st.provider)
+    assert.equal("cmd:env FERRY_SPEC_TOKEN=***", st.provider)
     assert.equal(box.root, st.remote_dir)
     assert.equal("shell", st.adapter)
     assert.equal(ws, st.workspace)
     assert.equal("file", st.baseline["a.txt"].kind)
     assert.equal(core.sha256("a\n"), st.baseline["a.txt"].sha256)
-    assert.equal("x-***", st.baseline.link.target)
+    assert.equal("x-" .. secret, st.baseline.link.target) -- data: it must come back as it went
   end)
 
-  it("keeps digests intact when a secret's text occurs in one, and still hides a name holding it", function()
+  it("keeps digests and names intact when a secret's text occurs in them", function()
     local digest = core.sha256("a\n")
     local secret = digest:sub(9, 24)
     W.write(ws, "named " .. digest, "named\n")
     assert(os.execute("touch -d @" .. (os.time() - 100) .. " " .. core.sh_quote(ws .. "/a.txt")))
+    assert(os.execute("touch -d @" .. (os.time() - 100) .. " " .. core.sh_quote(ws .. "/named " .. digest)))
     local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json", secrets = { secret } })
     local st = assert(require("ferry.state").read(res.state))
     assert.equal(digest, st.baseline["a.txt"].sha256)
     assert.matches("^644 2 %d+ %d+%.?%d* " .. digest .. "$", st.local_stat["a.txt"])
-    assert.is_nil(st.baseline["named " .. digest])
-    assert.equal("file", st.baseline["named " .. digest:sub(1, 8) .. "***" .. digest:sub(25)].kind)
+    assert.equal("file", st.baseline["named " .. digest].kind)
     local again = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json", secrets = { secret } })
     assert.is_true(again.delta, again.delta_fallback)
-    assert.equal(1, again.hashed_files) -- the file whose name was redacted has no record to trust; a.txt has
+    assert.equal(0, again.hashed_files) -- both files' records are trusted
   end)
 
   it("records in the baseline the hash of what it sent, for a file changed or removed after the walk", function()
@@ -578,15 +581,17 @@ describe("runtime state and errors", function()
     assert.are_not.equal(p, state.default_path("cmd:sh", box.root))
   end)
 
-  it("refuses a restore while another holds the workspace lock", function()
+  it("refuses a restore while another holds the workspace lock, naming its pid", function()
     local res = assert(ferry.prepare { provider = "local", workspace = ws, remote_dir = box.root,
       state = tmp .. "/state.json" })
-    local lock = assert(core.fs_lock(res.state .. ".lock"))
-    local ok, err, code = ferry.restore { state = res.state }
+    local lock = assert(require("ferry.workspace_lock").acquire(ws, "prepare"))
+    local t0 = core.now_ms()
+    local ok, err, code = ferry.restore { state = res.state, lock_wait_ms = 300 }
+    assert.is_true(core.now_ms() - t0 >= 300, "it waited")
     assert.is_nil(ok)
-    assert.equal("restore: another restore of " .. ws .. " is running", err)
+    assert.equal(ws .. ": another ferry prepare/restore is running (pid " .. core.getpid() .. ")", err)
     assert.equal("EBUSY", code)
-    lock:unlock()
+    lock:release()
     assert(ferry.restore { state = res.state })
   end)
 
@@ -637,6 +642,10 @@ describe("runtime state and errors", function()
       state = tmp .. "/state.json" })
     local text = W.read(tmp, "state.json"):gsub('"provider":"local"', '"provider":"cmd:ferry-no-such-program"')
     W.write(tmp, "state.json", text)
+    -- the failed prepare into that sandbox left its mark (it cannot know how far its command got)
+    local mark = require("ferry.state").unfinished_path("cmd:ferry-no-such-program", box.root)
+    assert.truthy(core.fs_lstat(mark))
+    os.remove(mark)
     ok, err, code = ferry.restore { state = res.state }
     assert.is_nil(ok)
     assert.matches("^restore: cmd:ferry%-no%-such%-program: cannot run 'ferry%-no%-such%-program': ", err)

@@ -1,6 +1,6 @@
 /* The filesystem: plain lstat/readdir/readlink, and writes confined below a root that never follow a symlink.
  *
- * core.fs_lstat(path) / core.fs_stat(path) -> {kind, mode, size, mtime, ino, dev, nlink}
+ * core.fs_lstat(path) / core.fs_stat(path) -> {kind, mode, size, mtime, ino, dev, nlink, uid}
  *                                           | nil, "lstat <path>: <reason>", code
  *   kind: "file"|"dir"|"symlink"|"fifo"|"socket"|"char"|"block"; mode: permission bits & 07777
  * core.fs_readdir(path) -> names sorted bytewise (no "." "..") | nil, "readdir <path>: <reason>", code
@@ -15,24 +15,22 @@
  * core.fs_safe_mkdir(root, rel[, mode]) -> true   missing parents made; an existing dir is fine (mode applied)
  * core.fs_safe_write(root, rel, data[, mode=0644]) -> true   temp file beside the leaf, then renamed over it
  * core.fs_safe_symlink(root, rel, target) -> true              the same, for a symlink
- * core.fs_safe_remove(root, rel) -> true   unlink a file/symlink, rmdir an empty dir; missing is fine
+ * core.fs_safe_remove(root, rel[, expect]) -> true   unlink a file/symlink, rmdir an empty dir; missing is fine.
+ *   expect (a quick key, see ferry_fs_quick_key): remove only what still has that key, else
+ *   nil, "remove <root>/<rel>: changed since the snapshot", "ESTALE"
  * core.fs_safe_rename(root, from_rel, to_rel) -> true   to's parents are made
  * core.fs_safe_chmod(root, rel, mode) -> true              a symlink leaf fails with "ELOOP"
- *
- * core.fs_lock(path) -> lock | nil, "lock <path>: held by another process", "EBUSY"
- *   flock(LOCK_EX|LOCK_NB) on path (created); lock:unlock() -> true; released on close/gc too.
- * core.fs_mkdtemp([prefix="ferry-"]) -> path | nil, msg, code   (in $TMPDIR or /tmp unless prefix has a '/')
- * core.fs_remove_tree(path) -> true | nil, msg, code   never follows a symlink; missing is fine
+ * (locks, temp dirs and tree removal: runfiles.c)
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -40,7 +38,6 @@
 
 #include "internal.h"
 
-#define LOCK_MT "ferry.fs.lock"
 #define DIRBOX_MT "ferry.fs.dirbox"
 #define TMP_PREFIX ".ferry-tmp-"
 
@@ -115,16 +112,39 @@ int ferry_fs_open_parent(int rootfd, const char *rel, int create, const char **l
   return fd;
 }
 
-/* ".ferry-tmp-" + 16 random hex digits. */
+/* n random bytes; a weaker mix when the kernel has no entropy to give yet. */
+static void random_bytes(unsigned char *out, size_t n) {
+  if (getrandom(out, n, GRND_NONBLOCK) == (ssize_t)n) return;
+  static unsigned counter;
+  uint64_t x = (uint64_t)getpid() << 32 ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)out ^ ++counter;
+  for (size_t i = 0; i < n; i++) out[i] = (unsigned char)(x >> (8 * (i % 8)) ^ i);
+}
+
+/* The token of this run (process): 16 hex digits every temp name carries, so that a later run can tell ferry's
+ * leftovers (a token recorded for the workspace) from a user's file that only looks like one. */
+static char run_token[2 * 8 + 1];
+static pthread_once_t run_token_once = PTHREAD_ONCE_INIT;
+
+static void make_run_token(void) {
+  unsigned char r[8];
+  random_bytes(r, sizeof r);
+  ferry_hex(r, sizeof r, run_token);
+}
+
+const char *ferry_fs_run_token(void) {
+  pthread_once(&run_token_once, make_run_token);
+  return run_token;
+}
+
+/* ".ferry-tmp-" + the run token + "-" + 16 random hex digits. */
 static void temp_name(char *out) {
   unsigned char r[8];
-  if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
-    static unsigned counter;
-    uint64_t x = (uint64_t)getpid() << 32 ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)out ^ ++counter;
-    memcpy(r, &x, sizeof r);
-  }
-  memcpy(out, TMP_PREFIX, sizeof TMP_PREFIX - 1);
-  ferry_hex(r, sizeof r, out + sizeof TMP_PREFIX - 1);
+  random_bytes(r, sizeof r);
+  size_t n = sizeof TMP_PREFIX - 1;
+  memcpy(out, TMP_PREFIX, n);
+  memcpy(out + n, ferry_fs_run_token(), 16);
+  out[n + 16] = '-';
+  ferry_hex(r, sizeof r, out + n + 17);
 }
 
 void ferry_fs_tmp_init(ferry_fs_tmp *t) {
@@ -162,12 +182,22 @@ int ferry_fs_tmp_write(ferry_fs_tmp *t, const void *data, size_t len) {
   return 0;
 }
 
-int ferry_fs_tmp_commit(ferry_fs_tmp *t, const char *leaf, unsigned mode) {
+/* rename in dirfd; with noreplace an existing `to` fails with EEXIST (atomically where the filesystem can). */
+static int rename_in(int dirfd, const char *from, const char *to, int noreplace) {
+  if (!noreplace) return renameat(dirfd, from, dirfd, to) < 0 ? errno : 0;
+  if (renameat2(dirfd, from, dirfd, to, RENAME_NOREPLACE) == 0) return 0;
+  if (errno != EINVAL && errno != ENOSYS) return errno;
+  struct stat st;
+  if (fstatat(dirfd, to, &st, AT_SYMLINK_NOFOLLOW) == 0) return EEXIST;
+  return renameat(dirfd, from, dirfd, to) < 0 ? errno : 0;
+}
+
+int ferry_fs_tmp_commit(ferry_fs_tmp *t, const char *leaf, unsigned mode, int noreplace) {
   int err = 0;
   if (fchmod(t->fd, mode & 0777) < 0) err = errno;
   if (close(t->fd) < 0 && err == 0 && errno != EINTR) err = errno;
   t->fd = -1;
-  if (err == 0 && renameat(t->dirfd, t->name, t->dirfd, leaf) < 0) err = errno;
+  if (err == 0) err = rename_in(t->dirfd, t->name, leaf, noreplace);
   if (err == 0) t->name[0] = '\0'; /* renamed: nothing left to remove */
   ferry_fs_tmp_abort(t);
   return -err;
@@ -180,19 +210,37 @@ void ferry_fs_tmp_abort(ferry_fs_tmp *t) {
   ferry_fs_tmp_init(t);
 }
 
-int ferry_fs_symlink_in(int dirfd, const char *leaf, const char *target) {
-  char name[sizeof TMP_PREFIX + 16];
+int ferry_fs_symlink_in(int dirfd, const char *leaf, const char *target, int noreplace) {
+  char name[FERRY_FS_TMP_NAME];
   for (int tries = 0; tries < 16; tries++) {
     temp_name(name);
     if (symlinkat(target, dirfd, name) == 0) {
-      if (renameat(dirfd, name, dirfd, leaf) == 0) return 0;
-      int err = errno;
+      int err = rename_in(dirfd, name, leaf, noreplace);
+      if (err == 0) return 0;
       unlinkat(dirfd, name, 0);
       return -err;
     }
     if (errno != EEXIST) return -errno;
   }
   return -EEXIST;
+}
+
+void ferry_fs_quick_key(const struct stat *st, char *buf) {
+  snprintf(buf, FERRY_FS_KEY_LEN, "%s %o %lld %lld %.17g", ferry_kind_name(st->st_mode), (unsigned)(st->st_mode & 0777),
+           (long long)st->st_size, (long long)st->st_ino,
+           (double)st->st_mtim.tv_sec + (double)st->st_mtim.tv_nsec / 1e9); /* as push_stat's mtime */
+}
+
+int ferry_fs_expect(int dirfd, const char *leaf, const char *expect) {
+  struct stat st;
+  if (fstatat(dirfd, leaf, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    if (errno != ENOENT) return -errno;
+    return expect[0] == '\0';
+  }
+  if (expect[0] == '\0') return 0;
+  char key[FERRY_FS_KEY_LEN];
+  ferry_fs_quick_key(&st, key);
+  return strcmp(key, expect) == 0;
 }
 
 int ferry_fs_mkdir(int rootfd, const char *rel, int mode, size_t *bad) {
@@ -253,7 +301,7 @@ static int check_mode(lua_State *L, int idx, const char *fn, int dflt) {
 /* ---- stat ---- */
 
 static void push_stat(lua_State *L, const struct stat *st) {
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 8);
   lua_pushstring(L, ferry_kind_name(st->st_mode));
   lua_setfield(L, -2, "kind");
   lua_pushinteger(L, st->st_mode & 07777);
@@ -268,6 +316,8 @@ static void push_stat(lua_State *L, const struct stat *st) {
   lua_setfield(L, -2, "dev");
   lua_pushinteger(L, (lua_Integer)st->st_nlink);
   lua_setfield(L, -2, "nlink");
+  lua_pushinteger(L, (lua_Integer)st->st_uid);
+  lua_setfield(L, -2, "uid");
 }
 
 static int do_stat(lua_State *L, int follow) {
@@ -399,7 +449,7 @@ static int l_safe_write(lua_State *L) {
   ferry_fs_tmp t;
   int r = ferry_fs_tmp_create(&t, dirfd);
   if (r == 0) r = ferry_fs_tmp_write(&t, data, len);
-  if (r == 0) r = ferry_fs_tmp_commit(&t, leaf, (unsigned)mode);
+  if (r == 0) r = ferry_fs_tmp_commit(&t, leaf, (unsigned)mode, 0);
   else ferry_fs_tmp_abort(&t);
   if (r < 0) return ferry_fs_fail(L, -r, "write", root, rel, FERRY_FS_NO_COMPONENT);
   lua_pushboolean(L, 1);
@@ -414,7 +464,7 @@ static int l_safe_symlink(lua_State *L) {
   size_t bad;
   int dirfd = root_parent(root, rel, 1, &leaf, &bad);
   if (dirfd < 0) return ferry_fs_fail(L, -dirfd, "symlink", root, rel, bad);
-  int r = ferry_fs_symlink_in(dirfd, leaf, target);
+  int r = ferry_fs_symlink_in(dirfd, leaf, target, 0);
   close(dirfd);
   if (r < 0) return ferry_fs_fail(L, -r, "symlink", root, rel, FERRY_FS_NO_COMPONENT);
   lua_pushboolean(L, 1);
@@ -438,9 +488,13 @@ static int l_safe_remove(lua_State *L) {
   int dirfd = root_parent(root, rel, 0, &leaf, &bad);
   int missing_parent = dirfd == -ENOENT && bad != FERRY_FS_NO_COMPONENT;
   if (dirfd < 0 && !missing_parent) return ferry_fs_fail(L, -dirfd, "remove", root, rel, bad);
+  const char *expect = lua_isnoneornil(L, 3) ? NULL : ferry_check_string(L, 3, "fs_safe_remove", "expect", NULL);
   if (dirfd >= 0) {
-    int err = remove_leaf(dirfd, leaf);
+    int same = expect && expect[0] ? ferry_fs_expect(dirfd, leaf, expect) : 1;
+    if (same == 0 && ferry_fs_expect(dirfd, leaf, "") == 1) same = 1; /* gone already: what we wanted */
+    int err = same < 0 ? -same : same == 0 ? 0 : remove_leaf(dirfd, leaf);
     close(dirfd);
+    if (same == 0) return ferry_fail(L, "ESTALE", "remove %s/%s: changed since the snapshot", root, rel);
     if (err) return ferry_fs_fail(L, err, "remove", root, rel, FERRY_FS_NO_COMPONENT);
   }
   lua_pushboolean(L, 1);
@@ -494,120 +548,7 @@ static int l_safe_chmod(lua_State *L) {
   return 1;
 }
 
-/* ---- locks ---- */
-
-typedef struct fs_lock {
-  int fd; /* -1 once released */
-} fs_lock;
-
-static int l_lock(lua_State *L) {
-  const char *path = ferry_check_path(L, 1, "fs_lock", "path", NULL);
-  fs_lock *k = lua_newuserdatauv(L, sizeof *k, 0);
-  k->fd = -1;
-  luaL_setmetatable(L, LOCK_MT);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) return ferry_sys_fail(L, errno, "lock", path);
-  while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-    int err = errno;
-    if (err == EINTR) continue;
-    close(fd);
-    if (err == EWOULDBLOCK) return ferry_fail(L, "EBUSY", "lock %s: held by another process", path);
-    return ferry_sys_fail(L, err, "lock", path);
-  }
-  k->fd = fd;
-  return 1;
-}
-
-static int lock_release(lua_State *L) {
-  fs_lock *k = luaL_checkudata(L, 1, LOCK_MT);
-  if (k->fd >= 0) close(k->fd); /* closing the only descriptor releases the flock */
-  k->fd = -1;
-  return 0;
-}
-
-static int l_unlock(lua_State *L) {
-  lock_release(L);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int lock_tostring(lua_State *L) {
-  fs_lock *k = luaL_checkudata(L, 1, LOCK_MT);
-  lua_pushstring(L, k->fd >= 0 ? "fs lock (held)" : "fs lock (released)");
-  return 1;
-}
-
-/* ---- temp dirs ---- */
-
-static int l_mkdtemp(lua_State *L) {
-  const char *prefix = lua_isnoneornil(L, 1) ? "ferry-" : ferry_check_path(L, 1, "fs_mkdtemp", "prefix", NULL);
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  if (strchr(prefix, '/') == NULL) {
-    const char *tmp = getenv("TMPDIR");
-    luaL_addstring(&b, tmp && tmp[0] == '/' ? tmp : "/tmp");
-    luaL_addchar(&b, '/');
-  }
-  luaL_addstring(&b, prefix);
-  luaL_addstring(&b, "XXXXXX");
-  luaL_pushresult(&b);
-  size_t len;
-  const char *pattern = lua_tolstring(L, -1, &len);
-  char *path = lua_newuserdatauv(L, len + 1, 0); /* mkdtemp fills in the X's: not in a (shared) Lua string */
-  memcpy(path, pattern, len + 1);
-  if (mkdtemp(path) == NULL) return ferry_sys_fail(L, errno, "mkdtemp", pattern);
-  lua_pushstring(L, path);
-  return 1;
-}
-
-/* Remove name in parentfd and everything under it, never following a symlink. 0 or -errno. */
-static int remove_at(int parentfd, const char *name) {
-  if (unlinkat(parentfd, name, 0) == 0 || errno == ENOENT) return 0;
-  int unlink_err = errno;
-  if (unlink_err != EISDIR && unlink_err != EPERM) return -unlink_err;
-  int fd = openat(parentfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return errno == ENOTDIR ? -unlink_err : -errno;
-  struct stat st;
-  if (fstat(fd, &st) == 0 && (st.st_mode & S_IRWXU) != S_IRWXU) fchmod(fd, st.st_mode | S_IRWXU);
-  DIR *d = fdopendir(fd);
-  if (d == NULL) {
-    int err = errno;
-    close(fd);
-    return -err;
-  }
-  int removed;
-  do { /* entries removed while reading may hide others: pass again until a pass finds nothing */
-    removed = 0;
-    rewinddir(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-      int r = remove_at(dirfd(d), e->d_name);
-      if (r < 0) {
-        closedir(d);
-        return r;
-      }
-      removed++;
-    }
-  } while (removed > 0);
-  closedir(d);
-  if (unlinkat(parentfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT) return -errno;
-  return 0;
-}
-
-static int l_remove_tree(lua_State *L) {
-  const char *path = ferry_check_path(L, 1, "fs_remove_tree", "path", NULL);
-  if (strcmp(path, "/") == 0) return luaL_error(L, "fs_remove_tree: refusing to remove /");
-  int r = remove_at(AT_FDCWD, path);
-  if (r < 0) return ferry_sys_fail(L, -r, "remove_tree", path);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 void ferry_open_fs(lua_State *L) {
-  static const luaL_Reg lock_methods[] = {{"unlock", l_unlock}, {NULL, NULL}};
-  static const luaL_Reg lock_meta[] = {
-      {"__gc", lock_release}, {"__close", lock_release}, {"__tostring", lock_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
       {"fs_lstat", l_lstat},
       {"fs_stat", l_stat},
@@ -620,17 +561,8 @@ void ferry_open_fs(lua_State *L) {
       {"fs_safe_remove", l_safe_remove},
       {"fs_safe_rename", l_safe_rename},
       {"fs_safe_chmod", l_safe_chmod},
-      {"fs_lock", l_lock},
-      {"fs_mkdtemp", l_mkdtemp},
-      {"fs_remove_tree", l_remove_tree},
       {NULL, NULL},
   };
-  if (luaL_newmetatable(L, LOCK_MT)) {
-    luaL_setfuncs(L, lock_meta, 0);
-    luaL_newlib(L, lock_methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
   if (luaL_newmetatable(L, DIRBOX_MT)) {
     lua_pushcfunction(L, dirbox_close);
     lua_setfield(L, -2, "__close");
@@ -641,4 +573,6 @@ void ferry_open_fs(lua_State *L) {
   luaL_setfuncs(L, fns, 0);
   lua_pushliteral(L, TMP_PREFIX); /* core.TEMP_PREFIX: the name prefix of the safe writes' temp files */
   lua_setfield(L, -2, "TEMP_PREFIX");
+  lua_pushstring(L, ferry_fs_run_token()); /* core.TEMP_TOKEN: this run's token, after the prefix */
+  lua_setfield(L, -2, "TEMP_TOKEN");
 }

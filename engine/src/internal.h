@@ -19,6 +19,7 @@ void ferry_open_hash(lua_State *L);       /* hash.c: sha256/sha256_new/sha256_fi
 void ferry_open_tar_writer(lua_State *L); /* tar_writer.c: tar_writer */
 void ferry_open_tar_reader(lua_State *L); /* tar_reader.c: tar_scan/tar_extract */
 void ferry_open_fs(lua_State *L);         /* fs.c: lstat/readdir/no-follow writes */
+void ferry_open_runfiles(lua_State *L);   /* runfiles.c: fs_lock/fs_mkdtemp/fs_remove_tree/getuid */
 void ferry_open_search(lua_State *L);     /* search.c: search_dirs */
 void ferry_open_hmac(lua_State *L);       /* hmac.c: hmac_sha256/hmac_equal/random_bytes */
 void ferry_open_http_client(lua_State *L); /* http_client.c: http_request (libcurl on the loop) */
@@ -87,20 +88,32 @@ void ferry_push_search_dirs(lua_State *L);
  * Functions return 0 or an fd on success and -errno on failure; `bad` receives the length of the prefix of
  * `rel` naming the component that failed (FERRY_FS_NO_COMPONENT when no component is to blame). */
 #define FERRY_FS_NO_COMPONENT ((size_t)-1)
+#define FERRY_FS_TMP_NAME 48 /* ".ferry-tmp-<run token>-<16 hex>" and its NUL */
+#define FERRY_FS_KEY_LEN 96
 typedef struct ferry_fs_tmp { /* a temp file beside its final name */
   int dirfd, fd;
-  char name[32];
+  char name[FERRY_FS_TMP_NAME];
 } ferry_fs_tmp;
+struct stat;
 int ferry_fs_rel_ok(const char *rel, size_t len); /* relative, '/'-separated, no empty/./.. parts */
 int ferry_fs_walk(int rootfd, const char *rel, size_t len, int create, size_t *bad); /* dir fd of rel[0,len) */
 int ferry_fs_open_parent(int rootfd, const char *rel, int create, const char **leaf, size_t *bad);
 int ferry_fs_mkdir(int rootfd, const char *rel, int mode, size_t *bad); /* mode < 0: leave as made */
-int ferry_fs_symlink_in(int dirfd, const char *leaf, const char *target); /* temp + rename */
+/* temp + rename; with noreplace an existing leaf fails with -EEXIST */
+int ferry_fs_symlink_in(int dirfd, const char *leaf, const char *target, int noreplace);
 void ferry_fs_tmp_init(ferry_fs_tmp *t);
 int ferry_fs_tmp_create(ferry_fs_tmp *t, int dirfd); /* takes dirfd; O_CREAT|O_EXCL|O_NOFOLLOW */
 int ferry_fs_tmp_write(ferry_fs_tmp *t, const void *data, size_t len);
-int ferry_fs_tmp_commit(ferry_fs_tmp *t, const char *leaf, unsigned mode); /* chmod & 0777, rename; frees */
+/* chmod & 0777, rename (noreplace: -EEXIST over an existing leaf); frees */
+int ferry_fs_tmp_commit(ferry_fs_tmp *t, const char *leaf, unsigned mode, int noreplace);
 void ferry_fs_tmp_abort(ferry_fs_tmp *t);                                  /* remove the temp file; frees */
+/* The 16 hex digits of this process's run token, in every temp name. */
+const char *ferry_fs_run_token(void);
+/* "<kind> <mode & 0777, octal> <size> <ino> <mtime, %.17g>" of st in buf (FERRY_FS_KEY_LEN bytes): the quick
+ * key a snapshot keeps of a host file, to tell later whether it moved. */
+void ferry_fs_quick_key(const struct stat *st, char *buf);
+/* leaf in dirfd against `expect`, a quick key or "" for nothing there: 1 as expected, 0 moved, -errno. */
+int ferry_fs_expect(int dirfd, const char *leaf, const char *expect);
 /* Pushes nil, "<op> <root>/<rel>: <reason>", code; returns 3. */
 int ferry_fs_fail(lua_State *L, int err, const char *op, const char *root, const char *rel, size_t bad);
 

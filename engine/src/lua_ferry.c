@@ -49,6 +49,7 @@ int luaopen_ferry_core(lua_State *L) {
   ferry_open_tar_writer(L);
   ferry_open_tar_reader(L);
   ferry_open_fs(L);
+  ferry_open_runfiles(L);
   ferry_open_search(L);
   ferry_open_hmac(L);
   ferry_open_http_client(L);

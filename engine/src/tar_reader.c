@@ -5,11 +5,16 @@
  *   {name, kind, mode, size, mtime, linkname, sha256}  in archive order (names raw, as stored; kind: "file" |
  *   "dir" | "symlink" | "hardlink" | "char" | "block" | "fifo" | "socket" | "other"; sha256 for files)
  *   | nil, "archive exceeds the N byte limit at <name>", "EFBIG" | nil, "bad archive: <reason>", "EINVAL"
- * core.tar_extract(path, root, plan[, {max_bytes=1 GiB}]) -> count | nil, msg, code
- *   plan: {[entry name] = {dest=rel, mode=int|nil (the entry's), sha256=hex|nil (checked before the rename)}}.
+ * core.tar_extract(path, root, plan[, {max_bytes=1 GiB, before_commit=fn}]) -> count, moved | nil, msg, code
+ *   plan: {[entry name] = {dest=rel, mode=int|nil (the entry's), sha256=hex|nil (checked before the rename),
+ *   expect=quick key|""|nil, expect_sha256=hex|nil}}.
  *   Planned files are written to a temp name and renamed, symlinks likewise, dirs made (their modes applied
  *   last, so a read-only dir can still be filled). Hard links and special files in the plan fail "EINVAL",
  *   a planned name missing from the archive fails "ENOENT". Stops at the first error.
+ *   With `expect`, what is at dest right before the rename (fstatat on the parent's fd) must still have that
+ *   quick key (ferry_fs_quick_key; "" = nothing there, and the rename then never replaces anything), and with
+ *   expect_sha256 that content too; else the temp file is dropped and dest goes to `moved` (a list; count
+ *   counts only what was written). before_commit(dest) runs right before that check (a test's window).
  *
  * A UTF-8 locale is pinned while libarchive works, as in tar_writer.c: names are bytes end to end.
  */
@@ -226,9 +231,16 @@ static void check_plan(lua_State *L) {
     if (t != LUA_TNIL && (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 07777))
       luaL_error(L, "tar_extract: plan['%s'].mode must be an integer in 0..07777", name);
     lua_pop(L, 1);
-    t = lua_getfield(L, -1, "sha256");
-    if (t != LUA_TNIL && (t != LUA_TSTRING || lua_rawlen(L, -1) != 2 * FERRY_SHA256_LEN))
-      luaL_error(L, "tar_extract: plan['%s'].sha256 must be 64 hex digits", name);
+    static const char *const sums[] = {"sha256", "expect_sha256"};
+    for (int i = 0; i < 2; i++) {
+      t = lua_getfield(L, -1, sums[i]);
+      if (t != LUA_TNIL && (t != LUA_TSTRING || lua_rawlen(L, -1) != 2 * FERRY_SHA256_LEN))
+        luaL_error(L, "tar_extract: plan['%s'].%s must be 64 hex digits", name, sums[i]);
+      lua_pop(L, 1);
+    }
+    t = lua_getfield(L, -1, "expect");
+    if (t != LUA_TNIL && (t != LUA_TSTRING || lua_rawlen(L, -1) >= FERRY_FS_KEY_LEN))
+      luaL_error(L, "tar_extract: plan['%s'].expect must be a quick key or \"\"", name);
     lua_pop(L, 2);
   }
 }
@@ -238,15 +250,59 @@ typedef struct extract_ctx {
   const char *root;
   lua_Integer max;
   int64_t total;
+  int hook; /* stack index of before_commit, or 0 */
 } extract_ctx;
+
+/* What one planned write expects at its dest (from the plan entry). */
+typedef struct expectation {
+  const char *key;    /* quick key, "" for nothing there, NULL for no check */
+  const char *sha256; /* the content too, or NULL */
+} expectation;
+
+/* The sha256 of leaf in dirfd (never following a symlink) as hex in out; 0 or an errno. */
+static int hash_leaf(tar_reader *r, int dirfd, const char *leaf, char *out) {
+  int fd = openat(dirfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int err = EVP_DigestInit_ex(r->md, EVP_sha256(), NULL) ? 0 : ENOMEM;
+  for (ssize_t n; err == 0 && (n = read(fd, r->block, BLOCK)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) err = errno;
+    else if (!EVP_DigestUpdate(r->md, r->block, (size_t)n)) err = ENOMEM;
+  }
+  close(fd);
+  unsigned char md[FERRY_SHA256_LEN];
+  if (err == 0 && !EVP_DigestFinal_ex(r->md, md, NULL)) err = ENOMEM;
+  if (err == 0) ferry_hex(md, FERRY_SHA256_LEN, out);
+  return err;
+}
+
+/* Right before a write lands at dest (leaf in dirfd): the test hook, then the check. 1 go on, 0 moved, -errno. */
+static int still_expected(lua_State *L, extract_ctx *x, int dirfd, const char *leaf, const char *dest,
+                          const expectation *want) {
+  if (x->hook) {
+    lua_pushvalue(L, x->hook);
+    lua_pushstring(L, dest);
+    lua_call(L, 1, 0);
+  }
+  if (want->key == NULL) return 1;
+  int same = ferry_fs_expect(dirfd, leaf, want->key);
+  if (same == 1 && want->sha256 && want->key[0]) {
+    char digest[2 * FERRY_SHA256_LEN + 1];
+    int err = hash_leaf(x->r, dirfd, leaf, digest);
+    if (err) return err == ENOENT || err == ELOOP ? 0 : -err;
+    same = strcmp(digest, want->sha256) == 0;
+  }
+  return same;
+}
 
 /* Push "tar_extract <name> ->" for ferry_fs_fail messages. */
 static const char *op_name(lua_State *L, const char *name) {
   return lua_pushfstring(L, "tar_extract %s ->", name);
 }
 
+/* Write the current file entry at dest. 0 written, -1 moved, or the count of pushed values (a failure). */
 static int extract_file(lua_State *L, extract_ctx *x, struct archive_entry *e, const char *name, const char *dest,
-                        int mode, const char *want_sha) {
+                        int mode, const char *want_sha, const expectation *want) {
   tar_reader *r = x->r;
   const char *leaf;
   size_t bad;
@@ -266,12 +322,38 @@ static int extract_file(lua_State *L, extract_ctx *x, struct archive_entry *e, c
     return ferry_fail(L, "EINVAL", "tar_extract %s: content differs from the scanned archive", name);
   struct timespec times[2] = {{0, UTIME_OMIT}, {archive_entry_mtime(e), archive_entry_mtime_nsec(e)}};
   futimens(r->tmp.fd, times);
-  err = ferry_fs_tmp_commit(&r->tmp, leaf, (unsigned)mode);
+  int go = still_expected(L, x, r->tmp.dirfd, leaf, dest, want);
+  if (go < 0) return ferry_fs_fail(L, -go, op_name(L, name), x->root, dest, FERRY_FS_NO_COMPONENT);
+  if (go == 0) {
+    ferry_fs_tmp_abort(&r->tmp);
+    return -1;
+  }
+  int noreplace = want->key != NULL && want->key[0] == '\0';
+  err = ferry_fs_tmp_commit(&r->tmp, leaf, (unsigned)mode, noreplace);
+  if ((err == -EEXIST && noreplace) || err == -ENOENT) return -1; /* ENOENT: the host removed the dir meanwhile */
   if (err < 0) return ferry_fs_fail(L, -err, op_name(L, name), x->root, dest, FERRY_FS_NO_COMPONENT);
   return 0;
 }
 
-/* Write the current entry as planned (plan entry at the top of the stack). 0 or the count of pushed values. */
+/* Write the current symlink entry at dest, as extract_file. */
+static int extract_symlink(lua_State *L, extract_ctx *x, struct archive_entry *e, const char *name,
+                           const char *dest, const expectation *want) {
+  const char *leaf;
+  size_t bad;
+  int dirfd = ferry_fs_open_parent(x->r->rootfd, dest, 1, &leaf, &bad);
+  if (dirfd < 0) return ferry_fs_fail(L, -dirfd, op_name(L, name), x->root, dest, bad);
+  x->r->tmp.dirfd = dirfd; /* closed by the reader's release if the hook raises */
+  int go = still_expected(L, x, dirfd, leaf, dest, want);
+  int noreplace = want->key != NULL && want->key[0] == '\0';
+  int err = go <= 0 ? go : ferry_fs_symlink_in(dirfd, leaf, archive_entry_symlink(e), noreplace);
+  ferry_fs_tmp_abort(&x->r->tmp);
+  if (go == 0 || (err == -EEXIST && noreplace) || err == -ENOENT) return -1;
+  if (err < 0) return ferry_fs_fail(L, -err, op_name(L, name), x->root, dest, FERRY_FS_NO_COMPONENT);
+  return 0;
+}
+
+/* Write the current entry as planned (plan entry at the top of the stack). 0 written, -1 moved, or the count
+ * of pushed values. */
 static int extract_entry(lua_State *L, extract_ctx *x, struct archive_entry *e, const char *name, int dirs) {
   lua_getfield(L, -1, "dest");
   const char *dest = lua_tostring(L, -1); /* anchored by the plan */
@@ -281,34 +363,24 @@ static int extract_entry(lua_State *L, extract_ctx *x, struct archive_entry *e, 
   lua_pop(L, 1);
   lua_getfield(L, -1, "sha256");
   const char *want_sha = lua_tostring(L, -1);
-  lua_pop(L, 1);
+  lua_getfield(L, -2, "expect");
+  lua_getfield(L, -3, "expect_sha256");
+  expectation want = {lua_tostring(L, -2), lua_tostring(L, -1)};
+  lua_pop(L, 3); /* the strings stay anchored by the plan */
   const char *kind = entry_kind(e);
-  if (strcmp(kind, "file") == 0) return extract_file(L, x, e, name, dest, mode, want_sha);
-  size_t bad = FERRY_FS_NO_COMPONENT;
-  int err;
-  if (strcmp(kind, "dir") == 0) {
-    err = ferry_fs_mkdir(x->r->rootfd, dest, mode | 0700, &bad); /* owner-writable until the end */
-    if (err == 0) {
-      lua_createtable(L, 2, 0);
-      lua_pushstring(L, dest);
-      lua_rawseti(L, -2, 1);
-      lua_pushinteger(L, mode);
-      lua_rawseti(L, -2, 2);
-      lua_rawseti(L, dirs, (lua_Integer)lua_rawlen(L, dirs) + 1);
-    }
-  } else if (strcmp(kind, "symlink") == 0) {
-    const char *leaf;
-    int dirfd = ferry_fs_open_parent(x->r->rootfd, dest, 1, &leaf, &bad);
-    if (dirfd < 0) {
-      err = dirfd;
-    } else {
-      err = ferry_fs_symlink_in(dirfd, leaf, archive_entry_symlink(e));
-      close(dirfd);
-    }
-  } else {
+  if (strcmp(kind, "file") == 0) return extract_file(L, x, e, name, dest, mode, want_sha, &want);
+  if (strcmp(kind, "symlink") == 0) return extract_symlink(L, x, e, name, dest, &want);
+  if (strcmp(kind, "dir") != 0)
     return ferry_fail(L, "EINVAL", "tar_extract %s: a %s entry cannot be extracted", name, kind);
-  }
+  size_t bad = FERRY_FS_NO_COMPONENT;
+  int err = ferry_fs_mkdir(x->r->rootfd, dest, mode | 0700, &bad); /* owner-writable until the end */
   if (err < 0) return ferry_fs_fail(L, -err, op_name(L, name), x->root, dest, bad);
+  lua_createtable(L, 2, 0);
+  lua_pushstring(L, dest);
+  lua_rawseti(L, -2, 1);
+  lua_pushinteger(L, mode);
+  lua_rawseti(L, -2, 2);
+  lua_rawseti(L, dirs, (lua_Integer)lua_rawlen(L, dirs) + 1);
   return 0;
 }
 
@@ -318,14 +390,23 @@ static int l_tar_extract(lua_State *L) {
   check_plan(L);
   if (!lua_isnoneornil(L, 4) && !lua_istable(L, 4))
     return luaL_error(L, "tar_extract: opts must be a table, got %s", luaL_typename(L, 4));
-  extract_ctx x = {NULL, root, opt_limit(L, 4, "tar_extract", "max_bytes", DEFAULT_MAX_BYTES), 0};
+  extract_ctx x = {NULL, root, opt_limit(L, 4, "tar_extract", "max_bytes", DEFAULT_MAX_BYTES), 0, 0};
   lua_settop(L, 4);
-  x.r = open_reader(L, "tar_extract", path); /* 5 */
+  if (!lua_isnil(L, 4)) {
+    lua_getfield(L, 4, "before_commit"); /* 5 */
+    if (!lua_isnil(L, 5) && !lua_isfunction(L, 5))
+      return luaL_error(L, "tar_extract: opts.before_commit must be a function, got %s", luaL_typename(L, 5));
+    x.hook = lua_isnil(L, 5) ? 0 : 5;
+  } else {
+    lua_pushnil(L); /* 5 */
+  }
+  x.r = open_reader(L, "tar_extract", path); /* 6 */
   if (x.r == NULL) return 3;
   x.r->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (x.r->rootfd < 0) return ferry_sys_fail(L, errno, "tar_extract", root);
-  lua_newtable(L); /* 6: names written */
-  lua_newtable(L); /* 7: dirs made, {dest, mode}, for their modes at the end */
+  lua_newtable(L); /* 7: names handled */
+  lua_newtable(L); /* 8: dirs made, {dest, mode}, for their modes at the end */
+  lua_newtable(L); /* 9: dests not written because the host moved */
   lua_Integer count = 0;
   struct archive_entry *e;
   int rc;
@@ -336,26 +417,31 @@ static int l_tar_extract(lua_State *L) {
       lua_pop(L, 1);
       continue;
     }
-    int pushed = extract_entry(L, &x, e, name, 7);
-    if (pushed) return pushed;
+    int done = extract_entry(L, &x, e, name, 8);
+    if (done > 0) return done;
+    if (done < 0) {
+      lua_getfield(L, -1, "dest");
+      lua_rawseti(L, 9, (lua_Integer)lua_rawlen(L, 9) + 1);
+    } else {
+      count++;
+    }
     lua_pop(L, 1);
     lua_pushstring(L, name);
     lua_pushboolean(L, 1);
-    lua_rawset(L, 6);
-    count++;
+    lua_rawset(L, 7);
   }
   if (rc < 0) return bad_archive(L, x.r);
   lua_pushnil(L);
   while (lua_next(L, 3)) {
     lua_pop(L, 1);
     lua_pushvalue(L, -1);
-    if (lua_rawget(L, 6) == LUA_TNIL)
+    if (lua_rawget(L, 7) == LUA_TNIL)
       return ferry_fail(L, "ENOENT", "tar_extract %s: planned entry %s is not in the archive", path,
                         lua_tostring(L, -2));
     lua_pop(L, 1);
   }
-  for (lua_Integer i = (lua_Integer)lua_rawlen(L, 7); i > 0; i--) { /* deepest first */
-    lua_rawgeti(L, 7, i);
+  for (lua_Integer i = (lua_Integer)lua_rawlen(L, 8); i > 0; i--) { /* deepest first */
+    lua_rawgeti(L, 8, i);
     lua_rawgeti(L, -1, 1);
     lua_rawgeti(L, -2, 2);
     const char *dest = lua_tostring(L, -2);
@@ -367,7 +453,8 @@ static int l_tar_extract(lua_State *L) {
     lua_pop(L, 3);
   }
   lua_pushinteger(L, count);
-  return 1;
+  lua_pushvalue(L, 9);
+  return 2;
 }
 
 void ferry_open_tar_reader(lua_State *L) {

@@ -212,12 +212,33 @@ local function usable_name(name, items, B, R, L, taken, mask)
   return true
 end
 
+local MAX_NAME = 255 -- bytes of a path component (NAME_MAX)
+
+--- The n-th copy name of `root` (1: root .. suffix, then root .. suffix .. "-n"), its last component cut
+--- (at a UTF-8 character boundary) so that it stays within 255 bytes.
+---@param root string
+---@param suffix string
+---@param n integer
+---@return string
+function M.copy_name(root, suffix, n)
+  local tail = suffix .. (n == 1 and "" or "-" .. n)
+  local dir, leaf = root:match("^(.*/)([^/]*)$")
+  dir, leaf = dir or "", leaf or root
+  local room = MAX_NAME - #tail
+  if #leaf > room then
+    local cut = room
+    while cut > 0 and (leaf:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+    leaf = leaf:sub(1, cut)
+  end
+  return dir .. leaf .. tail
+end
+
 local function place_copies(by_root, roots, B, R, L, suffix, mask)
   local copies, taken = {}, {}
   for _, root in ipairs(roots) do
     local chosen
     for n = 1, MAX_COPY_NAMES do
-      local name = root .. suffix .. (n == 1 and "" or "-" .. n)
+      local name = M.copy_name(root, suffix, n)
       local items = copy_items(root, by_root[root], name, R)
       if usable_name(name, items, B, R, L, taken, mask) then
         chosen = name
@@ -304,6 +325,7 @@ end
 ---              `remote_copy`; conflict_paths: the same paths as a plain list
 ---   keep       paths changed locally that keep their local version (not conflicts)
 ---   changed    true when there is any action
+---   target     rel -> the entry each path ends with (conflict copies included), nil for absent
 ---@return table|nil, string|nil, string|nil
 function M.plan(baseline, localsnap, remote, opts)
   opts = opts or {}
@@ -338,6 +360,7 @@ function M.plan(baseline, localsnap, remote, opts)
   end
 
   local plan = {
+    target = target,
     actions = build_actions(all_paths, L, target, source_of, mask),
     take = {}, delete = {}, mkdirs = {}, rmdirs = {}, keep = {},
     conflicts = conflicts, conflict_paths = {},

@@ -17,6 +17,7 @@ local snapshot = require "ferry.snapshot"
 local state_file = require "ferry.state"
 local sync = require "ferry.sync"
 local util = require "ferry.util"
+local workspace_lock = require "ferry.workspace_lock"
 
 local M = {}
 
@@ -101,7 +102,7 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   -- quick records for files whose lstat did not change); a full sync hashes while it sends
   job.taken_at = os.time()
   local snap, names, info = snapshot.take(ws, { matcher = matcher, hash = job.base ~= nil,
-    known = job.base and job.base.local_stat, stats = true })
+    known = job.base and job.base.local_stat, stats = true, temp_tokens = inputs.lock.temp_tokens })
   if not snap then return nil, "prepare: " .. names, info end
   job.snap, job.names, job.info = snap, names, info
   return job
@@ -145,6 +146,11 @@ local function run(opts, sb, provider_string, handle, inputs)
   if not asset_plan then return nil, redact_fn(perr), pcode end
 
   job.first_line = install.check_line(adapter, job.runtime_dir)
+  -- from the first command that changes the sandbox until the state is written, a restore from it could
+  -- read a half-synced sandbox: restore refuses while the mark is there
+  local recorded_provider = redact_fn(provider_string)
+  local marked, merr, mcode = state_file.mark_unfinished(recorded_provider, job.remote_dir)
+  if not marked then return nil, "prepare: " .. merr, mcode end
   local synced, serr, scode = sync.run(sb, job, job.base, job.fallback)
   if not synced then return nil, redact_fn(serr), scode end
   add_install(result, install.after_check(install.reported(synced.stderr), sb, adapter, job.runtime_dir, opts,
@@ -160,6 +166,7 @@ local function run(opts, sb, provider_string, handle, inputs)
   progress:phase("finalize")
   local wrote, werr, wcode = state_file.write(job.state, redact_record(state_record(job, provider_string, synced)))
   if not wrote then return nil, "prepare: " .. werr, wcode end
+  state_file.clear_unfinished(recorded_provider, job.remote_dir)
   result.state = job.state
   result.commands = handle.commands()
   return redact_record(result)
@@ -175,6 +182,7 @@ end
 ---   state           state file path (default ferry.state.default_path(provider, remote_dir))
 ---   progress        a ferry.progress reporter (phases sync, install, assets, finalize); secrets: list of
 ---                   values to redact; on_exec(argv, script) for every command; install_timeout_ms (300 s)
+---   lock_wait_ms    how long to wait for another prepare or restore of the workspace (default 10 s)
 ---   delta           false: always a full sync (default: a delta when the state file is of an earlier
 ---                   prepare with the same provider string, remote dir, excludes and preserved names)
 --- Returns {workspace, provider, remote_dir, runtime_dir, asset_dirs = {key = dir}, installed = true|false|nil,
@@ -183,15 +191,23 @@ end
 --- dirs, symlinks, warnings, delta = true|false, delta_files (entries sent), delta_deleted (paths removed),
 --- delta_fallback (why an earlier state was not used for a delta), hashed_files (local files read to hash
 --- before a delta; 0 for a full sync, which hashes what it sends)} or nil, message, code.
+--- Errors include "<workspace>: another ferry prepare/restore is running (pid N)" EBUSY.
 ---@param opts table
 ---@return table|nil result, string|nil err, string|nil code
 function M.prepare(opts)
   local inputs, ierr, icode = check_inputs(opts)
   if not inputs then return nil, ierr, icode end
+  local lock, lerr, lcode = workspace_lock.acquire(inputs.workspace, "prepare", opts)
+  if not lock then return nil, lcode == "EBUSY" and lerr or "prepare: " .. lerr, lcode end
+  inputs.lock = lock
   local sb, provider_string, handle = attach.open(opts.provider, opts.on_exec, "ferry.prepare: opts.provider")
-  if not sb then return nil, "prepare: " .. provider_string, handle end
+  if not sb then
+    lock:release()
+    return nil, "prepare: " .. provider_string, handle
+  end
   local ok, result, err, code = pcall(run, opts, sb, provider_string, handle, inputs)
   handle.release()
+  lock:release()
   if not ok then error(result, 0) end
   if not result then return attach.diagnosed(handle, "prepare: ", err, code) end
   return result

@@ -141,21 +141,15 @@ function M.new(secrets, opts)
   end
 end
 
--- A copy of `value` with every string passed through `fn`, but the strings `keep(key, string, under)` keeps
--- (`under`: the key of the table holding it). Tables keep their metatables; cycles are preserved.
-local function copy(value, fn, keep, seen, under)
+-- A copy of `value` with every string (keys too) passed through `fn`. Tables keep their metatables; cycles are
+-- preserved.
+local function copy(value, fn, seen)
   if type(value) == "string" then return fn(value) end
   if type(value) ~= "table" then return value end
   if seen[value] then return seen[value] end
   local out = {}
   seen[value] = out
-  for k, v in next, value do
-    if keep and type(v) == "string" and keep(k, v, under) then
-      out[copy(k, fn, keep, seen)] = v
-    else
-      out[copy(k, fn, keep, seen)] = copy(v, fn, keep, seen, k)
-    end
-  end
+  for k, v in next, value do out[copy(k, fn, seen)] = copy(v, fn, seen) end
   return setmetatable(out, getmetatable(value))
 end
 
@@ -164,40 +158,37 @@ end
 ---@param value any
 ---@param fn fun(s: string): string
 function M.deep(value, fn)
-  return copy(value, fn, nil, {})
+  return copy(value, fn, {})
 end
 
--- Every distinct string (keys too) in `value` into the set `out`, but the values `keep` keeps.
-local function collect_strings(value, keep, out, seen, under)
+-- Every distinct string (keys too) in `value` into the set `out`.
+local function collect_strings(value, out, seen)
   for k, v in next, value do
     if type(k) == "string" then out[k] = true end
-    if type(v) == "string" and not (keep and keep(k, v, under)) then
+    if type(v) == "string" then
       out[v] = true
     elseif type(v) == "table" and not seen[v] then
       seen[v] = true
-      collect_strings(v, keep, out, seen, k)
+      collect_strings(v, out, seen)
     end
   end
 end
 
---- M.deep(value, fn), but string values for which keep(key, string, under) is true are kept as they are
---- (`under`: the key of the table holding them), and a table whose strings `fn` leaves alone is returned
---- as it is. That is found with one call of `fn` over all its distinct strings joined by NUL instead of one
---- call per string: no pattern of this module matches a NUL outside the part it replaces, and no
---- replacement holds one, so a match spanning two strings changes the joined text, and any match inside
---- one string matches the same in the joined text: the joined text comes back unchanged exactly when every
---- string would.
+--- M.deep(value, fn), but a table whose strings `fn` leaves alone is returned as it is. That is found with
+--- one call of `fn` over all its distinct strings joined by NUL instead of one call per string: no pattern of
+--- this module matches a NUL outside the part it replaces, and no replacement holds one, so a match spanning
+--- two strings changes the joined text, and any match inside one string matches the same in the joined
+--- text: the joined text comes back unchanged exactly when every string would.
 ---@param value any
 ---@param fn fun(s: string): string  a redactor (M.new)
----@param keep nil|fun(key: any, s: string, under: any): boolean
-function M.table(value, fn, keep)
+function M.table(value, fn)
   if type(value) ~= "table" then return fn(value) end
   local set, list = {}, {}
-  collect_strings(value, keep, set, { [value] = true })
+  collect_strings(value, set, { [value] = true })
   for s in pairs(set) do list[#list + 1] = s end
   local joined = table.concat(list, "\0")
   if fn(joined) == joined then return value end
-  return copy(value, fn, keep, {})
+  return copy(value, fn, {})
 end
 
 return M

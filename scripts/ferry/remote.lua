@@ -279,6 +279,82 @@ function M.restore_script(remote_dir, preserve, excludes)
   return table.concat(lines, "\n")
 end
 
+-- GNU tar's warnings about a file read while it changed (exit code 1): the file's bytes in the archive may be
+-- a mix of two versions, or zeros where it shrank.
+local TORN = { ": file changed as we read it$", ": File shrank by %d+ bytes?; padding with zeros$",
+  ": File removed before we read it$" }
+local BENIGN = { ": socket ignored$", ": door ignored$" } -- nothing of these travels anyway
+
+local UNESCAPE = { a = "\a", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t", v = "\v" }
+
+--- A name as GNU tar's default quoting style ("escape", with ':' quoted) printed it, back to its bytes.
+---@param s string
+---@return string
+function M.tar_unquote(s)
+  local out, i = {}, 1
+  while true do
+    local j = s:find("\\", i, true)
+    if not j then break end
+    out[#out + 1] = s:sub(i, j - 1)
+    local octal = s:match("^[0-7][0-7]?[0-7]?", j + 1)
+    if octal then
+      out[#out + 1], i = string.char(tonumber(octal, 8) % 256), j + 1 + #octal
+    else
+      local c = s:sub(j + 1, j + 1)
+      out[#out + 1], i = UNESCAPE[c] or c, j + 2
+    end
+  end
+  out[#out + 1] = s:sub(i)
+  return table.concat(out)
+end
+
+--- What a restore stream's tar said on stderr: the names (as archived, "./rel") it reported as changed,
+--- shrunk or removed while it read them, and the lines that are neither those nor harmless.
+---@param stderr string|nil
+---@return string[] torn, string[] other
+function M.torn_reports(stderr)
+  local torn, other = {}, {}
+  for line in (stderr or ""):gmatch("[^\n]+") do
+    local body
+    for _, suffix in ipairs(TORN) do
+      local at = line:find(suffix)
+      if at then body = line:sub(1, at - 1) end
+    end
+    local name = body and body:match("^.-: (.+)$")
+    if name then
+      torn[#torn + 1] = M.tar_unquote(name)
+    else
+      local benign = false
+      for _, suffix in ipairs(BENIGN) do benign = benign or line:find(suffix) ~= nil end
+      if not benign and line:find("%S") then other[#other + 1] = line end
+    end
+  end
+  return torn, other
+end
+
+--- The command that sends again, as a tar stream like the restore command's, the files `rels` of the remote
+--- dir that still exist (GNU tar: only asked after GNU tar reported them torn). Nil when the command would
+--- be too long for one argument.
+---@param remote_dir string
+---@param rels string[]
+---@return string|nil
+function M.refetch_script(remote_dir, rels)
+  local words = {}
+  for i, rel in ipairs(rels) do words[i] = q("./" .. rel) end
+  local script = table.concat({
+    "ferry_r=" .. q(remote_dir),
+    'cd "$ferry_r" || exit 1',
+    "set --",
+    "for f in " .. table.concat(words, " ") .. "; do",
+    '  if [ -e "$f" ] || [ -L "$f" ]; then set -- "$@" "$f"; fi',
+    "done",
+    "[ $# -gt 0 ] || exit 0",
+    'exec tar -c -f - --hard-dereference --no-recursion -- "$@"',
+  }, "\n")
+  if #script > 96 * 1024 then return nil end
+  return script
+end
+
 --- True when the restore command's result says the remote dir does not exist.
 ---@param res table
 ---@return boolean

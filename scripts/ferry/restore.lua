@@ -1,19 +1,24 @@
 --- ferry.restore: bring the work back from the sandbox (README "Prepare and restore"). Orchestration only:
--- take the workspace lock, receive the sandbox's workspace as one tar stream (ferry.remote's restore
--- script) into a spool file, check every entry (ferry.guard), 3-way merge it into the local workspace
--- against the baseline (ferry.merge) with writes that never follow a symlink and land by rename, and
--- write the new baseline to the state file (ferry.state).
+-- take the workspace lock (ferry.workspace_lock), receive the sandbox's workspace into a spool dir of its
+-- own (ferry.scratch, ferry.receive: torn files fetched again), check every entry (ferry.guard), 3-way merge
+-- it into the local workspace against the baseline (ferry.merge), apply the plan with writes that never
+-- follow a symlink, land by rename and check the host file right before (ferry.apply), and write the new
+-- baseline to the state file (ferry.state).
 local core = require "ferry.core"
 local adapters = require "ferry.adapter"
+local apply = require "ferry.apply"
 local attach = require "ferry.attach"
 local excludes = require "ferry.excludes"
 local guard = require "ferry.guard"
 local merge = require "ferry.merge"
 local progress_mod = require "ferry.progress"
+local receive = require "ferry.receive"
 local remote = require "ferry.remote"
+local scratch = require "ferry.scratch"
 local snapshot = require "ferry.snapshot"
 local state_file = require "ferry.state"
 local util = require "ferry.util"
+local workspace_lock = require "ferry.workspace_lock"
 
 local M = {}
 
@@ -22,58 +27,27 @@ M.DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
 
 local SPOOL_SLACK = 256 * 1024 * 1024 -- archive headers on top of max_bytes of content
 
--- Receive the remote workspace into `spool`. Returns {received, warning} or nil, message, code.
-local function receive(sb, st, spool, limit, progress)
-  progress:phase("restore")
-  local f, ferr = io.open(spool, "wb")
-  if not f then return nil, "restore: spool " .. spool .. ": " .. tostring(ferr), "EIO" end
-  local written, overflow, write_err, reported = 0, false, nil, 0
-  local res, err, code = sb:pipe_out(remote.restore_script(st.remote_dir, st.preserve, st.excludes), function(chunk)
-    if overflow or write_err then return end
-    written = written + #chunk
-    if written > limit then
-      overflow = true
-      return
-    end
-    local ok, werr = f:write(chunk)
-    if not ok then write_err = werr end
-  end, {
-    what = "restore from " .. st.remote_dir,
-    on_progress = function(n)
-      progress:advance(n - reported)
-      reported = n
-    end,
-  })
-  local closed, cerr = f:close()
-  if not closed and not write_err then write_err = cerr end
-  if overflow then
-    return nil, string.format("restore refused: the sandbox sent over %d bytes", limit), "EFBIG"
-  end
-  if write_err then return nil, "restore: spool " .. spool .. ": " .. tostring(write_err), "EIO" end
-  if not res then return nil, "restore: " .. err, code end
-  if remote.restore_dir_missing(res) then
-    return nil, "restore: " .. st.remote_dir .. " does not exist in the sandbox; nothing restored", "ENOENT"
-  end
-  local warning
-  if res.code == 1 and not res.timed_out then
-    warning = "restore: the sandbox's tar reported: " .. remote.tail(res.stderr) -- e.g. a file changed as read
-  elseif res.code ~= 0 or res.timed_out then
-    return nil, "restore: " .. remote.failure("reading " .. st.remote_dir .. " from the sandbox", res), "EIO"
-  end
-  return { received = res.received or written, warning = warning }
-end
-
--- The local snapshot for the merge: leftover temp files removed, and paths a killed restore had removed
--- (state.pending_removals) seen as the baseline had them, so the rerun finishes the same plan. Like a
--- delta prepare, the walk reads only the files whose lstat moved since the state's quick records.
-local function local_snapshot(ws, matcher, st, result)
-  local snap, names, info = snapshot.take(ws, { matcher = matcher, known = st.local_stat })
+-- The local snapshot for the merge: a dead run's temp files removed (those named with a token the workspace
+-- lock recorded), and paths a killed restore had removed (state.pending_removals) seen as the baseline had
+-- them, so the rerun finishes the same plan. Like a delta prepare, the walk reads only the files whose lstat
+-- moved since the state's quick records. Returns the snapshot and the walk's info (stats, taken_at).
+local function local_snapshot(job, matcher)
+  local ws, st, result = job.ws, job.st, job.result
+  local taken_at = os.time()
+  local snap, names, info = snapshot.take(ws, { matcher = matcher, known = st.local_stat, stats = true,
+    temp_tokens = job.lock.temp_tokens })
   if not snap then return nil, names, info end
+  local all_removed = true
   for _, rel in ipairs(info.temps) do
     local removed, err = core.fs_safe_remove(ws, rel)
-    if not removed then result.warnings[#result.warnings + 1] = "restore: leftover temp file kept: " .. err end
+    if not removed then
+      all_removed = false
+      result.warnings[#result.warnings + 1] = "restore: leftover temp file kept: " .. err
+    end
   end
+  if all_removed then job.lock:forget(job.lock.temp_tokens) end
   result.hashed_files = info.hashed
+  info.taken_at = taken_at
   local pending = st.pending_removals
   if type(pending) == "table" then
     table.sort(pending)
@@ -84,53 +58,7 @@ local function local_snapshot(ws, matcher, st, result)
       end
     end
   end
-  return snap
-end
-
-local function apply(ws, spool, plan, name_of, max_bytes, result)
-  local writes, chmods = {}, {}
-  for _, a in ipairs(plan.actions) do
-    if a.op == "remove" or a.op == "rmdir" then
-      local ok, err, code = core.fs_safe_remove(ws, a.path)
-      if not ok then
-        if a.op == "rmdir" and code == "ENOTEMPTY" then
-          result.warnings[#result.warnings + 1] = a.path .. ": kept (holds excluded content)"
-        else
-          return nil, "restore: " .. err, code
-        end
-      end
-    elseif a.op == "mkdir" then
-      local ok, err, code = core.fs_safe_mkdir(ws, a.path, a.mode)
-      if not ok then return nil, "restore: " .. err, code end
-    elseif a.op == "write" then
-      writes[#writes + 1] = a
-    elseif a.op == "chmod" then
-      chmods[#chmods + 1] = a
-    end
-  end
-  -- one extract pass per round: a source written to two places needs two passes
-  while #writes > 0 do
-    local xplan, later, n = {}, {}, 0
-    for _, a in ipairs(writes) do
-      local name = name_of[a.from]
-      if xplan[name] then
-        later[#later + 1] = a
-      else
-        -- the sha256 the guard saw is checked again before each rename
-        xplan[name] = { dest = a.path, mode = a.entry.mode or 420, sha256 = a.entry.sha256 }
-        n = n + 1
-      end
-    end
-    local count, err, code = core.tar_extract(spool, ws, xplan, { max_bytes = max_bytes })
-    if not count then return nil, "restore: " .. err, code end
-    if count ~= n then return nil, string.format("restore: wrote %d of %d entries", count, n), "EIO" end
-    writes = later
-  end
-  for _, a in ipairs(chmods) do
-    local ok, err, code = core.fs_safe_chmod(ws, a.path, a.mode)
-    if not ok then return nil, "restore: " .. err, code end
-  end
-  return true
+  return snap, info
 end
 
 local function refusal(checked, result)
@@ -139,57 +67,87 @@ local function refusal(checked, result)
   return nil, "restore refused: " .. first.name .. ": " .. first.reason, "EPERM", result
 end
 
--- Check the received entries and plan the merge: plan, the remote snapshot and entry names by path; or
--- nil, message, code[, partial result].
-local function merge_plan(ws, entries, st, opts, result)
+-- A torn file was not received: the sandbox's side of it reads as unchanged (the baseline's entry), so the
+-- host keeps its version and the next restore looks at it again.
+local function keep_torn(remote_snap, torn, baseline, result)
+  for _, rel in ipairs(torn) do
+    local parent = util.parent_of(rel)
+    remote_snap[rel] = nil
+    if baseline[rel] and (not parent or (remote_snap[parent] and remote_snap[parent].kind == "dir")) then
+      remote_snap[rel] = baseline[rel]
+    end
+    result.torn[#result.torn + 1] = rel
+    result.warnings[#result.warnings + 1] = "restore: " .. rel .. ": changed while the sandbox's tar read it, "
+      .. "twice; not restored (the host keeps its version)"
+  end
+end
+
+-- Check the received entries and plan the merge: the plan and the job's merge context; or nil, message,
+-- code[, partial result].
+local function merge_plan(job, got)
+  local st, opts, result = job.st, job.opts, job.result
   local matcher, merr, mcode = excludes.checked(st.excludes, "restore")
   if not matcher then return nil, merr, mcode end
   local skip_top = {}
   for _, n in ipairs(st.preserve) do skip_top[n] = true end
   skip_top[remote.RUNTIME_DIR] = true
-  local checked = guard.check(entries, { workspace = ws, matcher = matcher, skip_top = skip_top,
+  local checked = guard.check(got.entries, { workspace = job.ws, matcher = matcher, skip_top = skip_top,
     baseline = st.baseline, allow_outside_symlinks = opts.allow_outside_symlinks })
   if #checked.refused > 0 then return refusal(checked, result) end
   local remote_snap = guard.snapshot(checked)
-  local localsnap, lerr, lcode = local_snapshot(ws, matcher, st, result)
-  if not localsnap then return nil, "restore: " .. lerr, lcode end
+  keep_torn(remote_snap, got.torn, st.baseline, result)
+  local localsnap, info, lcode = local_snapshot(job, matcher)
+  if not localsnap then return nil, "restore: " .. info, lcode end
   local plan, perr, pcode = merge.plan(st.baseline, localsnap, remote_snap)
   if not plan then return nil, "restore: " .. perr, pcode end
-  local name_of = {}
-  for rel, e in pairs(checked.entries) do name_of[rel] = e.name end
-  return plan, remote_snap, name_of
+  return plan, { remote_snap = remote_snap, localsnap = localsnap, info = info, entries = checked.entries }
 end
 
 local function concat_sorted(a, b)
   return util.sorted(table.move(b, 1, #b, #a + 1, table.move(a, 1, #a, 1, {})))
 end
 
-local function add_plan(result, plan)
-  result.changed = concat_sorted(plan.take, plan.mkdirs)
-  result.deleted = concat_sorted(plan.delete, plan.rmdirs)
-  result.conflicts = util.sorted(table.move(plan.conflict_paths, 1, #plan.conflict_paths, 1, {}))
+local function add_plan(result, plan, applied)
+  local moved = {}
+  for _, m in ipairs(applied.moved) do moved[m.path] = true end
+  for _, p in ipairs(applied.kept) do moved[p] = true end
+  local function landed(list)
+    local out = {}
+    for _, p in ipairs(list) do
+      if not moved[p] then out[#out + 1] = p end
+    end
+    return out
+  end
+  result.changed = landed(concat_sorted(plan.take, plan.mkdirs))
+  result.deleted = landed(concat_sorted(plan.delete, plan.rmdirs))
   result.conflict_copies = {}
-  for _, c in ipairs(plan.conflicts) do result.conflict_copies[c.path] = c.remote_copy end
-  result.kept = plan.keep
+  local conflicts = {}
+  for _, c in ipairs(plan.conflicts) do
+    conflicts[#conflicts + 1] = c.path
+    result.conflict_copies[c.path] = c.remote_copy
+  end
+  for _, m in ipairs(applied.moved) do
+    conflicts[#conflicts + 1] = m.path
+    result.conflict_copies[m.path] = m.remote_copy
+    result.warnings[#result.warnings + 1] = "restore: " .. m.path .. ": " .. m.reason .. "; the sandbox's "
+      .. "version is at " .. m.remote_copy
+  end
+  result.conflicts = util.sorted(conflicts)
+  result.kept = concat_sorted(plan.keep, applied.kept)
+  for _, w in ipairs(applied.warnings) do result.warnings[#result.warnings + 1] = w end
 end
 
 -- Receive, check, merge and apply, then record the new baseline. Returns the result or nil, message, code[,
 -- partial result].
-local function pull(job, sb, spool)
+local function pull(job, sb, spool_dir)
   local opts, st, result = job.opts, job.st, job.result
   local max_bytes = opts.max_bytes or M.DEFAULT_MAX_BYTES
-  local got, gerr, gcode = receive(sb, st, spool, opts.max_stream_bytes or max_bytes + SPOOL_SLACK, job.progress)
+  local got, gerr, gcode = receive.pull(sb, st, spool_dir, { limit = opts.max_stream_bytes or max_bytes + SPOOL_SLACK,
+    max_bytes = max_bytes, progress = job.progress })
   if not got then return nil, gerr, gcode, result end
   result.bytes_received = got.received
-  if got.warning then result.warnings[#result.warnings + 1] = got.warning end
-  job.progress:phase("finalize")
-  local entries, terr, tcode = core.tar_scan(spool, { max_bytes = max_bytes })
-  if not entries then
-    if tcode == "EFBIG" then return nil, "restore refused: " .. terr, "EFBIG", result end
-    return nil, "restore: bad archive from the sandbox: " .. terr, tcode, result
-  end
-  local plan, remote_snap, name_of = merge_plan(job.ws, entries, st, opts, result)
-  if not plan then return nil, remote_snap, name_of, result end
+  local plan, merged, mcode = merge_plan(job, got)
+  if not plan then return nil, merged, mcode, result end
   local pending = {}
   for _, a in ipairs(plan.actions) do
     if a.op == "remove" or a.op == "rmdir" then pending[#pending + 1] = a.path end
@@ -199,12 +157,16 @@ local function pull(job, sb, spool)
     local wrote, werr, wcode = state_file.write(job.path, job.redact_record(st))
     if not wrote then return nil, "restore: " .. werr, wcode end
   end
-  local applied, xerr, xcode = apply(job.ws, spool, plan, name_of, max_bytes, result)
+  local claimed, cerr, ccode = job.lock:claim_temps()
+  if not claimed then return nil, "restore: " .. cerr, ccode end
+  local applied, xerr, xcode = apply.run { ws = job.ws, plan = plan, source = merged.entries,
+    localsnap = merged.localsnap, stats = merged.info.stats, taken_at = merged.info.taken_at,
+    target = plan.target, max_bytes = max_bytes, before_write = opts.before_write }
   if not applied then return nil, xerr, xcode, result end
-  st.pending_removals, st.baseline, st.restored_at = nil, remote_snap, os.time()
+  st.pending_removals, st.baseline, st.restored_at = nil, merged.remote_snap, os.time()
   local wrote, werr, wcode = state_file.write(job.path, job.redact_record(st))
   if not wrote then return nil, "restore: " .. werr, wcode end
-  add_plan(result, plan)
+  add_plan(result, plan, applied)
   return result
 end
 
@@ -225,7 +187,8 @@ local function restore_locked(job)
   local ctx = adapters.context({ sb = sb, workspace = job.ws, remote_dir = st.remote_dir,
     runtime_dir = st.runtime_dir, adapter = adapter.name, asset_dirs = st.assets, provider = provider_string,
     state = job.path }, job.redact_fn, job.progress)
-  local spool_dir, serr, scode = core.fs_mkdtemp("ferry-restore-")
+  scratch.sweep("restore") -- what a killed restore left; a live one's spool is its own
+  local spool_dir, serr, scode = scratch.make("restore")
   if not spool_dir then
     handle.release()
     return nil, "restore: " .. serr, scode
@@ -233,13 +196,13 @@ local function restore_locked(job)
   local ok, r1, r2, r3, r4 = pcall(function()
     local hooked, herr = adapters.run_hook(adapter, "before_restore", ctx)
     if not hooked then return nil, "restore: " .. herr, "EHOOK" end
-    local pulled, err, code, partial = pull(job, sb, spool_dir .. "/remote.tar")
+    local pulled, err, code, partial = pull(job, sb, spool_dir)
     if not pulled then return nil, err, code, partial end
     local after, aferr = adapters.run_hook(adapter, "after_restore", ctx)
     if not after then result.warnings[#result.warnings + 1] = aferr end
     return result
   end)
-  local removed, rerr = core.fs_remove_tree(spool_dir)
+  local removed, rerr = scratch.remove(spool_dir)
   if not removed then result.warnings[#result.warnings + 1] = "restore: spool dir kept: " .. rerr end
   result.commands = handle.commands()
   handle.release()
@@ -256,12 +219,17 @@ end
 ---   allow_outside_symlinks  let symlinks point outside the workspace (default false)
 ---   max_bytes       content limit of the archive (default 1 GiB)
 ---   max_stream_bytes  limit of the stream itself, headers included (default max_bytes + 256 MiB)
----   progress, secrets, on_exec   as for prepare (phases restore, finalize)
---- Returns {changed, deleted, conflicts (paths), conflict_copies = {path = copy}, kept, refused, warnings,
+---   progress, secrets, on_exec, lock_wait_ms   as for prepare (phases restore, finalize)
+---   before_write    function(path, op) called right before each removal ("remove") and each write
+---                   ("write") lands in the workspace, after the snapshot it is checked against (for tests)
+--- Returns {changed, deleted, conflicts (paths: the merge's, and the paths the host changed during the
+--- restore), conflict_copies = {path = copy}, kept, refused, torn (files the sandbox's tar read while they
+--- changed, twice: not restored), warnings,
 --- bytes_received, commands, hashed_files (local files read to hash: those whose lstat moved since the
 --- state's quick records), state, workspace, remote_dir, runtime_dir, provider} or nil, message, code[,
 --- partial result with `refused` (one "<entry>: <reason>" per refused entry)].
---- Errors: "restore: another restore of <workspace> is running" EBUSY; "restore refused: <entry>: <reason>"
+--- Errors: "<workspace>: another ferry prepare/restore is running (pid N)" EBUSY (after opts.lock_wait_ms);
+--- "restore refused: <entry>: <reason>"
 --- EPERM; "restore refused: archive exceeds the N byte limit at <entry>" and "restore refused: the sandbox
 --- sent over N bytes" EFBIG; "restore: <remote> does not exist in the sandbox; nothing restored" ENOENT;
 --- "restore: reading <remote> from the sandbox: exit code N: ..." EIO; state and filesystem errors.
@@ -279,19 +247,33 @@ function M.restore(opts)
   if not wst or wst.kind ~= "dir" then
     return nil, "restore: workspace " .. ws .. " is not a directory", wst and "ENOTDIR" or "ENOENT"
   end
-  local lock, lerr, lcode = core.fs_lock(path .. ".lock")
-  if not lock then
-    if lcode == "EBUSY" then return nil, "restore: another restore of " .. ws .. " is running", "EBUSY" end
-    return nil, "restore: " .. lerr, lcode
-  end
   local redact_fn, redact_record = state_file.redactor(opts.secrets)
+  local lock, lerr, lcode = workspace_lock.acquire(ws, "restore", opts)
+  if not lock then return nil, redact_fn(lcode == "EBUSY" and lerr or "restore: " .. lerr), lcode end
+  -- what a prepare that held the lock meanwhile wrote is the state to restore from
+  local first_workspace = st.workspace
+  st, err, code = state_file.read(path)
+  if st and not opts.workspace and st.workspace ~= first_workspace then
+    st, err, code = nil, path .. " was rewritten for workspace " .. st.workspace .. " while this restore waited; "
+      .. "run it again", "EAGAIN"
+  end
+  local mark = st and state_file.unfinished(st.provider, st.remote_dir)
+  if mark then
+    err = "a prepare into " .. st.remote_dir .. " did not finish, so the sandbox may hold part of the workspace "
+      .. "(a restore would take the rest as deleted); prepare again, or remove " .. mark .. " to restore anyway"
+    st, code = nil, "EAGAIN"
+  end
+  if not st then
+    lock:release()
+    return nil, redact_fn("restore: " .. err), code
+  end
   local job = { opts = opts, st = st, path = path, ws = ws, progress = opts.progress or progress_mod.QUIET,
-    redact_fn = redact_fn, redact_record = redact_record }
+    redact_fn = redact_fn, redact_record = redact_record, lock = lock }
   job.result = { state = path, workspace = ws, remote_dir = st.remote_dir, runtime_dir = st.runtime_dir,
-    provider = st.provider, changed = {}, deleted = {}, conflicts = {}, refused = {}, warnings = {},
+    provider = st.provider, changed = {}, deleted = {}, conflicts = {}, refused = {}, torn = {}, warnings = {},
     bytes_received = 0, commands = 0, hashed_files = 0 }
   local ok, r1, r2, r3, r4 = pcall(restore_locked, job)
-  lock:unlock()
+  lock:release()
   if not ok then error(r1, 0) end
   if not r1 then return nil, redact_fn(r2), r3, r4 and redact_record(r4) end
   return redact_record(r1)

@@ -3,8 +3,10 @@
 -- A snapshot maps a '/'-separated relative path to {kind = "file"|"dir"|"symlink", mode = permission bits
 -- (& 0777), size, sha256 (files), target (symlinks)} — the shape ferry.merge compares. The walk never follows
 -- a symlink, never enters an excluded directory, and leaves out what a tar stream cannot carry (fifos,
--- sockets, devices: listed in info.skipped) and the temp files or links a killed write leaves behind
--- (core.TEMP_PREFIX .. "<hex>", listed in info.temps so restore can clean them up).
+-- sockets, devices: listed in info.skipped) and the temp files or links a killed ferry left behind: a name
+-- core.TEMP_PREFIX .. "<run token>-<hex>" whose run token the caller says is a dead run's (opts.temp_tokens,
+-- from ferry.workspace_lock), listed in info.temps so restore can clean them up. Any other name, one that
+-- only looks like a temp name included, is the user's.
 -- It also defines the quick record, "<quick key> <sha256>", that lets a later walk trust a file's digest
 -- without reading the file.
 local core = require "ferry.core"
@@ -12,12 +14,24 @@ local core = require "ferry.core"
 local M = {}
 
 local MODE_MASK = 511 -- 0777: setuid, setgid and sticky never travel
-local TEMP_NAME = "^" .. core.TEMP_PREFIX:gsub("%p", "%%%0") .. "%x+$"
+local TEMP_NAME = "^" .. core.TEMP_PREFIX:gsub("%p", "%%%0") .. "(%x+)%-%x+$"
 
---- True for the name of a temp file made by core.fs_safe_* (a write that did not finish).
+--- The run token in the name of a temp file made by core.fs_safe_* or core.tar_extract
+--- (".ferry-tmp-<16 hex run token>-<16 hex>"), or nil for any other name.
 ---@param name string  a basename
-function M.is_temp_name(name)
-  return name:find(TEMP_NAME) ~= nil
+---@return string|nil
+function M.temp_token(name)
+  local token = name:match(TEMP_NAME)
+  return token and #token == #core.TEMP_TOKEN and #name == #core.TEMP_PREFIX + 2 * #core.TEMP_TOKEN + 1 and token
+    or nil
+end
+
+--- True for the name of a temp file of a run whose token is in `tokens` (a set; `true` for any run).
+---@param name string  a basename
+---@param tokens table|boolean|nil
+function M.is_temp_name(name, tokens)
+  local token = tokens and M.temp_token(name)
+  return token ~= nil and (tokens == true or tokens[token] == true)
 end
 
 local function join(root, rel)
@@ -34,24 +48,20 @@ function M.quick_key(st)
   return string.format("%o %d %d %.17g", st.mode & MODE_MASK, st.size, st.ino, st.mtime)
 end
 
+--- The key of what is at a path, as core.tar_extract's `expect` and core.fs_safe_remove compare it right
+--- before they replace or remove it: "<kind> <quick key>".
+---@param st table  core.fs_lstat's table
+---@return string
+function M.expect_key(st)
+  return st.kind .. " " .. M.quick_key(st)
+end
+
 --- The quick record of a file: its quick key and the sha256 of its content, "<quick key> <sha256>".
 ---@param st table  core.fs_lstat's table
 ---@param sha256 string  64 hex digits
 ---@return string
 function M.quick_record(st, sha256)
   return M.quick_key(st) .. " " .. sha256
-end
-
-local QUICK_RECORD = "^[0-7]+ %d+ %d+ [%d%.e%+%-]+ (%x+)$"
-
---- True for a string of a quick record's shape (what M.quick_record makes). Such a string is computed
---- from lstat numbers and a digest, never from a name or a file's text.
----@param s any
----@return boolean
-function M.is_quick_record(s)
-  if type(s) ~= "string" then return false end
-  local sum = s:match(QUICK_RECORD)
-  return sum ~= nil and #sum == 64
 end
 
 -- The sha256 a quick record vouches for, when `st` still gives its key.
@@ -67,9 +77,9 @@ end
 
 local function describe(path, rel, st, state)
   local entry = { kind = st.kind, mode = st.mode & MODE_MASK }
+  if state.stats and st.kind ~= "dir" then state.stats[rel] = st end
   if st.kind == "file" then
     entry.size = st.size
-    if state.stats then state.stats[rel] = st end
     if state.hash then
       local sum = vouched_sum(state.known[rel], st)
       if not sum then
@@ -111,7 +121,7 @@ local function walk(root, rel, state)
     local st, serr, scode = inspect(path, state.follow)
     if not st then
       if scode ~= "ENOENT" then return nil, serr, scode end
-    elseif (st.kind == "file" or st.kind == "symlink") and M.is_temp_name(name) then
+    elseif (st.kind == "file" or st.kind == "symlink") and M.is_temp_name(name, state.temp_tokens) then
       state.info.temps[#state.info.temps + 1] = child
     elseif not (state.matcher and state.matcher(child, st.kind == "dir")) then
       if not COUNTERS[st.kind] then
@@ -148,12 +158,14 @@ end
 ---@param opts table|nil  matcher = fn(rel, is_dir) -> excluded (ferry.excludes.compile); hash = false to
 ---                       skip the SHA-256 of files; known = rel -> quick record (M.quick_records): a file
 ---                       whose lstat still gives the record's key takes its sha256 unread; stats = true
----                       keeps each file's lstat table in info.stats; follow_symlinks = true describes (and
----                       enters) what each symlink points to, as core.tar_writer's follow_symlinks archives it
+---                       keeps each file's and symlink's lstat table in info.stats; follow_symlinks = true
+---                       describes (and enters) what each symlink points to, as core.tar_writer's
+---                       follow_symlinks archives it; temp_tokens = set of run tokens whose temp files are
+---                       leftovers (true: any run's)
 ---@return table|nil snapshot, string[]|string names_or_err, table|string info_or_code
 --- names: every path in walk order (a directory before its contents), for core.tar_writer;
 --- info: {files, dirs, symlinks, bytes, hashed (files read to hash), skipped = {rel...}, temps = {rel...},
---- stats = {rel -> lstat} with opts.stats}.
+--- stats = {rel -> lstat} with opts.stats (files and symlinks)}.
 --- Errors: nil, "snapshot <root>: not a directory", "ENOTDIR" and the core's lstat/readdir/hash errors.
 function M.take(root, opts)
   opts = opts or {}
@@ -163,6 +175,7 @@ function M.take(root, opts)
   local state = {
     snap = {}, names = {}, matcher = opts.matcher, hash = opts.hash ~= false, follow = opts.follow_symlinks,
     known = type(opts.known) == "table" and opts.known or {}, stats = opts.stats and {} or nil,
+    temp_tokens = opts.temp_tokens,
     open_dirs = { [st.dev .. ":" .. st.ino] = true },
     info = { files = 0, dirs = 0, symlinks = 0, bytes = 0, hashed = 0, skipped = {}, temps = {} },
   }
@@ -175,6 +188,7 @@ end
 -- A file can be written again within the clock tick of its last write and keep its mtime (the racy-git
 -- problem; some filesystems keep 2 s). A write after the walk began gets an mtime past this margin.
 local RACY_SECONDS = 2
+M.RACY_SECONDS = RACY_SECONDS
 
 --- Quick records of the files of `snap` whose sha256 a later walk may trust (opts.known of M.take):
 --- rel -> "<quick key> <sha256>" of each file with a sha256 and a lstat table in `stats` (info.stats of

@@ -5,15 +5,15 @@
 -- target}), remote_stat (rel -> what the sandbox's listing said after the sync), local_stat (rel -> quick
 -- record of a local file: "<mode> <size> <inode> <mtime> <sha256>", see ferry.snapshot.quick_records),
 -- created_at, updated_at. It is written atomically (a temp file beside it, then rename) with mode
--- 0600, so a reader sees the old or the new file, never a half. It never holds a secret: prepare and restore
--- pass every string through M.redactor's redactor first and never store environment values.
+-- 0600, so a reader sees the old or the new file, never a half. Paths, file names and link targets are
+-- stored verbatim (they are data: a name that looks like a token is still a name); the provider string is
+-- redacted (M.redactor) and environment values are never stored.
 --
 -- Default location: $XDG_STATE_HOME/ferry/<16 hex of sha256(provider "\n" remote_dir)>.json, with
 -- $XDG_STATE_HOME defaulting to ~/.local/state. The workspace itself is never written by prepare.
 local core = require "ferry.core"
 local cjson = require "cjson"
 local redact = require "ferry.redact"
-local snapshot = require "ferry.snapshot"
 local util = require "ferry.util"
 
 local M = {}
@@ -38,7 +38,10 @@ function M.default_path(provider, remote_dir)
   return M.dir() .. "/" .. core.sha256(provider .. "\n" .. remote_dir):sub(1, 16) .. ".json"
 end
 
--- mkdir -p with mode 0700 for the parts created; existing parts (symlinks included) are used as they are.
+--- mkdir -p with mode 0700 for the parts created; existing parts (symlinks included) are used as they are.
+--- Errors: "state: <dir> is not a directory" ENOTDIR and the core's mkdir errors after "state: ".
+---@param dir string
+---@return true|nil, string|nil err, string|nil code
 local function make_dirs(dir)
   local st = core.fs_stat(dir)
   if st then
@@ -55,6 +58,8 @@ local function make_dirs(dir)
   return true
 end
 
+M.make_dirs = make_dirs
+
 --- Write the state table to `path` atomically (mode 0600), creating its directory (0700) when missing.
 ---@param path string
 ---@param state table
@@ -68,6 +73,41 @@ function M.write(path, state)
   local wrote, werr, wcode = core.fs_safe_write(dir, base, text .. "\n", 384) -- 0600
   if not wrote then return nil, "state: " .. werr, wcode end
   return true
+end
+
+--- The mark a prepare leaves while it changes a sandbox's remote dir, for whatever state file it writes:
+--- <state dir>/unfinished/<16 hex of sha256(provider "\n" remote_dir)>, the provider string as the state file
+--- records it (redacted).
+---@param provider string
+---@param remote_dir string
+---@return string
+function M.unfinished_path(provider, remote_dir)
+  return M.dir() .. "/unfinished/" .. core.sha256(provider .. "\n" .. remote_dir):sub(1, 16)
+end
+
+--- Mark a prepare that is about to change the sandbox (the mark holds its pid and the remote dir).
+---@return true|nil, string|nil err, string|nil code
+function M.mark_unfinished(provider, remote_dir)
+  local dir, base = util.split_path(M.unfinished_path(provider, remote_dir))
+  local made, err, code = make_dirs(dir)
+  if not made then return nil, err, code end
+  local wrote, werr, wcode = core.fs_safe_write(dir, base, "pid " .. core.getpid() .. "\n" .. remote_dir .. "\n",
+    384)
+  if not wrote then return nil, "state: " .. werr, wcode end
+  return true
+end
+
+--- The prepare finished: the sandbox holds the whole workspace and its state file says so.
+function M.clear_unfinished(provider, remote_dir)
+  os.remove(M.unfinished_path(provider, remote_dir))
+end
+
+--- The mark's path when the last prepare into that sandbox's remote dir did not finish (killed, or failed
+--- after it began changing the sandbox), else nil.
+---@return string|nil
+function M.unfinished(provider, remote_dir)
+  local path = M.unfinished_path(provider, remote_dir)
+  return core.fs_lstat(path) and path or nil
 end
 
 local function integer_fields(entry)
@@ -112,23 +152,35 @@ function M.read(path)
   return state
 end
 
--- Strings ferry computed from lstat numbers and digests, never from a name, a file's text or the sandbox's
--- words: a file's sha256 in a snapshot and a quick record in local_stat. They carry no secret, so they skip
--- the redactor, which could only mangle them (a secret's characters can occur in a digest by chance). Most
--- of a state file's text is such strings.
-local function computed(key, s, under)
-  if key == "sha256" then return #s == 64 and not s:find("%X") end
-  return under == "local_stat" and snapshot.is_quick_record(s)
-end
+-- The fields of a state record or a result that hold free text (commands, messages): the only ones redacted.
+-- Everything else is data that must come back as it went: paths, file names and link targets (a workspace
+-- named like a token must still restore), digests, counts.
+local FREE_TEXT = { provider = true, warnings = true, install_warning = true, refused = true, error = true,
+  message = true }
 
 --- The redactors of prepare and restore: `fn(s)` for a string (ferry.redact.new(secrets)) and
---- `record(value)` for a table (a state record, a result): a copy with every string redacted but the ones
---- ferry computed (digests, quick records), or the table itself when nothing needs redacting.
+--- `record(value)` for a state record or a result: a shallow copy with its free-text fields (provider,
+--- warnings, install_warning, refused, error, message) redacted, or the table itself when nothing needs it.
 ---@param secrets table|nil
 ---@return fun(s: any): any fn, fun(value: any): any record
 function M.redactor(secrets)
   local fn = redact.new(secrets or {})
-  return fn, function(value) return redact.table(value, fn, computed) end
+  return fn, function(value)
+    if type(value) ~= "table" then return fn(value) end
+    local copy
+    for key in pairs(FREE_TEXT) do
+      local v = value[key]
+      local r = v ~= nil and redact.table(v, fn) or v
+      if r ~= v then
+        if not copy then
+          copy = {}
+          for k, x in pairs(value) do copy[k] = x end
+        end
+        copy[key] = r
+      end
+    end
+    return copy or value
+  end
 end
 
 return M

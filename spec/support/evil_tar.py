@@ -88,6 +88,22 @@ def build(case, tar, outside):
         add_file(tar, ".ferry-runtime/x")
         add_file(tar, "._resource")
         add_dir(tar, "./")
+    elif case == "deep-10000":  # one file 10,000 directories down (a 20 KB name): no directory entries
+        add_file(tar, "/".join(["d"] * 10000) + "/f")
+    elif case == "deep-300":  # 300 levels, each directory listed
+        for i in range(1, 301):
+            add_dir(tar, "/".join(["d"] * i))
+        add_file(tar, "/".join(["d"] * 300) + "/f")
+    elif case == "long-component":
+        add_file(tar, "c" * 300)
+    elif case == "long-path":  # 20 components of 250 bytes
+        name = ""
+        for i in range(20):
+            name = name + ("/" if name else "") + chr(97 + i) * 250
+            add_dir(tar, name)
+        add_file(tar, name + "/f")
+    elif case == "orphan":  # an entry whose directory is not in the archive
+        add_file(tar, "nodir/f")
     elif case == "leaf-symlink":
         add_file(tar, "victim", b"pwned\n")
     else:

@@ -68,9 +68,9 @@ function M.fill(root)
   M.write(root, "src/build/out.o", "object\n")
 end
 
---- Snapshot of everything under root (nothing excluded) plus its leftover temp files.
+--- Snapshot of everything under root (nothing excluded) plus its leftover temp files (any run's).
 function M.full(root)
-  local snap, _, info = assert(snapshot.take(root))
+  local snap, _, info = assert(snapshot.take(root, { temp_tokens = true }))
   return snap, info.temps
 end
 
