@@ -20,6 +20,10 @@ void ferry_open_tar_writer(lua_State *L); /* tar_writer.c: tar_writer */
 void ferry_open_tar_reader(lua_State *L); /* tar_reader.c: tar_scan/tar_extract */
 void ferry_open_fs(lua_State *L);         /* fs.c: lstat/readdir/no-follow writes */
 void ferry_open_search(lua_State *L);     /* search.c: search_dirs */
+void ferry_open_tree(lua_State *L);       /* tree_object.c, tree_diff.c: tree_new/tree_path_less/tree_diff, the tree */
+void ferry_open_tree_walk(lua_State *L);  /* tree_walk.c: tree_walk */
+void ferry_open_tree_io(lua_State *L);    /* tree_io.c: tree:dump/tree_load/tree_parse_listing */
+void ferry_open_tree_tar(lua_State *L);   /* tree_tar.c: tar_scan_tree */
 
 /* util.c: helpers shared by every file. */
 /* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */
@@ -100,6 +104,15 @@ int ferry_fs_tmp_commit(ferry_fs_tmp *t, const char *leaf, unsigned mode); /* ch
 void ferry_fs_tmp_abort(ferry_fs_tmp *t);                                  /* remove the temp file; frees */
 /* Pushes nil, "<op> <root>/<rel>: <reason>", code; returns 3. */
 int ferry_fs_fail(lua_State *L, int err, const char *op, const char *root, const char *rel, size_t bad);
+
+/* tree.c: a tree as other concepts stream it (tar_writer.c). Indexes are valid while ferry_tree_gen stays. */
+typedef struct ferry_tree ferry_tree;
+ferry_tree *ferry_tree_test(lua_State *L, int idx); /* the tree at idx, in order, or NULL when it is no tree */
+size_t ferry_tree_len(const ferry_tree *t);         /* entries, removed ones included */
+/* Entry i's path (len bytes, not NUL-terminated), the caller's flags, and whether it was not removed. */
+const char *ferry_tree_entry_at(const ferry_tree *t, size_t i, size_t *len, unsigned *flags, int *live);
+void ferry_tree_record_sha(ferry_tree *t, size_t i, const unsigned char *md); /* md NULL: unknown */
+unsigned long ferry_tree_gen(const ferry_tree *t);
 
 /* The embedded Lua sources (generated from scripts/ and providers/), NULL-terminated. */
 typedef struct ferry_embedded_file {

@@ -50,6 +50,10 @@ int luaopen_ferry_core(lua_State *L) {
   ferry_open_tar_reader(L);
   ferry_open_fs(L);
   ferry_open_search(L);
+  ferry_open_tree(L);
+  ferry_open_tree_walk(L);
+  ferry_open_tree_io(L);
+  ferry_open_tree_tar(L);
   lua_pushcfunction(L, l_log);
   lua_setfield(L, -2, "log");
   lua_pushstring(L, FERRY_VERSION);
