@@ -22,7 +22,8 @@ void ferry_open_fs(lua_State *L);         /* fs.c: lstat/readdir/no-follow write
 void ferry_open_search(lua_State *L);     /* search.c: search_dirs */
 void ferry_open_tree(lua_State *L);       /* tree_object.c, tree_diff.c: tree_new/tree_path_less/tree_diff, the tree */
 void ferry_open_tree_walk(lua_State *L);  /* tree_walk.c: tree_walk */
-void ferry_open_tree_io(lua_State *L);    /* tree_io.c: tree:dump/tree_load/tree_parse_listing */
+void ferry_open_tree_io(lua_State *L);    /* tree_io.c: tree:dump/tree:write/tree_load/tree_read */
+void ferry_open_tree_listing(lua_State *L); /* tree_listing.c: tree_parse_listing */
 void ferry_open_tree_tar(lua_State *L);   /* tree_tar.c: tar_scan_tree */
 
 /* util.c: helpers shared by every file. */

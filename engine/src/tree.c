@@ -44,7 +44,7 @@ static int grow(void **p, size_t *cap, size_t need, size_t size, size_t first) {
  * them back whole, so a tree costs what it holds however the process's malloc is tuned (the ferry binary
  * keeps everything on its heap). Under AddressSanitizer they stay on the heap, where every access is
  * checked. Returns the new block of at least `want` bytes (its size in *bytes), or NULL with p untouched. */
-static void *block_resize(void *p, size_t *bytes, size_t want) {
+void *ferry_tree_block(void *p, size_t *bytes, size_t want) {
 #ifdef __SANITIZE_ADDRESS__
   void *q = realloc(p, want ? want : 1);
   if (q) *bytes = want;
@@ -63,7 +63,7 @@ static void *block_resize(void *p, size_t *bytes, size_t want) {
 #endif
 }
 
-static void block_free(void *p, size_t bytes) {
+void ferry_tree_block_free(void *p, size_t bytes) {
 #ifdef __SANITIZE_ADDRESS__
   (void)bytes;
   free(p);
@@ -78,7 +78,7 @@ static int reserve_entries(ferry_tree *t, size_t need, int exact) {
   size_t c = exact ? need : t->cap ? t->cap : 64;
   while (c < need) c += c / 2;
   if (c == 0) c = 1;
-  tree_entry *q = block_resize(t->e, &t->ebytes, c * sizeof *t->e);
+  tree_entry *q = ferry_tree_block(t->e, &t->ebytes, c * sizeof *t->e);
   if (q == NULL) return need <= t->cap ? 0 : -1;
   t->e = q;
   t->cap = t->ebytes / sizeof *t->e;
@@ -89,7 +89,7 @@ static int reserve_arena(ferry_tree *t, size_t need, int exact) {
   if (need <= t->acap && !exact) return 0;
   size_t c = exact ? need : t->acap ? t->acap : 4096;
   while (c < need) c += c / 2;
-  char *q = block_resize(t->arena, &t->acap, c);
+  char *q = ferry_tree_block(t->arena, &t->acap, c);
   if (q == NULL) return need <= t->acap ? 0 : -1;
   t->arena = q;
   return 0;
@@ -224,7 +224,7 @@ static int compact_arena(ferry_tree *t) {
   size_t need = 0;
   for (size_t i = 0; i < t->n; i++) need += t->e[i].path_len + t->e[i].link_len + (t->e[i].named ? 2 : 0);
   size_t bytes = 0;
-  char *a = block_resize(NULL, &bytes, need);
+  char *a = ferry_tree_block(NULL, &bytes, need);
   if (a == NULL) return -1;
   size_t used = 0;
   for (size_t i = 0; i < t->n; i++) {
@@ -234,7 +234,7 @@ static int compact_arena(ferry_tree *t) {
     x->off = (uint32_t)used;
     used += len;
   }
-  block_free(t->arena, t->acap);
+  ferry_tree_block_free(t->arena, t->acap);
   t->arena = a;
   t->used = used;
   t->acap = bytes;
@@ -397,8 +397,8 @@ void ferry_tree_record_sha(ferry_tree *t, size_t i, const unsigned char *md) {
 unsigned long ferry_tree_gen(const ferry_tree *t) { return t->gen; }
 
 void ferry_tree_free(ferry_tree *t) {
-  block_free(t->e, t->ebytes);
-  block_free(t->arena, t->acap);
+  ferry_tree_block_free(t->e, t->ebytes);
+  ferry_tree_block_free(t->arena, t->acap);
   t->e = NULL;
   t->arena = NULL;
   t->n = t->cap = t->used = t->acap = t->ebytes = 0;

@@ -98,6 +98,11 @@ void ferry_tree_name_counts(const ferry_tree *t, const tree_entry *x, unsigned *
 void ferry_tree_push_name(lua_State *L, const ferry_tree *t, const tree_entry *x);
 uint64_t ferry_tree_dev(const ferry_tree *t, const tree_entry *x);
 const char *ferry_tree_kind_name(int kind); /* "file" "dir" "symlink" "other" */
+/* A block of memory of its own (a mapping; heap memory under AddressSanitizer), so that a large tree or
+ * dump costs what it holds and gives it back whole: resized to at least `want` bytes (the size held in
+ * *bytes), or NULL with p untouched. */
+void *ferry_tree_block(void *p, size_t *bytes, size_t want);
+void ferry_tree_block_free(void *p, size_t bytes);
 /* Room for `entries` entries. 0 or -1. */
 int ferry_tree_reserve(ferry_tree *t, size_t entries);
 /* Shrink the arrays to what they hold (after a build). */

@@ -1,5 +1,4 @@
-/* A tree to bytes and back: ferry's own compact format (the state file's baseline), and the sandbox's
- * `find -printf` listing read straight into a tree.
+/* A tree to bytes and back, in ferry's own compact format (what a state file keeps of a tree).
  *
  * t:dump() -> string: a 60-byte header ("FERRYTRE", version u32, entry count u64, body length u64, SHA-256 of
  *   the body; integers little-endian), then the body: taken_at, the device table, and each entry in path
@@ -8,16 +7,18 @@
  *   LEB128 varints, signed ones zigzagged). Removed entries are left out.
  * core.tree_load(bytes) -> tree | nil, "corrupt tree: <why>", "EINVAL"   every length is checked against
  *   what is there, the checksum before anything else is read, and the entries must come in strict path order.
- * core.tree_parse_listing(bytes) -> tree | nil, "listing: <why>", "EINVAL"
- *   the records ferry.remote's listing prints: kind letter, mode (octal), size, mtime (%T@), "./path", link
- *   target, each NUL-terminated; then optionally "H" and (./path, sha256sum output) pairs, the digest kept for
- *   a listed file when it is 64 hex digits (lowercased); then "E" (what follows is ignored). Kinds f, d, l are
- *   file, dir, symlink, the rest other; size is kept for files, target for symlinks; a path listed twice keeps
- *   its last record. Refused as malformed, unlike ferry.remote.parse_listing: a mode with a digit 8 or 9 or over
- *   07777, a size or mtime that is not a number, a path with an empty, '.' or '..' component.
+ * t:write(path[, mode=0600]) -> true | nil, "tree_write <path>: <reason>", code   the dump written to a temp
+ *   file beside path, then renamed over it (a reader sees the old file or the new one), never held in a Lua
+ *   string
+ * core.tree_read(path) -> tree | nil, "tree_read <path>: <reason>", code | nil, "corrupt tree: <why>", "EINVAL"
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -106,14 +107,15 @@ static void encode(const ferry_tree *t, sink *o, uint64_t *count) {
   }
 }
 
-static int l_dump(lua_State *L) {
-  ferry_tree *t = ferry_tree_check(L, 1, "tree: dump", "self");
+/* The dump of t in a block of its own (ferry_tree_block; *held bytes held, *len used), or NULL. */
+static unsigned char *dump_block(const ferry_tree *t, size_t *held, size_t *len) {
   sink o = {NULL, 0};
   uint64_t count;
   encode(t, &o, &count);
   size_t body = o.n;
-  unsigned char *buf = malloc(HEADER + body);
-  if (buf == NULL) return luaL_error(L, "tree: dump: out of memory");
+  *held = 0;
+  unsigned char *buf = ferry_tree_block(NULL, held, HEADER + body);
+  if (buf == NULL) return NULL;
   o.p = buf + HEADER;
   o.n = 0;
   encode(t, &o, &count);
@@ -122,11 +124,50 @@ static int l_dump(lua_State *L) {
   put_le(buf + 12, count, 8);
   put_le(buf + 20, body, 8);
   if (!EVP_Digest(buf + HEADER, body, buf + 28, NULL, EVP_sha256(), NULL)) {
-    free(buf);
-    return luaL_error(L, "tree: dump: sha256 failed");
+    ferry_tree_block_free(buf, *held);
+    return NULL;
   }
-  lua_pushlstring(L, (const char *)buf, HEADER + body);
-  free(buf);
+  *len = HEADER + body;
+  return buf;
+}
+
+static int l_dump(lua_State *L) {
+  ferry_tree *t = ferry_tree_check(L, 1, "tree: dump", "self");
+  size_t held, len;
+  unsigned char *buf = dump_block(t, &held, &len);
+  if (buf == NULL) return luaL_error(L, "tree: dump: out of memory");
+  lua_pushlstring(L, (const char *)buf, len);
+  ferry_tree_block_free(buf, held);
+  return 1;
+}
+
+static int l_write(lua_State *L) {
+  ferry_tree *t = ferry_tree_check(L, 1, "tree: write", "self");
+  size_t plen;
+  const char *path = ferry_check_path(L, 2, "tree: write", "path", &plen);
+  lua_Integer mode = luaL_optinteger(L, 3, 0600);
+  if (mode < 0 || mode > 0777) return luaL_error(L, "tree: write: mode must be in 0..0777");
+  const char *slash = strrchr(path, '/');
+  const char *leaf = slash ? slash + 1 : path;
+  if (*leaf == '\0') return luaL_error(L, "tree: write: path must name a file, got '%s'", path);
+  const char *dir = slash == NULL ? "." : slash == path ? "/" : lua_pushlstring(L, path, (size_t)(slash - path));
+  int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dirfd < 0) return ferry_sys_fail(L, errno, "tree_write", path);
+  size_t held, len;
+  unsigned char *buf = dump_block(t, &held, &len);
+  if (buf == NULL) {
+    close(dirfd);
+    return luaL_error(L, "tree: write: out of memory");
+  }
+  ferry_fs_tmp tmp;
+  ferry_fs_tmp_init(&tmp);
+  int err = ferry_fs_tmp_create(&tmp, dirfd); /* owns dirfd from here */
+  if (err == 0) err = ferry_fs_tmp_write(&tmp, buf, len);
+  if (err == 0) err = ferry_fs_tmp_commit(&tmp, leaf, (unsigned)mode);
+  else ferry_fs_tmp_abort(&tmp);
+  ferry_tree_block_free(buf, held);
+  if (err < 0) return ferry_sys_fail(L, -err, "tree_write", path);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -227,9 +268,8 @@ static int corrupt(lua_State *L, uint64_t entry, const char *why) {
   return ferry_fail(L, "EINVAL", "corrupt tree: %s", why);
 }
 
-static int l_tree_load(lua_State *L) {
-  size_t len;
-  const unsigned char *s = (const unsigned char *)ferry_check_string(L, 1, "tree_load", "bytes", &len);
+/* Push the tree dumped in s[0..len), or nil, "corrupt tree: ...", "EINVAL". */
+static int load(lua_State *L, const unsigned char *s, size_t len) {
   if (len < HEADER) return ferry_fail(L, "EINVAL", "corrupt tree: %I bytes, shorter than the header", (lua_Integer)len);
   if (memcmp(s, MAGIC, 8) != 0) return corrupt(L, 0, "not a ferry tree (bad magic)");
   uint64_t version = get_le(s + 8, 4), count = get_le(s + 12, 8), body = get_le(s + 20, 8);
@@ -268,191 +308,57 @@ static int l_tree_load(lua_State *L) {
   return 1;
 }
 
-/* ---- the sandbox's listing ---- */
-
-typedef struct listing {
-  const char *s;
-  size_t n, pos;
-} listing;
-
-/* The next NUL-terminated field, or NULL when the input ends first. */
-static const char *field(listing *in, size_t *len) {
-  if (in->pos >= in->n) return NULL;
-  const char *start = in->s + in->pos;
-  const char *nul = memchr(start, '\0', in->n - in->pos);
-  if (nul == NULL) return NULL;
-  *len = (size_t)(nul - start);
-  in->pos += *len + 1;
-  return start;
+static int l_tree_load(lua_State *L) {
+  size_t len;
+  const unsigned char *s = (const unsigned char *)ferry_check_string(L, 1, "tree_load", "bytes", &len);
+  return load(L, s, len);
 }
 
-static int parse_u64(const char *s, size_t len, int base, uint64_t max, uint64_t *out) {
-  if (len == 0) return -1;
-  uint64_t v = 0;
-  for (size_t i = 0; i < len; i++) {
-    unsigned d = (unsigned)(s[i] - '0');
-    if (d >= (unsigned)base || v > (max - d) / (uint64_t)base) return -1;
-    v = v * (uint64_t)base + d;
-  }
-  *out = v;
+#define MAPPING_MT "ferry.tree_mapping"
+
+typedef struct mapping {
+  void *p;
+  size_t len;
+} mapping;
+
+static int mapping_release(lua_State *L) {
+  mapping *m = luaL_checkudata(L, 1, MAPPING_MT);
+  if (m->p) munmap(m->p, m->len);
+  m->p = NULL;
   return 0;
 }
 
-/* "[-]digits[.digits]" into seconds and nanoseconds (extra fraction digits dropped). */
-static int parse_mtime(const char *s, size_t len, int64_t *sec, uint32_t *nsec) {
-  int neg = len > 0 && s[0] == '-';
-  size_t i = neg, dot = i;
-  while (dot < len && s[dot] != '.') dot++;
-  uint64_t whole, frac = 0;
-  if (parse_u64(s + i, dot - i, 10, (uint64_t)INT64_MAX - 1, &whole) < 0) return -1;
-  if (dot < len) {
-    size_t digits = len - dot - 1;
-    if (digits == 0) return -1;
-    uint64_t scale = TREE_NSEC;
-    for (size_t k = dot + 1; k < len; k++) {
-      if (s[k] < '0' || s[k] > '9') return -1;
-      if (scale > 1) {
-        scale /= 10;
-        frac += (uint64_t)(s[k] - '0') * scale;
-      }
-    }
-  }
-  if (neg && frac > 0) { /* -1.25 is 0.75 s past -2 */
-    *sec = -(int64_t)whole - 1;
-    *nsec = (uint32_t)(TREE_NSEC - frac);
-  } else {
-    *sec = neg ? -(int64_t)whole : (int64_t)whole;
-    *nsec = (uint32_t)frac;
-  }
-  return 0;
-}
-
-static int listing_fail(lua_State *L, const char *why, size_t at) {
-  if (at == (size_t)-1) return ferry_fail(L, "EINVAL", "listing: %s", why);
-  return ferry_fail(L, "EINVAL", "listing: malformed record at byte %I: %s", (lua_Integer)at, why);
-}
-
-typedef struct hash_rec {
-  size_t off, len; /* the path in the input, without "./" */
-  unsigned char sha[32];
-} hash_rec;
-
-static int hex_nibble(int c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  c |= 0x20;
-  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* The digest at the start of sha256sum's output: exactly 64 hex digits, then anything but a hex digit. */
-static int leading_sha(const char *s, size_t len, unsigned char *md) {
-  if (len < 64 || (len > 64 && hex_nibble((unsigned char)s[64]) >= 0)) return -1;
-  for (int i = 0; i < 32; i++) {
-    int hi = hex_nibble((unsigned char)s[2 * i]), lo = hex_nibble((unsigned char)s[2 * i + 1]);
-    if (hi < 0 || lo < 0) return -1;
-    md[i] = (unsigned char)(hi << 4 | lo);
-  }
-  return 0;
-}
-
-/* A "./path" field as the path after "./", or NULL. */
-static const char *listed_path(const char *p, size_t len, size_t *rel_len) {
-  if (len < 3 || p[0] != '.' || p[1] != '/' || !ferry_fs_rel_ok(p + 2, len - 2)) return NULL;
-  *rel_len = len - 2;
-  return p + 2;
-}
-
-static int read_record(lua_State *L, listing *in, ferry_tree *t) {
-  size_t at = in->pos, len[6];
-  const char *f[6];
-  for (int i = 0; i < 6; i++)
-    if ((f[i] = field(in, &len[i])) == NULL) return listing_fail(L, "cut short", (size_t)-1);
-  tree_fields e = {0};
-  e.kind = len[0] == 1 && f[0][0] == 'f' ? TREE_FILE : len[0] == 1 && f[0][0] == 'd' ? TREE_DIR
-         : len[0] == 1 && f[0][0] == 'l' ? TREE_SYMLINK : TREE_OTHER;
-  uint64_t mode, size;
-  if (parse_u64(f[1], len[1], 8, 07777, &mode) < 0) return listing_fail(L, "bad mode", at);
-  if (parse_u64(f[2], len[2], 10, (uint64_t)INT64_MAX, &size) < 0) return listing_fail(L, "bad size", at);
-  if (parse_mtime(f[3], len[3], &e.mtime_sec, &e.nsec) < 0) return listing_fail(L, "bad mtime", at);
-  size_t rel_len;
-  const char *rel = listed_path(f[4], len[4], &rel_len);
-  if (rel == NULL || rel_len > TREE_MAX_PATH) return listing_fail(L, "bad path", at);
-  e.mode = (unsigned)mode;
-  if (e.kind == TREE_FILE) e.size = size;
-  if (e.kind == TREE_SYMLINK) {
-    if (len[5] > TREE_MAX_LINK) return listing_fail(L, "link target too long", at);
-    e.link = f[5];
-    e.link_len = len[5];
-  }
-  const char *why;
-  if (ferry_tree_append(t, rel, rel_len, &e, &why) < 0) return luaL_error(L, "tree_parse_listing: %s", why);
-  return 0;
-}
-
-/* The hash records into a list (*box); 0 or the number of values pushed for a failure. */
-static int read_hashes(lua_State *L, listing *in, void **box, size_t *n, size_t *cap) {
-  while (!(in->n - in->pos >= 2 && in->s[in->pos] == 'E' && in->s[in->pos + 1] == '\0')) {
-    size_t at = in->pos, plen, slen, rel_len;
-    const char *p = field(in, &plen), *sum = p ? field(in, &slen) : NULL;
-    if (sum == NULL) return listing_fail(L, "cut short", (size_t)-1);
-    const char *rel = listed_path(p, plen, &rel_len);
-    if (rel == NULL) return listing_fail(L, "bad path in the hashes", at);
-    unsigned char md[32];
-    if (leading_sha(sum, slen, md) < 0) continue; /* an unreadable file: no digest */
-    if (*n == *cap) {
-      size_t c = *cap ? *cap * 2 : 64;
-      hash_rec *q = realloc(*box, c * sizeof *q);
-      if (q == NULL) return luaL_error(L, "tree_parse_listing: out of memory");
-      *box = q;
-      *cap = c;
-    }
-    hash_rec *rec = (hash_rec *)*box + *n;
-    *rec = (hash_rec){(size_t)(rel - in->s), rel_len, {0}};
-    memcpy(rec->sha, md, 32);
-    (*n)++;
-  }
-  return 0;
-}
-
-static int l_tree_parse_listing(lua_State *L) {
-  size_t n;
-  const char *s = ferry_check_string(L, 1, "tree_parse_listing", "bytes", &n);
+static int l_tree_read(lua_State *L) {
+  const char *path = ferry_check_path(L, 1, "tree_read", "path", NULL);
   lua_settop(L, 1);
-  void **box = ferry_tree_scratch(L); /* 2: the hash records */
-  ferry_tree *t = ferry_tree_push(L); /* 3 */
-  listing in = {s, n, 0};
-  size_t nrec = 0, cap = 0;
-  int hashing = 0;
-  for (;;) {
-    int two = in.n - in.pos >= 2 && in.s[in.pos + 1] == '\0';
-    if (two && in.s[in.pos] == 'E') break;
-    int pushed;
-    if (two && in.s[in.pos] == 'H' && !hashing) {
-      hashing = 1;
-      in.pos += 2;
-      pushed = read_hashes(L, &in, box, &nrec, &cap);
-    } else {
-      pushed = read_record(L, &in, t);
+  mapping *m = lua_newuserdatauv(L, sizeof *m, 0); /* 2: unmapped however this call ends */
+  m->p = NULL;
+  luaL_setmetatable(L, MAPPING_MT);
+  lua_toclose(L, 2);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ferry_sys_fail(L, errno, "tree_read", path);
+  struct stat st;
+  int err = fstat(fd, &st) < 0 ? errno : S_ISREG(st.st_mode) ? 0 : EINVAL;
+  if (err == 0 && st.st_size > 0) {
+    m->p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m->p == MAP_FAILED) {
+      err = errno;
+      m->p = NULL;
     }
-    if (pushed) return pushed;
+    m->len = (size_t)st.st_size;
   }
-  if (ferry_tree_settle_with(t, 0, NULL, NULL) < 0) return luaL_error(L, "tree_parse_listing: out of memory");
-  const hash_rec *recs = *box;
-  for (size_t i = 0; i < nrec; i++) {
-    ptrdiff_t k = ferry_tree_find(t, s + recs[i].off, recs[i].len);
-    if (k >= 0 && t->e[k].kind == TREE_FILE) {
-      memcpy(t->e[k].sha, recs[i].sha, 32);
-      t->e[k].has_sha = 1;
-    }
-  }
-  lua_settop(L, 3);
-  return 1;
+  close(fd);
+  if (err) return ferry_sys_fail(L, err, "tree_read", path);
+  return load(L, m->p ? m->p : (const unsigned char *)"", m->p ? m->len : 0);
 }
 
 void ferry_open_tree_io(lua_State *L) {
-  static const luaL_Reg methods[] = {{"dump", l_dump}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"dump", l_dump}, {"write", l_write}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__close", mapping_release}, {"__gc", mapping_release}, {NULL, NULL}};
+  ferry_new_class(L, MAPPING_MT, meta, NULL);
   ferry_tree_add_methods(L, methods);
   lua_pushcfunction(L, l_tree_load);
   lua_setfield(L, -2, "tree_load");
-  lua_pushcfunction(L, l_tree_parse_listing);
-  lua_setfield(L, -2, "tree_parse_listing");
+  lua_pushcfunction(L, l_tree_read);
+  lua_setfield(L, -2, "tree_read");
 }

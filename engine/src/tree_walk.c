@@ -472,7 +472,8 @@ static int l_tree_walk(lua_State *L) {
   w->L = L;
   w->root = root;
   read_opts(L, w);
-  lua_getfield(L, 2, "exclude"); /* 4: the function or nil */
+  if (lua_istable(L, 2)) lua_getfield(L, 2, "exclude"); /* 4: the function or nil */
+  else lua_pushnil(L);
   if (!lua_isnil(L, 4)) w->exclude = 4;
   if (w->known) { /* anchored by opts */
     int64_t sec = w->known->taken_sec - RACY_SECONDS;
