@@ -120,7 +120,8 @@ describe("tree:dump and core.tree_load", function()
 
   it("names what is wrong with the header", function()
     local dump = core.tree_new():dump()
-    assert.same({ nil, "corrupt tree: 10 bytes, shorter than the header", "EINVAL" }, { core.tree_load(dump:sub(1, 10)) })
+    assert.same({ nil, "corrupt tree: 10 bytes, shorter than the header", "EINVAL" },
+      { core.tree_load(dump:sub(1, 10)) })
     assert.same({ nil, "corrupt tree: not a ferry tree (bad magic)", "EINVAL" },
       { core.tree_load("X" .. dump:sub(2)) })
     assert.same({ nil, "corrupt tree: version 2, this ferry reads version 1", "EINVAL" },
@@ -200,7 +201,8 @@ describe("tree:write and core.tree_read", function()
       { core.tree_read(tmp .. "/none") })
     assert.same({ nil, "tree_read " .. tmp .. ": Invalid argument", "EINVAL" }, { core.tree_read(tmp) })
     helpers.write_file(tmp .. "/empty", "")
-    assert.same({ nil, "corrupt tree: 0 bytes, shorter than the header", "EINVAL" }, { core.tree_read(tmp .. "/empty") })
+    assert.same({ nil, "corrupt tree: 0 bytes, shorter than the header", "EINVAL" },
+      { core.tree_read(tmp .. "/empty") })
     local dump = t:dump()
     helpers.write_file(tmp .. "/bad", dump:sub(1, 100) .. "x" .. dump:sub(102))
     assert.same({ nil, "corrupt tree: checksum mismatch", "EINVAL" }, { core.tree_read(tmp .. "/bad") })
@@ -259,7 +261,8 @@ describe("core.tree_parse_listing", function()
   end)
 
   it("reads negative and fractionless mtimes exactly", function()
-    local t = assert(core.tree_parse_listing(rec("f", "644", "1", "a", "", "-1.25") .. rec("f", "644", "1", "b", "", "7")
+    local t = assert(core.tree_parse_listing(rec("f", "644", "1", "a", "", "-1.25")
+      .. rec("f", "644", "1", "b", "", "7")
       .. rec("f", "644", "1", "c", "", "1.1234567891") .. "E\0"))
     assert.equal(-1250000000, t:get("a").mtime_ns)
     assert.equal(7000000000, t:get("b").mtime_ns)
@@ -301,7 +304,8 @@ describe("core.tree_parse_listing", function()
     assert.same({ nil, "listing: malformed record at byte " .. (#LISTING + 2) .. ": bad path in the hashes", "EINVAL" },
       { core.tree_parse_listing(LISTING .. "H\0H\0E\0") }) -- a second hash section
     assert.is_nil(remote.parse_listing(LISTING .. "H\0H\0E\0"))
-    assert.has_error(function() core.tree_parse_listing(false) end, "tree_parse_listing: bytes must be a string, got boolean")
+    assert.has_error(function() core.tree_parse_listing(false) end,
+      "tree_parse_listing: bytes must be a string, got boolean")
   end)
 
   describe("on a local sandbox's listing", function()

@@ -1,7 +1,7 @@
 -- Large trees in bounded memory: a 100,000-file workspace walked (hashing), written and read back as a
 -- tree file, walked again against the first tree, diffed three ways, then dumped to a string and loaded, all
--- in one `ferry` process whose peak RSS stays under 40 MiB (snapshot.take's tables needed over 90 MiB for the walk alone). Skipped under
--- the sanitizers, whose shadow memory counts in the RSS.
+-- in one `ferry` process whose peak RSS stays under 40 MiB (snapshot.take's tables needed over 90 MiB for the
+-- walk alone). Skipped under the sanitizers, whose shadow memory counts in the RSS.
 local helpers = require "support.helpers"
 
 local FILES = 100000
@@ -51,7 +51,8 @@ describe("a 100,000-file tree", function()
       return
     end
     helpers.sh("python3 -c \"import os\nfor d in range(1000):\n  os.makedirs('" .. dir .. "/ws/d%d' % d)\n"
-      .. "  for f in range(" .. FILES // 1000 .. "):\n    open('" .. dir .. "/ws/d%d/f%d' % (d, f), 'w').write('x' * (f * 7 % 300))\n\"")
+      .. "  for f in range(" .. FILES // 1000 .. "):\n"
+      .. "    open('" .. dir .. "/ws/d%d/f%d' % (d, f), 'w').write('x' * (f * 7 % 300))\n\"")
     helpers.write_file(dir .. "/child.lua", CHILD)
     local p = io.popen(helpers.ferry_bin .. " run " .. dir .. "/child.lua " .. dir .. "/ws " .. dir .. "/a.tree")
     local out = p:read("a")

@@ -37,8 +37,8 @@ describe("core.tree_new", function()
       sha256 = SUM:upper(), flags = 255 })
     t:add("d/l", { kind = "symlink", mode = 511, target = "../x y\n" })
     t:add("o", { kind = "other", mode = 420, mtime_ns = -1500000000 })
-    assert.same({ kind = "dir", mode = 493, size = 0, mtime = 1700000000 + 123456789 / 1e9, mtime_ns = 1700000000123456789,
-      ino = 7, dev = 2049, flags = 0 }, t:get("d"))
+    assert.same({ kind = "dir", mode = 493, size = 0, mtime = 1700000000 + 123456789 / 1e9,
+      mtime_ns = 1700000000123456789, ino = 7, dev = 2049, flags = 0 }, t:get("d"))
     assert.same({ kind = "file", mode = 4095, size = 1 << 40, mtime = 1700000000.5, mtime_ns = 1700000000500000000,
       ino = 1 << 50, dev = 2049, sha256 = SUM, flags = 255 }, t:get("d/f"))
     assert.same({ kind = "symlink", mode = 511, size = 0, mtime = 0, mtime_ns = 0, ino = 0, dev = 0, flags = 0,
@@ -79,7 +79,8 @@ describe("core.tree_new", function()
       assert.equal(n:sub(1, 4096) .. i, t:get(n).target)
     end
     assert.equal(#names, t:count())
-    assert.has_error(function() t:add(longest .. "x", { kind = "file" }) end, "tree: add: rel is longer than 65535 bytes")
+    assert.has_error(function() t:add(longest .. "x", { kind = "file" }) end,
+      "tree: add: rel is longer than 65535 bytes")
   end)
 
   it("reports the memory it holds, about 72 bytes an entry plus the paths", function()
@@ -110,8 +111,8 @@ describe("tree:iter", function()
   it("returns the path and, by default, kind, size and sha256", function()
     local rows = {}
     for rel, kind, size, sha in t:iter() do rows[#rows + 1] = { rel, kind, size, sha or false } end
-    assert.same({ { "a", "file", 1, false }, { "b", "dir", 0, false }, { "b/f", "file", 3, SUM }, { "c", "symlink", 0, false } },
-      rows)
+    assert.same({ { "a", "file", 1, false }, { "b", "dir", 0, false }, { "b/f", "file", 3, SUM },
+      { "c", "symlink", 0, false } }, rows)
   end)
 
   it("returns the fields asked for, in that order, from a given path on", function()
@@ -217,12 +218,15 @@ describe("tree misuse", function()
     { function() t:add("a", { kind = "fifo" }) end,
       'tree: add: fields.kind must be "file", "dir", "symlink" or "other", got fifo' },
     { function() t:add("a", {}) end, 'tree: add: fields.kind must be "file", "dir", "symlink" or "other", got nil' },
-    { function() t:add("a", { kind = "file", mode = 4096 }) end, "tree: add: fields.mode must be an integer in 0..4095" },
+    { function() t:add("a", { kind = "file", mode = 4096 }) end,
+      "tree: add: fields.mode must be an integer in 0..4095" },
     { function() t:add("a", { kind = "file", size = -1 }) end,
       "tree: add: fields.size must be an integer in 0..9223372036854775807" },
-    { function() t:add("a", { kind = "file", sha256 = SUM:sub(2) }) end, "tree: add: fields.sha256 must be 64 hex digits" },
+    { function() t:add("a", { kind = "file", sha256 = SUM:sub(2) }) end,
+      "tree: add: fields.sha256 must be 64 hex digits" },
     { function() t:add("a", { kind = "file", target = "x" }) end, "tree: add: fields.target is only for a symlink" },
-    { function() t:add("a", { kind = "file", mtime = 0 / 0 }) end, "tree: add: fields.mtime must be a number of seconds" },
+    { function() t:add("a", { kind = "file", mtime = 0 / 0 }) end,
+      "tree: add: fields.mtime must be a number of seconds" },
     { function() t:add("a", { kind = "file", mtime_ns = 1.5 }) end, "tree: add: fields.mtime_ns must be an integer" },
     { function() t.get(42, "a") end, "tree: self must be a tree, got number" },
     { function() core.tree_diff(t, {}) end, "tree_diff: b must be a tree, got table" },

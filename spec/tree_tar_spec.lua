@@ -30,7 +30,8 @@ end
 local function python_tar(path, body)
   local script = "import sys\nsys.argv = ['x', 'none', '/dev/null', '/nonexistent']\n"
     .. "exec(open(" .. string.format("%q", EVIL_TAR) .. ").read().split('\\ndef main')[0])\n"
-    .. "import tarfile\nwith tarfile.open(" .. string.format("%q", path) .. ", 'w', format=tarfile.GNU_FORMAT) as tar:\n"
+    .. "import tarfile\n"
+    .. "with tarfile.open(" .. string.format("%q", path) .. ", 'w', format=tarfile.GNU_FORMAT) as tar:\n"
     .. body
   local f = assert(io.open(path .. ".py", "w"))
   f:write(script)
@@ -129,7 +130,8 @@ describe("core.tar_scan_tree", function()
 
   it("refuses what no tree can hold: a symlink below a file, a member named with over 255 './'", function()
     python_tar(tmp .. "/p.tar", "  add_file(tar, 'f')\n  add_file(tar, 'f/g')\n  add_link(tar, 'l', 'x')\n"
-      .. "  add_dir(tar, 'l/d')\n  add_file(tar, 'l/d/e')\n  add_file(tar, './' * 256 + 'deep')\n  add_file(tar, 'ok')\n")
+      .. "  add_dir(tar, 'l/d')\n  add_file(tar, 'l/d/e')\n  add_file(tar, './' * 256 + 'deep')\n"
+      .. "  add_file(tar, 'ok')\n")
     local t, info = assert(core.tar_scan_tree(tmp .. "/p.tar"))
     assert.same({
       { name = "f/g", reason = "parent f is not a directory in the archive" },
@@ -252,6 +254,10 @@ describe("core.tar_writer from a tree", function()
     t:add("0", { kind = "file" })
     t:count()
     assert.has_error(function() while w:read() do end end, "tar_writer: the tree changed order while it was streamed")
+    assert.has_error(function() w:read() end, "tar_writer: read after a failure")
+    w:close()
+    collectgarbage() -- the writer's locale is gone: the thread's own must be back in place
+    assert.equal(1, ("x\233"):find("%a"))
   end)
 
   it("refuses opts.flagged without a tree, or out of range", function()

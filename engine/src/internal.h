@@ -108,6 +108,7 @@ int ferry_fs_fail(lua_State *L, int err, const char *op, const char *root, const
 
 /* tree.c: a tree as other concepts stream it (tar_writer.c). Indexes are valid while ferry_tree_gen stays. */
 typedef struct ferry_tree ferry_tree;
+#define FERRY_TREE_MAX_PATH 65535 /* bytes of the longest path a tree holds */
 ferry_tree *ferry_tree_test(lua_State *L, int idx); /* the tree at idx, in order, or NULL when it is no tree */
 size_t ferry_tree_len(const ferry_tree *t);         /* entries, removed ones included */
 /* Entry i's path (len bytes, not NUL-terminated), the caller's flags, and whether it was not removed. */

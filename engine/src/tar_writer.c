@@ -64,7 +64,6 @@ typedef struct tar_writer {
   unsigned long gen;  /* the tree's generation when streaming began */
   unsigned flagged;   /* with a tree: only entries with one of these flags (0: all) */
   char *name;         /* the current tree entry's path, NUL-terminated */
-  size_t name_cap;
   int dirfd;          /* the last parent directory opened, kept for its next entries */
   char *dir;          /* its relative path */
   size_t dir_len, dir_cap;
@@ -117,7 +116,6 @@ static void writer_release(tar_writer *w, int state) {
   w->dir_len = w->dir_cap = 0;
   free(w->name);
   w->name = NULL;
-  w->name_cap = 0;
   if (state == CLOSED) { /* not from read(): the locale may be in use there */
     free(w->out);
     w->out = NULL;
@@ -148,22 +146,19 @@ static const char *name_at(lua_State *L, tar_writer *w, lua_Integer i) {
   unsigned flags;
   int live;
   const char *path = ferry_tree_entry_at(w->tree, (size_t)i - 1, &len, &flags, &live);
-  if (len + 1 > w->name_cap) {
-    size_t cap = len + 1 > 256 ? len + 1 : 256;
-    char *p = realloc(w->name, cap);
-    if (p == NULL) luaL_error(L, "tar_writer: out of memory");
-    w->name = p;
-    w->name_cap = cap;
-  }
-  memcpy(w->name, path, len);
+  memcpy(w->name, path, len); /* room for the longest path a tree holds */
   w->name[len] = '\0';
   return w->name;
 }
 
-/* The next entry to archive after w->next - 1 (a tree's removed or unflagged entries are passed over). */
+/* Whether there is an entry to archive from w->next on (a tree's removed or unflagged entries are passed
+ * over): 1, 0 at the end, or -1 with a message pushed. Never raises: read() has a locale to restore. */
 static int next_wanted(lua_State *L, tar_writer *w) {
   if (w->tree == NULL) return w->next <= w->count;
-  if (ferry_tree_gen(w->tree) != w->gen) luaL_error(L, "tar_writer: the tree changed order while it was streamed");
+  if (ferry_tree_gen(w->tree) != w->gen) {
+    lua_pushliteral(L, "tar_writer: the tree changed order while it was streamed");
+    return -1;
+  }
   for (; w->next <= w->count; w->next++) {
     size_t len;
     unsigned flags;
@@ -385,7 +380,9 @@ static int stream_file(lua_State *L, tar_writer *w) {
 
 static int step(lua_State *L, tar_writer *w) {
   if (w->fd >= 0) return stream_file(L, w);
-  if (next_wanted(L, w)) return add_entry(L, w, w->next++);
+  int wanted = next_wanted(L, w);
+  if (wanted < 0) return 0;
+  if (wanted) return add_entry(L, w, w->next++);
   if (archive_write_close(w->a) != ARCHIVE_OK) return write_failed(L, w, "end of archive");
   writer_release(w, DONE);
   return 1;
@@ -529,6 +526,7 @@ static int l_tar_writer(lua_State *L) {
   lua_setiuservalue(L, 4, 3);
   w->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (w->rootfd < 0) return ferry_sys_fail(L, errno, "tar_writer", root);
+  if (tree && (w->name = malloc(FERRY_TREE_MAX_PATH + 1)) == NULL) return luaL_error(L, "tar_writer: out of memory");
   w->root = malloc(rootlen + 1);
   w->block = malloc(BLOCK);
   w->entry = archive_entry_new();

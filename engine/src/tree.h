@@ -18,7 +18,7 @@
 
 enum { TREE_FILE = 1, TREE_DIR = 2, TREE_SYMLINK = 3, TREE_OTHER = 4 };
 
-#define TREE_MAX_PATH 65535u  /* bytes of a path; longer ones are refused */
+#define TREE_MAX_PATH ((unsigned)FERRY_TREE_MAX_PATH) /* bytes of a path; longer ones are refused */
 #define TREE_MAX_LINK 32767u  /* bytes of a symlink target */
 #define TREE_MAX_PREFIX 255u  /* "./" prefixes or trailing '/' of a tar member name */
 #define TREE_MAX_DEVS 255u    /* distinct st_dev values of one tree */

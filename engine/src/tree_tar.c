@@ -170,12 +170,15 @@ static const char *special(struct archive_entry *e) {
   }
 }
 
+/* opts.exclude(rel, is_dir), run in the thread's own locale (scan_release puts it back if it raises). */
 static int excluded(scan *s, const char *rel, size_t len, int is_dir) {
   if (!s->exclude) return 0;
   lua_pushvalue(s->L, s->exclude);
   lua_pushlstring(s->L, rel, len);
   lua_pushboolean(s->L, is_dir);
+  if (s->loc) uselocale(s->old);
   lua_call(s->L, 2, 1);
+  if (s->loc) uselocale(s->loc);
   int out = lua_toboolean(s->L, -1);
   lua_pop(s->L, 1);
   return out;
@@ -335,7 +338,7 @@ static void push_info(lua_State *L, scan *s, const limits *lim) {
   lua_setfield(L, -2, "bytes");
   lua_pushinteger(L, (lua_Integer)lim->ignored);
   lua_setfield(L, -2, "ignored");
-  qsort(s->refused, s->nrefused, sizeof *s->refused, by_place);
+  if (s->nrefused > 1) qsort(s->refused, s->nrefused, sizeof *s->refused, by_place);
   lua_createtable(L, (int)s->nrefused, 0);
   for (size_t i = 0; i < s->nrefused; i++) {
     lua_createtable(L, 0, 2);
