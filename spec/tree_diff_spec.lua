@@ -2,6 +2,7 @@
 -- ferry.merge's notion of "the same version") on random trees from a fixed seed.
 local core = require "ferry.core"
 local merge = require "ferry.merge"
+local trees = require "support.trees"
 
 local KINDS = { "file", "file", "file", "dir", "symlink", "other" }
 
@@ -66,18 +67,8 @@ local function same(a, b, mask, stat)
 end
 
 local function reference(snaps, mask, stat)
-  local seen, all = {}, {}
-  for _, s in ipairs(snaps) do
-    for rel in pairs(s) do
-      if not seen[rel] then
-        seen[rel] = true
-        all[#all + 1] = rel
-      end
-    end
-  end
-  table.sort(all, core.tree_path_less)
   local paths, sides = {}, {}
-  for _, rel in ipairs(all) do
+  for _, rel in ipairs(trees.union_sorted(snaps)) do
     local bits = 0
     for k = 2, #snaps do
       if not same(snaps[1][rel], snaps[k][rel], mask, stat) then bits = bits | (1 << (k - 2)) end

@@ -6,6 +6,7 @@ local ferry = require "ferry"
 local core = require "ferry.core"
 local remote = require "ferry.remote"
 local helpers = require "support.helpers"
+local trees = require "support.trees"
 local W = require "support.workspaces"
 
 local SUM = ("0123456789abcdef"):rep(4)
@@ -245,11 +246,7 @@ describe("core.tree_parse_listing", function()
     local t = assert_same_listing(LISTING .. "H\0./dir/a b.txt\0" .. SUM:upper() .. "  -\n\0./new\nline\0\0"
       .. "./dir\0" .. SUM .. "\0./unlisted\0" .. SUM .. "\0./fifo\0" .. SUM:sub(1, 40) .. "\0E\0trailing")
     assert.equal(SUM, t:get("dir/a b.txt").sha256)
-    assert.same({ "dir", "dir/a b.txt", "fifo", "link", "new\nline" }, (function()
-      local out = {}
-      for rel in t:iter(nil, "") do out[#out + 1] = rel end
-      return out
-    end)())
+    assert.same({ "dir", "dir/a b.txt", "fifo", "link", "new\nline" }, trees.paths(t))
     assert.equal(0, assert(core.tree_parse_listing("E\0")):count())
     assert.equal(0, assert(core.tree_parse_listing("H\0E\0")):count())
   end)

@@ -8,14 +8,10 @@ local FILES = 100000
 local LIMIT_KIB = 40 * 1024
 
 local CHILD = [[
+package.path = "]] .. helpers.root .. [[/spec/?.lua;" .. package.path
 local core = require "ferry.core"
+local hwm = require("support.trees").peak_rss_kib
 local root, file = arg[1], arg[2]
-local function hwm()
-  for l in io.lines("/proc/self/status") do
-    local kib = l:match("^VmHWM:%s*(%d+)")
-    if kib then return tonumber(kib) end
-  end
-end
 local a, info = assert(core.tree_walk(root, { hash = true }))
 assert(info.files == ]] .. FILES .. [[ and info.hashed == ]] .. FILES .. [[)
 assert(a:write(file))

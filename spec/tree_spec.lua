@@ -2,15 +2,12 @@
 -- every field kept exactly, lookups, iteration, flags and digests, removal, the subtree count, and the
 -- misuse errors.
 local core = require "ferry.core"
+local trees = require "support.trees"
 
 local SUM = ("0123456789abcdef"):rep(4)
 local SUM2 = ("fedcba9876543210"):rep(4)
 
-local function paths(t, from)
-  local out = {}
-  for rel in t:iter(from, "") do out[#out + 1] = rel end
-  return out
-end
+local paths = trees.paths
 
 local function tree_of(list)
   local t = core.tree_new()

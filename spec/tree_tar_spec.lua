@@ -7,6 +7,7 @@ local excludes = require "ferry.excludes"
 local guard = require "ferry.guard"
 local remote = require "ferry.remote"
 local helpers = require "support.helpers"
+local trees = require "support.trees"
 local W = require "support.workspaces"
 
 local EVIL_TAR = helpers.root .. "/spec/support/evil_tar.py"
@@ -20,11 +21,7 @@ local function write_archive(path, root, names, opts)
   return w
 end
 
-local function paths(t)
-  local out = {}
-  for rel in t:iter(nil, "") do out[#out + 1] = rel end
-  return out
-end
+local paths = trees.paths
 
 -- Python's tarfile writes the members described by `lines` (Python statements using add_* of evil_tar.py).
 local function python_tar(path, body)
