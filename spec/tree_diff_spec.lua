@@ -55,23 +55,24 @@ local function to_tree(snap)
 end
 
 -- What tree_diff compares.
-local function same(a, b, mask, stat)
+local function same(a, b, mask, compare)
   if a == nil or b == nil then return a == b end
   if a.kind ~= b.kind then return false end
   if a.kind == "symlink" then return a.target == b.target end
   if a.mode & mask ~= b.mode & mask then return false end
   if a.kind ~= "file" then return true end
   if a.size ~= b.size then return false end
-  if stat then return a.mtime_ns == b.mtime_ns and a.ino == b.ino end
+  if compare == "size" then return true end
+  if compare == "stat" then return a.mtime_ns == b.mtime_ns and a.ino == b.ino end
   return a.sha256 == b.sha256
 end
 
-local function reference(snaps, mask, stat)
+local function reference(snaps, mask, compare)
   local paths, sides = {}, {}
   for _, rel in ipairs(trees.union_sorted(snaps)) do
     local bits = 0
     for k = 2, #snaps do
-      if not same(snaps[1][rel], snaps[k][rel], mask, stat) then bits = bits | (1 << (k - 2)) end
+      if not same(snaps[1][rel], snaps[k][rel], mask, compare) then bits = bits | (1 << (k - 2)) end
     end
     if bits ~= 0 then
       paths[#paths + 1] = rel
@@ -82,7 +83,7 @@ local function reference(snaps, mask, stat)
 end
 
 describe("core.tree_diff", function()
-  it("agrees with the reference on random trees (two and three sides, masks, stat compare)", function()
+  it("agrees with the reference on random trees (two and three sides, masks, each compare)", function()
     math.randomseed(20261126)
     for round = 1, 300 do
       local base = {}
@@ -90,13 +91,13 @@ describe("core.tree_diff", function()
       local b, c = mutate(base, 0.2), mutate(base, 0.2)
       local ta, tb, tc = to_tree(base), to_tree(b), to_tree(c)
       local mask = ({ 4095, 511, 0 })[round % 3 + 1]
-      local stat = round % 4 == 0
-      local opts = { mode_mask = mask, compare = stat and "stat" or "content" }
-      local want_p, want_s = reference({ base, b, c }, mask, stat)
+      local compare = ({ "content", "stat", "content", "size" })[round % 4 + 1]
+      local opts = { mode_mask = mask, compare = compare }
+      local want_p, want_s = reference({ base, b, c }, mask, compare)
       local got_p, got_s = core.tree_diff(ta, tb, tc, opts)
       assert.same(want_p, got_p, "round " .. round)
       assert.same(want_s, got_s, "round " .. round)
-      local two_p = reference({ base, b }, mask, stat)
+      local two_p = reference({ base, b }, mask, compare)
       assert.same(two_p, (core.tree_diff(ta, tb, opts)), "round " .. round)
     end
   end)
@@ -147,7 +148,7 @@ describe("core.tree_diff", function()
   it("refuses bad options", function()
     local t = core.tree_new()
     assert.has_error(function() core.tree_diff(t, t, { compare = "hash" }) end,
-      'tree_diff: opts.compare must be "content" or "stat"')
+      'tree_diff: opts.compare must be "content", "stat" or "size"')
     assert.has_error(function() core.tree_diff(t, t, t, { mode_mask = -1 }) end,
       "tree_diff: opts.mode_mask must be an integer in 0..07777")
     assert.has_error(function() core.tree_diff(t, t, "x") end, "tree_diff: opts must be a table, got string")

@@ -189,6 +189,7 @@ describe("core.tar_writer from a tree", function()
     tmp = helpers.tmpdir()
     ws = tmp .. "/ws"
     W.fill(ws)
+    W.write(ws, "empty file", "")
   end)
   after_each(function()
     helpers.rmtree(tmp)
@@ -212,6 +213,17 @@ describe("core.tar_writer from a tree", function()
     assert.equal(W.count(digests), n)
     assert.has_error(function() w2:digests() end,
       "tar_writer: digests: the writer streams a tree; its digests are in the tree")
+  end)
+
+  it("records the size and digest of what it sent, when a file changed after the walk", function()
+    local t = assert(core.tree_walk(ws, {}))
+    assert.equal(#"top 1 plain.txt\n", t:get("plain.txt").size)
+    W.write(ws, "plain.txt", "rewritten after the walk, longer\n")
+    write_archive(tmp .. "/c.tar", ws, t, { hash = true })
+    assert.same({ #"rewritten after the walk, longer\n", core.sha256("rewritten after the walk, longer\n") },
+      { t:get("plain.txt").size, t:get("plain.txt").sha256 })
+    assert.equal(core.sha256(""), t:get("empty file").sha256)
+    assert.equal(0, t:get("empty file").size)
   end)
 
   it("streams only the flagged entries with opts.flagged", function()

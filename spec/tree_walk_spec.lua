@@ -137,6 +137,12 @@ describe("core.tree_walk", function()
     end
   end)
 
+  it("walks an empty root: no entry, every count zero", function()
+    local t, info = assert(core.tree_walk(tmp, { hash = true, exclude = function() error("nothing to ask") end }))
+    assert.equal(0, t:count())
+    assert.same({ files = 0, dirs = 0, symlinks = 0, bytes = 0, hashed = 0, skipped = {}, temps = {} }, info)
+  end)
+
   it("records when it started", function()
     local before = os.time()
     local t = assert(core.tree_walk(tmp, {}))

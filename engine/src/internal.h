@@ -4,6 +4,7 @@
 
 #include <locale.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -113,7 +114,8 @@ ferry_tree *ferry_tree_test(lua_State *L, int idx); /* the tree at idx, in order
 size_t ferry_tree_len(const ferry_tree *t);         /* entries, removed ones included */
 /* Entry i's path (len bytes, not NUL-terminated), the caller's flags, and whether it was not removed. */
 const char *ferry_tree_entry_at(const ferry_tree *t, size_t i, size_t *len, unsigned *flags, int *live);
-void ferry_tree_record_sha(ferry_tree *t, size_t i, const unsigned char *md); /* md NULL: unknown */
+/* What was sent of file i: its digest and size (md NULL: nothing, the digest becomes unknown). */
+void ferry_tree_record_sha(ferry_tree *t, size_t i, const unsigned char *md, uint64_t size);
 unsigned long ferry_tree_gen(const ferry_tree *t);
 
 /* The embedded Lua sources (generated from scripts/ and providers/), NULL-terminated. */

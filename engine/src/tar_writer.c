@@ -7,7 +7,8 @@
  *   uid/gid 0, no user/group names, xattrs or ACLs. follow_symlinks archives what a symlink points to.
  *   names may be a tree (core.tree_new, tree_walk): its entries in path order, or with opts.flagged only those
  *   whose flags share a bit with the mask; with opts.hash each file's sha256 slot then receives the digest of
- *   what was archived, and is emptied for a file left out (it vanished or is no file now). Adding to the tree
+ *   what was archived (and its size the size archived), and is emptied for a file left out (it vanished or is
+ *   no file now). Adding to the tree
  *   out of order while it streams raises "tar_writer: the tree changed order while it was streamed".
  *   writer:read() -> next chunk (up to ~200 KiB) | nil at the end; raises on a libarchive failure
  *   writer:bytes() -> bytes returned by read() so far; writer:warnings() -> list of strings
@@ -274,7 +275,7 @@ static int record_digest(lua_State *L, tar_writer *w, lua_Integer i) {
     return 0;
   }
   if (w->tree) {
-    ferry_tree_record_sha(w->tree, (size_t)i - 1, md);
+    ferry_tree_record_sha(w->tree, (size_t)i - 1, md, (uint64_t)w->declared);
     return 1;
   }
   ferry_hex(md, FERRY_SHA256_LEN, digest);
@@ -289,7 +290,7 @@ static int record_digest(lua_State *L, tar_writer *w, lua_Integer i) {
 /* Archive the header of names[i]; a file's data follows in stream_file. 1, or 0 with a message pushed. */
 static int add_entry(lua_State *L, tar_writer *w, lua_Integer i) {
   const char *name = name_at(L, w, i);
-  if (w->tree && w->hash) ferry_tree_record_sha(w->tree, (size_t)i - 1, NULL); /* until it is archived whole */
+  if (w->tree && w->hash) ferry_tree_record_sha(w->tree, (size_t)i - 1, NULL, 0); /* until it is archived whole */
   struct stat st;
   int fd;
   char target[PATH_MAX + 1];
@@ -339,6 +340,7 @@ static int add_entry(lua_State *L, tar_writer *w, lua_Integer i) {
     w->short_read = 0;
   } else if (fd >= 0) {
     close(fd);
+    w->declared = 0;
     if (w->hash) return record_digest(L, w, i);
   }
   return 1;

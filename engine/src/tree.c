@@ -388,10 +388,13 @@ const char *ferry_tree_entry_at(const ferry_tree *t, size_t i, size_t *len, unsi
   return tree_path(t, x);
 }
 
-void ferry_tree_record_sha(ferry_tree *t, size_t i, const unsigned char *md) {
+void ferry_tree_record_sha(ferry_tree *t, size_t i, const unsigned char *md, uint64_t size) {
   tree_entry *x = &t->e[i];
   x->has_sha = md != NULL;
-  if (md) memcpy(x->sha, md, sizeof x->sha);
+  if (md) {
+    memcpy(x->sha, md, sizeof x->sha);
+    x->size = size;
+  }
 }
 
 unsigned long ferry_tree_gen(const ferry_tree *t) { return t->gen; }

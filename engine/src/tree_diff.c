@@ -6,14 +6,16 @@
  *   differs from a there, 2 when c does. A path present on one side only differs.
  *   opts.mode_mask: the mode bits compared (default 07777); opts.compare: "content" (default) compares a
  *   file's size and sha256 (an unknown digest differs from a known one; two unknown ones leave the size to
- *   decide), "stat" compares a file's size, mtime and inode instead (the quick check). Besides: the kind,
- *   the mode of files, dirs and others, the target of symlinks (never their mode).
+ *   decide), "stat" compares a file's size, mtime and inode instead (the quick check), "size" its size alone
+ *   (does a listing show the tree?). Besides: the kind, the mode of files, dirs and others, the target of
+ *   symlinks (never their mode).
  */
 #include <string.h>
 
 #include "tree.h"
 
-enum { CONTENT, STAT };
+enum { CONTENT, STAT, SIZE };
+static const char *const COMPARE[] = {"content", "stat", "size", NULL};
 
 typedef struct diff_opts {
   unsigned mask;
@@ -29,6 +31,7 @@ static int same(const ferry_tree *ta, const tree_entry *a, const ferry_tree *tb,
   if ((a->mode & o->mask) != (b->mode & o->mask)) return 0;
   if (a->kind != TREE_FILE) return 1;
   if (a->size != b->size) return 0;
+  if (o->compare == SIZE) return 1;
   if (o->compare == STAT) return a->mtime_sec == b->mtime_sec && a->nsec == b->nsec && a->ino == b->ino;
   if (a->has_sha != b->has_sha) return 0;
   return !a->has_sha || memcmp(a->sha, b->sha, sizeof a->sha) == 0;
@@ -46,10 +49,11 @@ static void read_opts(lua_State *L, int idx, diff_opts *o) {
     o->mask = (unsigned)m;
   }
   if (lua_getfield(L, idx, "compare") != LUA_TNIL) {
-    const char *c = lua_tostring(L, -1);
-    if (lua_type(L, -1) != LUA_TSTRING || (strcmp(c, "content") != 0 && strcmp(c, "stat") != 0))
-      luaL_error(L, "tree_diff: opts.compare must be \"content\" or \"stat\"");
-    o->compare = strcmp(c, "stat") == 0 ? STAT : CONTENT;
+    const char *c = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    o->compare = -1;
+    for (int k = 0; COMPARE[k]; k++)
+      if (strcmp(c, COMPARE[k]) == 0) o->compare = k;
+    if (o->compare < 0) luaL_error(L, "tree_diff: opts.compare must be \"content\", \"stat\" or \"size\"");
   }
   lua_pop(L, 2);
 }

@@ -303,7 +303,7 @@ static int l_set_sha256(lua_State *L) {
   if (i < 0) return no_entry(L, rel);
   if (t->e[i].kind != TREE_FILE)
     return ferry_fail(L, "EINVAL", "tree: '%s' is a %s, not a file", rel, ferry_tree_kind_name(t->e[i].kind));
-  ferry_tree_record_sha(t, (size_t)i, clear ? NULL : md);
+  ferry_tree_record_sha(t, (size_t)i, clear ? NULL : md, t->e[i].size);
   lua_pushboolean(L, 1);
   return 1;
 }
