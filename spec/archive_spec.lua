@@ -226,7 +226,7 @@ describe("core.tar_writer", function()
   it("fails on a missing root, raises on misuse and after close, and releases files", function()
     assert.same({ nil, "tar_writer " .. dir .. "/nope: No such file or directory", "ENOENT" },
       { core.tar_writer(dir .. "/nope", {}) })
-    assert.has_error(function() core.tar_writer(ws, "x") end, "tar_writer: names must be a table, got string")
+    assert.has_error(function() core.tar_writer(ws, "x") end, "tar_writer: names must be a table or a tree, got string")
     assert.has_error(function() core.tar_writer(ws, { "a", 3 }) end,
       "tar_writer: names[2] must be a string, got number")
     assert.has_error(function() core.tar_writer(ws, { "../etc" }) end,

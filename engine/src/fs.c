@@ -39,7 +39,6 @@
 #include "internal.h"
 
 #define DIRBOX_MT "ferry.fs.dirbox"
-#define TMP_PREFIX ".ferry-tmp-"
 
 /* ---- shared helpers (internal.h) ---- */
 
@@ -140,8 +139,8 @@ const char *ferry_fs_run_token(void) {
 static void temp_name(char *out) {
   unsigned char r[8];
   random_bytes(r, sizeof r);
-  size_t n = sizeof TMP_PREFIX - 1;
-  memcpy(out, TMP_PREFIX, n);
+  size_t n = sizeof FERRY_TMP_PREFIX - 1;
+  memcpy(out, FERRY_TMP_PREFIX, n);
   memcpy(out + n, ferry_fs_run_token(), 16);
   out[n + 16] = '-';
   ferry_hex(r, sizeof r, out + n + 17);
@@ -571,7 +570,7 @@ void ferry_open_fs(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_setfuncs(L, fns, 0);
-  lua_pushliteral(L, TMP_PREFIX); /* core.TEMP_PREFIX: the name prefix of the safe writes' temp files */
+  lua_pushliteral(L, FERRY_TMP_PREFIX); /* core.TEMP_PREFIX: the name prefix of the safe writes' temp files */
   lua_setfield(L, -2, "TEMP_PREFIX");
   lua_pushstring(L, ferry_fs_run_token()); /* core.TEMP_TOKEN: this run's token, after the prefix */
   lua_setfield(L, -2, "TEMP_TOKEN");

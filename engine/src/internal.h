@@ -4,6 +4,7 @@
 
 #include <locale.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -24,6 +25,11 @@ void ferry_open_search(lua_State *L);     /* search.c: search_dirs */
 void ferry_open_hmac(lua_State *L);       /* hmac.c: hmac_sha256/hmac_equal/random_bytes */
 void ferry_open_http_client(lua_State *L); /* http_client.c: http_request (libcurl on the loop) */
 void ferry_open_http_server(lua_State *L); /* http_server.c: http_listen (libh2o on the loop) */
+void ferry_open_tree(lua_State *L);       /* tree_object.c, tree_diff.c: tree_new/tree_path_less/tree_diff, the tree */
+void ferry_open_tree_walk(lua_State *L);  /* tree_walk.c: tree_walk */
+void ferry_open_tree_io(lua_State *L);    /* tree_io.c: tree:dump/tree:write/tree_load/tree_read */
+void ferry_open_tree_listing(lua_State *L); /* tree_listing.c: tree_parse_listing */
+void ferry_open_tree_tar(lua_State *L);   /* tree_tar.c: tar_scan_tree */
 
 /* util.c: helpers shared by every file. */
 /* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */
@@ -88,6 +94,7 @@ void ferry_push_search_dirs(lua_State *L);
  * Functions return 0 or an fd on success and -errno on failure; `bad` receives the length of the prefix of
  * `rel` naming the component that failed (FERRY_FS_NO_COMPONENT when no component is to blame). */
 #define FERRY_FS_NO_COMPONENT ((size_t)-1)
+#define FERRY_TMP_PREFIX ".ferry-tmp-" /* core.TEMP_PREFIX: the safe writes' temp names start with it */
 #define FERRY_FS_TMP_NAME 48 /* ".ferry-tmp-<run token>-<16 hex>" and its NUL */
 #define FERRY_FS_KEY_LEN 96
 typedef struct ferry_fs_tmp { /* a temp file beside its final name */
@@ -116,6 +123,17 @@ void ferry_fs_quick_key(const struct stat *st, char *buf);
 int ferry_fs_expect(int dirfd, const char *leaf, const char *expect);
 /* Pushes nil, "<op> <root>/<rel>: <reason>", code; returns 3. */
 int ferry_fs_fail(lua_State *L, int err, const char *op, const char *root, const char *rel, size_t bad);
+
+/* tree.c: a tree as other concepts stream it (tar_writer.c). Indexes are valid while ferry_tree_gen stays. */
+typedef struct ferry_tree ferry_tree;
+#define FERRY_TREE_MAX_PATH 65535 /* bytes of the longest path a tree holds */
+ferry_tree *ferry_tree_test(lua_State *L, int idx); /* the tree at idx, in order, or NULL when it is no tree */
+size_t ferry_tree_len(const ferry_tree *t);         /* entries, removed ones included */
+/* Entry i's path (len bytes, not NUL-terminated), the caller's flags, and whether it was not removed. */
+const char *ferry_tree_entry_at(const ferry_tree *t, size_t i, size_t *len, unsigned *flags, int *live);
+/* What was sent of file i: its digest and size (md NULL: nothing, the digest becomes unknown). */
+void ferry_tree_record_sha(ferry_tree *t, size_t i, const unsigned char *md, uint64_t size);
+unsigned long ferry_tree_gen(const ferry_tree *t);
 
 /* The embedded Lua sources (generated from scripts/ and providers/), NULL-terminated. */
 typedef struct ferry_embedded_file {

@@ -54,6 +54,11 @@ int luaopen_ferry_core(lua_State *L) {
   ferry_open_hmac(L);
   ferry_open_http_client(L);
   ferry_open_http_server(L);
+  ferry_open_tree(L);
+  ferry_open_tree_walk(L);
+  ferry_open_tree_io(L);
+  ferry_open_tree_listing(L);
+  ferry_open_tree_tar(L);
   lua_pushcfunction(L, l_log);
   lua_setfield(L, -2, "log");
   lua_pushstring(L, FERRY_VERSION);

@@ -70,6 +70,33 @@ if dir then
   assert(core.tar_extract(spool, dir, { ["a/b.txt"] = { dest = "c.txt", mode = 384 } }))
   local lock = assert(core.fs_lock(dir .. "/lock"))
   lock:unlock()
+  -- the compact tree: walk, digests, diff, dump/load and file round trip, listing, tar both ways
+  local function not_lock(rel) return rel == "lock" end
+  local tree = assert(core.tree_walk(dir, { hash = true, exclude = not_lock }))
+  local again = assert(core.tree_walk(dir, { hash = true, known = tree, exclude = not_lock }))
+  assert(#core.tree_diff(tree, again, tree, { compare = "stat" }) == 0)
+  assert(core.tree_load(tree:dump()):count() == tree:count())
+  assert(tree:write(dir .. "/t.tree") and core.tree_read(dir .. "/t.tree"):count() == tree:count())
+  assert(not core.tree_load(tree:dump():sub(1, 70)))
+  for rel, kind, sha in tree:iter(nil, "kind sha256") do assert(rel and kind and (sha or kind ~= "file")) end
+  tree:set_flags("a", 1)
+  tree:set_flags("a/b.txt", 1)
+  local tw = core.tar_writer(dir, tree, { hash = true, flagged = 1 })
+  local tparts = {}
+  for chunk in function() return tw:read() end do tparts[#tparts + 1] = chunk end
+  f = assert(io.open(spool, "wb"))
+  f:write(table.concat(tparts))
+  f:close()
+  local scanned = assert(core.tar_scan_tree(spool))
+  assert(scanned:get("a/b.txt").sha256 == tree:get("a/b.txt").sha256)
+  local listing = "d\0" .. "755\0" .. "0\0" .. "1.5\0" .. "./a\0" .. "\0H\0E\0"
+  assert(core.tree_parse_listing(listing):get("a").kind == "dir")
+  assert(not core.tree_parse_listing(listing:sub(1, 12)))
+  local built = core.tree_new()
+  built:add("z", { kind = "file", sha256 = ("0"):rep(64) })
+  built:add("y", { kind = "symlink", target = "z" })
+  built:remove("z")
+  assert(built:count() == 1 and built:under("") == 1)
   core.fs_remove_tree(dir)
 end
 print("valgrind smoke: ok")
