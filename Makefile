@@ -94,6 +94,14 @@ $(B)/fuzz_%: spec/fuzz/harness.c $(B)/libferry.a
 	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -DFERRY_FUZZ_DRIVER='"$(CURDIR)/spec/fuzz/$*.lua"' -o $@ $< \
 	  $(B)/libferry.a $(CJSON) $(LIBS)
 
+# Soak (not part of test): prepare/edit/restore cycles with SIGKILLs, edits on both sides and hostile archives,
+# checked against a model after each cycle (README "Soak").
+SOAK_CYCLES ?= 300
+SOAK_SEED ?=
+SOAK_RACES ?= 0
+soak: all
+	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_SEED=$(SOAK_SEED) SOAK_RACES=$(SOAK_RACES) $(B)/ferry run spec/soak/soak.lua
+
 lint:
 	luacheck --quiet scripts providers spec engine/tools
 

@@ -16,6 +16,23 @@ describe("fuzz findings", function()
     end
   end)
 
+  it("excludes: several '*' or '**' in a pattern match in linear time, not exponential", function()
+    -- Lua patterns backtrack: `*a*a*a*a*a*a*b` on 60 'a's took 3.6 s, with 8 stars minutes; a sandbox picks the
+    -- names restore matches against the user's patterns. Seen checking what the exclude target's -timeout
+    -- contract covers (its corpus had not grown a case that slow yet).
+    local excludes = require "ferry.excludes"
+    local started = os.clock()
+    local stars = excludes.compile { ("*a"):rep(12) .. "*b" }
+    assert.is_false(stars(("a"):rep(5000), false))
+    assert.is_true(stars(("a"):rep(5000) .. "b", false))
+    assert.is_true(stars("dir/" .. ("a"):rep(13) .. "b", false))
+    local globstars = excludes.compile { "x/**/a/**/a/**/a/**/y" }
+    local deep = "x/" .. ("a/"):rep(3000)
+    assert.is_false(globstars(deep .. "z", false))
+    assert.is_true(globstars(deep .. "y", false))
+    assert.is_true(os.clock() - started < 2, "took " .. (os.clock() - started) .. " s")
+  end)
+
   -- fuzz_state: state.read raised "attempt to index a number value (local 'entry')" for a baseline entry
   -- that is not an object (`ferry restore` printed a Lua traceback). Owned by scripts/ferry/state.lua; the fix
   -- (in M.read, replacing the integer_fields loop):

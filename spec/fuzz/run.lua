@@ -43,10 +43,10 @@ end
 -- The figures of one run from its log.
 local function figures(log)
   local f = {}
-  f.execs = tonumber(log:match("stat::number_of_executed_units: (%d+)"))
-  f.rate = tonumber(log:match("stat::average_exec_per_sec: (%d+)"))
-  f.new_units = tonumber(log:match("stat::new_units_added: (%d+)"))
-  f.rss = tonumber(log:match("stat::peak_rss_mb: (%d+)"))
+  f.execs = tonumber(log:match("stat::number_of_executed_units:%s*(%d+)"))
+  f.rate = tonumber(log:match("stat::average_exec_per_sec:%s*(%d+)"))
+  f.new_units = tonumber(log:match("stat::new_units_added:%s*(%d+)"))
+  f.rss = tonumber(log:match("stat::peak_rss_mb:%s*(%d+)"))
   for cov, ft in log:gmatch("cov: (%d+) ft: (%d+)") do f.cov, f.ft = tonumber(cov), tonumber(ft) end
   return f
 end
@@ -56,6 +56,7 @@ local function run_target(name)
   local corpus, artifacts = build .. "/corpus/" .. name, build .. "/artifacts/" .. name .. "/"
   local scratch, log_path = build .. "/scratch/" .. name, build .. "/logs/" .. name .. ".log"
   mkdir(corpus)
+  core.fs_remove_tree(artifacts) -- what an earlier run found is in its own log
   mkdir(artifacts)
   mkdir(build .. "/logs")
   core.fs_remove_tree(scratch)
