@@ -217,18 +217,15 @@ local function compile_one(pattern)
   return rule
 end
 
-local function split(path)
-  local parts = {}
-  for part in path:gmatch("[^/]+") do parts[#parts + 1] = part end
-  return parts
-end
-
--- `parts` is a function giving the path's components (split once, when a rule first needs them).
-local function rule_matches(rule, basename, is_dir, parts)
+-- `parts` holds the path's components when an earlier rule split it (a table to fill in otherwise).
+local function rule_matches(rule, path, basename, is_dir, parts)
   if rule.dir_only and not is_dir then return false end
   if rule.name then return rule.name == basename end
   if rule.basename_matches then return rule.basename_matches(basename) end
-  return match_sequence(rule.sequence, parts())
+  if not parts[1] then
+    for part in path:gmatch("[^/]+") do parts[#parts + 1] = part end
+  end
+  return match_sequence(rule.sequence, parts)
 end
 
 --- Compile patterns (see the syntax above) into a matcher: `matcher(rel_path, is_dir) -> bool`, true when
@@ -258,13 +255,9 @@ function M.compile(patterns)
 
   local function decide(path, basename, is_dir)
     if names[basename] or (is_dir and dir_names[basename]) then return true end
-    local excluded, parts = false, nil
-    local function path_parts()
-      parts = parts or split(path)
-      return parts
-    end
+    local excluded, parts = false, {}
     for _, rule in ipairs(slow_rules) do
-      if (excluded ~= not rule.include) and rule_matches(rule, basename, is_dir, path_parts) then
+      if (excluded ~= not rule.include) and rule_matches(rule, path, basename, is_dir, parts) then
         excluded = not rule.include
         if not has_include then return true end
       end
