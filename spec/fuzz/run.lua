@@ -1,7 +1,8 @@
 --- `make fuzz`: run each libFuzzer target for FUZZ_SECONDS (default 600), FUZZ_JOBS at a time (default 1),
--- and print per target: executions, exec/s, corpus size, coverage (cov: C-edge counters, ft: features,
--- Lua lines included) and findings. Exit 1 when any target found a crash, a leak, a timeout (-timeout=10) or
--- a contract violation; the input that did it is in BUILD/artifacts/<target>/.
+-- and print per target: executions, exec/s, corpus size (units libFuzzer kept, and files in the corpus dir),
+-- coverage (cov: C-edge counters, ft: features, Lua lines included) and findings. Exit 1 when any target
+-- found a crash, a leak, a timeout (-timeout=10) or a contract violation; the input that did it is in
+-- BUILD/artifacts/<target>/.
 --
 -- usage: ferry run spec/fuzz/run.lua BUILD TARGET...   (BUILD: the fuzz build dir, e.g. build/fuzz)
 -- Seeds are read from spec/fuzz/<target>/; new corpus entries go to BUILD/corpus/<target>/ (kept between
@@ -47,7 +48,9 @@ local function figures(log)
   f.rate = tonumber(log:match("stat::average_exec_per_sec:%s*(%d+)"))
   f.new_units = tonumber(log:match("stat::new_units_added:%s*(%d+)"))
   f.rss = tonumber(log:match("stat::peak_rss_mb:%s*(%d+)"))
-  for cov, ft in log:gmatch("cov: (%d+) ft: (%d+)") do f.cov, f.ft = tonumber(cov), tonumber(ft) end
+  for cov, ft, corp in log:gmatch("cov: (%d+) ft: (%d+) corp: (%d+)") do
+    f.cov, f.ft, f.units = tonumber(cov), tonumber(ft), tonumber(corp)
+  end
   return f
 end
 
@@ -98,15 +101,15 @@ end
 
 local lines = {
   string.format("fuzz: %d s per target, %d at a time", seconds, jobs),
-  string.format("%-10s %12s %8s %8s %6s %7s %7s  %s", "target", "executions", "exec/s", "corpus", "cov", "ft",
-    "rss MB", "findings"),
+  string.format("%-10s %12s %8s %8s %8s %6s %7s %7s  %s", "target", "executions", "exec/s", "corpus", "files",
+    "cov", "ft", "rss MB", "findings"),
 }
 local failed = 0
 for _, f in ipairs(results) do
   if #f.findings > 0 then failed = failed + 1 end
-  lines[#lines + 1] = string.format("%-10s %12s %8s %8d %6s %7s %7s  %s", f.name, tostring(f.execs or "?"),
-    tostring(f.rate or "?"), f.corpus, tostring(f.cov or "?"), tostring(f.ft or "?"), tostring(f.rss or "?"),
-    #f.findings == 0 and "none" or table.concat(f.findings, " "))
+  lines[#lines + 1] = string.format("%-10s %12s %8s %8s %8d %6s %7s %7s  %s", f.name, tostring(f.execs or "?"),
+    tostring(f.rate or "?"), tostring(f.units or "?"), f.corpus, tostring(f.cov or "?"), tostring(f.ft or "?"),
+    tostring(f.rss or "?"), #f.findings == 0 and "none" or table.concat(f.findings, " "))
 end
 local text = table.concat(lines, "\n") .. "\n"
 io.stdout:write(text)

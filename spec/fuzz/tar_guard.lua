@@ -5,7 +5,7 @@
 --     "archive exceeds ..." EFBIG; never an error;
 --   guard.check: never an error; an accepted entry is a safe relative path (no '/', '..', '.' or empty
 --     component), a file, dir or symlink, below no symlink or non-dir (in the archive or on disk), its
---     symlink target inside the workspace;
+--     symlink target inside the workspace; guard.snapshot of them is a tree merge.check accepts;
 --   tar_extract: count or nil, message, code; never an error; and afterwards nothing exists outside the
 --     workspace that was not there before, and every symlink in it (but the one the workspace had) resolves,
 --     as far as it exists, inside it.
@@ -16,6 +16,7 @@ local common = dofile(DIR .. "/common.lua")
 local core = require "ferry.core"
 local excludes = require "ferry.excludes"
 local guard = require "ferry.guard"
+local merge = require "ferry.merge"
 
 local MAX_BYTES = 1024 * 1024
 local MAX_HOPS = 40
@@ -180,8 +181,10 @@ local function check(data)
     return
   end
   check_accepted(checked)
-  local sok, serr = pcall(guard.snapshot, checked)
-  if not sok then common.fail("guard.snapshot raised: %s", tostring(serr)) end
+  local sok, snap = pcall(guard.snapshot, checked)
+  if not sok then common.fail("guard.snapshot raised: %s", tostring(snap)) end
+  local well_formed, why = merge.check("remote", snap)
+  if not well_formed then common.fail("the guard accepted what is not a tree: %s", why) end
   extract(checked)
 end
 

@@ -138,7 +138,8 @@ local function prepare_step(lane)
   local remote = tree.read(lane.remote_host)
   if not files_equal(remote, lane.model) then
     violation(lane, "sandbox differs from the host after prepare",
-      table.concat(checks.diff(remote, lane.model, 3), "; "))
+      table.concat(checks.diff(remote, lane.model, 3), "; ") .. (lane.last and " (this lane's previous cycle: "
+        .. lane.last .. ")" or ""))
   end
   return true
 end
@@ -246,6 +247,7 @@ local function restore_step(lane, B, H, S)
   local c = { B = B, H = H, S = S, expected = expected, conflicts = conflicts, killed = false }
   local res
   if race then
+    lane.last = "host edits during restore"
     stats.races = stats.races + 1
     local finished, started = false, core.now_ms()
     local t = ferry.spawn(function()
@@ -260,6 +262,7 @@ local function restore_step(lane, B, H, S)
     local killed
     res, killed = restore(lane, kill_delay(lane.restore_ms))
     if killed then
+      lane.last = "restore killed"
       stats.kills_restore = stats.kills_restore + 1
       c.killed = true
       for _, v in ipairs(checks.whole(H, S, expected, tree.read(lane.ws))) do violation(lane, v.kind, v.detail) end
@@ -284,6 +287,7 @@ end
 -- A prepare and a restore of the same workspace at once (SOAK_RACES). Whatever order they take, no host file
 -- the sandbox left alone may change, and the others hold the host's or the sandbox's version.
 local function concurrent_step(lane, B, H, S)
+  lane.last = "prepare and restore at once"
   stats.races = stats.races + 1
   local delay = math.random(0, math.floor((lane.restore_ms or 100) * 0.8))
   local restore_first = math.random(2) == 1
@@ -316,7 +320,9 @@ end
 
 local function cycle(lane)
   stats.cycles = stats.cycles + 1
-  if not prepare_step(lane) then
+  local ok = prepare_step(lane)
+  lane.last = nil
+  if not ok then
     lane.model = tree.read(lane.ws)
     return
   end
@@ -428,7 +434,7 @@ else
   core.fs_remove_tree(root)
 end
 if #violations > 0 then
-  print(string.format("reproduce: SOAK_SEED=%d SOAK_CYCLES=%d SOAK_RACES=%d make soak", SEED,
-    violations[#violations].cycle, RACES and 1 or 0))
+  print(string.format("reproduce: SOAK_SEED=%d SOAK_CYCLES=%d SOAK_RACES=%d make soak  (first violation: cycle %d)",
+    SEED, violations[#violations].cycle, RACES and 1 or 0, violations[1].cycle))
   os.exit(1)
 end
