@@ -24,7 +24,7 @@ HEADERS := $(wildcard engine/src/*.h) engine/include/ferry.h
 # the path a Lua file is looked up by: scripts/ferry/x.lua -> ferry/x.lua, scripts/adapters/a.lua -> adapters/a.lua
 embed_rel = $(patsubst scripts/%,%,$(1))
 
-.PHONY: all test check bench demo install clean lint
+.PHONY: all test check bench demo install clean lint fuzz soak
 all: $(B)/ferry $(B)/lua/ferry/core.so $(B)/libferry.a $(B)/libferry.so $(B)/ferry.pc
 
 $(B)/obj/%.o: engine/src/%.c $(HEADERS)
@@ -72,6 +72,35 @@ check: all lint
 	  FERRY_SANITIZED=1 $(B)/asan/ferry run $$(command -v busted)
 	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite \
 	  --track-fds=yes --quiet $(B)/ferry run spec/support/valgrind_smoke.lua
+
+# Fuzzing (not part of test): libFuzzer targets built with clang against a core built with the fuzz flags in
+# $(B)/fuzz, each run for FUZZ_SECONDS, FUZZ_JOBS at a time, by spec/fuzz/run.lua (README "Fuzzing").
+FUZZ_SECONDS ?= 600
+FUZZ_JOBS ?= 1
+FUZZ_CC ?= clang
+FUZZ_TARGETS := b64 tar_guard listing status state excludes
+FUZZ_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+fuzz: all
+	$(MAKE) --no-print-directory B=$(B)/fuzz CC=$(FUZZ_CC) CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" \
+	  $(FUZZ_TARGETS:%=$(B)/fuzz/fuzz_%)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) $(B)/ferry run spec/fuzz/run.lua $(B)/fuzz $(FUZZ_TARGETS)
+
+# (made by the sub-make above, where B is the fuzz build dir) the base64 target is C only; the others run a
+# Lua driver, spec/fuzz/<target>.lua, inside an engine.
+$(B)/fuzz_b64: spec/fuzz/b64.c $(B)/libferry.a
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $< $(B)/libferry.a $(CJSON) $(LIBS)
+
+$(B)/fuzz_%: spec/fuzz/harness.c $(B)/libferry.a
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -DFERRY_FUZZ_DRIVER='"$(CURDIR)/spec/fuzz/$*.lua"' -o $@ $< \
+	  $(B)/libferry.a $(CJSON) $(LIBS)
+
+# Soak (not part of test): prepare/edit/restore cycles with SIGKILLs, edits on both sides and hostile archives,
+# checked against a model after each cycle (README "Soak").
+SOAK_CYCLES ?= 300
+SOAK_SEED ?=
+SOAK_RACES ?= 0
+soak: all
+	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_SEED=$(SOAK_SEED) SOAK_RACES=$(SOAK_RACES) $(B)/ferry run spec/soak/soak.lua
 
 lint:
 	luacheck --quiet scripts providers spec engine/tools

@@ -220,7 +220,7 @@ describe("adapters", function()
 
     local function run_hook(fields)
       local ctx = make_ctx(root, { CODEX_HOME = host_home },
-        { sb = sb, asset_dirs = { home = sandbox_home }, state = {}, result = {} })
+        { sb = sb, asset_dirs = { home = sandbox_home }, state = {}, result = {}, copy_back_credentials = true })
       for k, v in pairs(fields or {}) do ctx[k] = v end
       local status, reason = hook(ctx)
       for _, line in ipairs(ctx.logs) do
@@ -259,8 +259,10 @@ describe("adapters", function()
       local current = auth("acct-1", "2025-03-01T10:00:00Z")
       helpers.write_file(host_home .. "/auth.json", current)
       for _, stamp in ipairs { "2025-03-01T09:59:59Z", "2025-03-01T10:00:00Z", "2025-03-01T10:00:00.000Z" } do
-        helpers.write_file(sandbox_home .. "/auth.json", auth("acct-1", stamp))
-        assert.are.equal("kept", (run_hook()))
+        local theirs = auth("acct-1", stamp)
+        helpers.write_file(sandbox_home .. "/auth.json", theirs)
+        -- the same bytes are nothing to decide; the others are refused
+        assert.are.equal(theirs == current and "none" or "refused", (run_hook()))
         assert.are.equal(current, host_auth())
       end
     end)
@@ -275,7 +277,7 @@ describe("adapters", function()
       -- one nanosecond later wins; one earlier does not (a double could not tell them apart)
       helpers.write_file(host_home .. "/auth.json", auth("acct-1", "2025-03-01T10:00:00.123456789Z"))
       helpers.write_file(sandbox_home .. "/auth.json", auth("acct-1", "2025-03-01T10:00:00.123456788Z"))
-      assert.are.equal("kept", (run_hook()))
+      assert.are.equal("refused", (run_hook()))
       newer = auth("acct-1", "2025-03-01T10:00:00.12345679Z")
       helpers.write_file(sandbox_home .. "/auth.json", newer)
       assert.are.equal("copied", (run_hook()))
@@ -287,7 +289,7 @@ describe("adapters", function()
       helpers.write_file(host_home .. "/auth.json", current)
       helpers.write_file(sandbox_home .. "/auth.json", auth("acct-2", "2026-01-01T00:00:00Z"))
       local status, reason = run_hook()
-      assert.are.same({ "kept", "different account" }, { status, reason })
+      assert.are.same({ "refused", "different account" }, { status, reason })
       assert.are.equal(current, host_auth())
     end)
 
@@ -310,21 +312,21 @@ describe("adapters", function()
       for _, text in ipairs(bad) do
         helpers.write_file(sandbox_home .. "/auth.json", text)
         local status, _, logs = run_hook()
-        assert.are.equal("kept", status, text)
+        assert.are.equal("refused", status, text)
         assert.are.equal(current, host_auth())
         assert.truthy(logs[1] and logs[1]:find("^warn: codex: sandbox auth.json is not a usable"), text)
       end
       -- a malformed host copy is never replaced either
       helpers.write_file(host_home .. "/auth.json", "{broken")
       helpers.write_file(sandbox_home .. "/auth.json", auth("acct-1", "2026-01-01T00:00:00Z"))
-      assert.are.equal("kept", (run_hook()))
+      assert.are.equal("refused", (run_hook()))
       assert.are.equal("{broken", host_auth())
     end)
 
     it("does nothing when a file is missing", function()
       helpers.write_file(sandbox_home .. "/auth.json", auth("acct-1", "2026-01-01T00:00:00Z"))
       local status, _, logs = run_hook() -- no host auth.json
-      assert.are.equal("kept", status)
+      assert.are.equal("refused", status)
       assert.is_nil(host_auth())
       assert.are.same({}, core.fs_readdir(host_home))
       assert.are.same({}, (function()
@@ -337,12 +339,12 @@ describe("adapters", function()
       helpers.write_file(host_home .. "/auth.json", current)
       os.remove(sandbox_home .. "/auth.json")
       status, _, logs = run_hook() -- no sandbox auth.json: quietly nothing
-      assert.are.equal("kept", status)
+      assert.are.equal("none", status)
       assert.are.equal(current, host_auth())
       assert.are.same({}, logs)
 
       status = run_hook({ asset_dirs = {} }) -- the home asset was never copied
-      assert.are.equal("kept", status)
+      assert.are.equal("none", status)
       assert.are.equal(current, host_auth())
     end)
 
@@ -352,7 +354,7 @@ describe("adapters", function()
       local huge = auth("acct-1", "2026-01-01T00:00:00Z", { pad = string.rep("x", 2 * 1024 * 1024) })
       helpers.write_file(sandbox_home .. "/auth.json", huge)
       local status, _, logs = run_hook()
-      assert.are.equal("kept", status)
+      assert.are.equal("refused", status)
       assert.are.equal(current, host_auth())
       assert.truthy(logs[1]:find("over the 1048576 byte limit", 1, true))
     end)

@@ -48,7 +48,9 @@ static const char enc_chars[64] = {REP16(ENC, 0), REP16(ENC, 16), REP16(ENC, 32)
    : (c) == '='               ? C_PAD                                                                  \
    : IS_SPACE(c)              ? C_SPACE                                                                \
                               : C_BAD)
-static const unsigned char dec_class[256] = {REP256(DVAL, 0)};
+/* The cast: clang checks the conversion of every arm of DVAL, even those a character never takes. */
+#define DCLASS(c) ((unsigned char)DVAL(c))
+static const unsigned char dec_class[256] = {REP256(DCLASS, 0)};
 
 /* A group's 24 bits are d0[a] | d1[b] | d2[c] | d3[d]; anything not in the alphabet sets bit 24 and up. */
 #define FAST_BAD 0x01000000u
@@ -136,7 +138,8 @@ static unsigned char *outbuf_init(lua_State *L, outbuf *o, size_t size, scratch 
   o->map = NULL;
   o->own = NULL;
   if (s && size < BIG_RESULT) {
-    if (s->size < size) {
+    if (s->size < size || !s->p) { /* never NULL, even for 0 bytes: callers add offsets to it */
+      if (size == 0) size = 1;
       unsigned char *p = realloc(s->p, size);
       if (!p) luaL_error(L, "b64: not enough memory");
       s->p = p;

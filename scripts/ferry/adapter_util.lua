@@ -151,37 +151,84 @@ function M.lock(path, wait_ms)
   end
 end
 
+-- A name beside `name` in `dir` for the copy of the file a copy-back replaces: "<name>.ferry-backup-<UTC
+-- time>", with "-N" added when a copy of that second exists already (two copy-backs in one second keep both).
+local function backup_name(dir, name)
+  local base = name .. ".ferry-backup-" .. os.date("!%Y%m%dT%H%M%SZ")
+  local candidate, n = base, 1
+  while core.fs_lstat(dir .. "/" .. candidate) do
+    n = n + 1
+    candidate = base .. "-" .. n
+  end
+  return candidate
+end
+
+-- Under the lock: keep the host file's bytes as a backup (mode 0600) when asked, then write `data`.
+-- Returns true and the backup's path (or nil), or nil, message, code.
+local function replace(dir, name, data, host_data, opts)
+  local backup
+  if opts.backup and host_data then
+    backup = backup_name(dir, name)
+    local ok, err, code = core.fs_safe_write(dir, backup, host_data, tonumber("600", 8))
+    if not ok then return nil, "backup of " .. dir .. "/" .. name .. ": " .. err, code end
+    backup = dir .. "/" .. backup
+  end
+  local ok, err, code = core.fs_safe_write(dir, name, data, opts.mode or tonumber("600", 8))
+  if not ok then return nil, err, code end
+  return true, backup
+end
+
 --- Put `data` (a file brought back from the sandbox) in place of the host file `path` when opts.refuse
 --- allows it. refuse(host_bytes) -> reason | nil decides; host_bytes is the host file's content, nil when
 --- it is missing, unreadable or over opts.max_bytes. It is asked twice: once, then again holding the lock file
 --- ".<name>.ferry-lock" beside the file, so that two restores finishing together cannot put back the older
 --- copy. A symlinked `path` has its target replaced and keeps the link. The write is atomic (a temp name in
---- the same dir renamed into place, no symlink followed) with mode opts.mode (default 0600).
---- opts: refuse (required), max_bytes (default 16 MiB), mode, lock_wait_ms (default 5000).
---- Returns "copied", the file written; "kept", the reason; or nil, message, code when the link cannot be
---- followed, the lock is not taken or the write fails.
+--- the same dir renamed into place, no symlink followed) with mode opts.mode (default 0600). With
+--- opts.backup the file replaced is kept first beside it as "<name>.ferry-backup-<UTC time>" (mode 0600).
+--- opts: refuse (required), max_bytes (default 16 MiB), mode, backup, lock_wait_ms (default 5000).
+--- Returns "copied", the file written, the backup (or nil); "kept", the reason; or nil, message, code when the
+--- link cannot be followed, the lock is not taken or a write fails.
 ---@param path string
 ---@param data string
 ---@param opts table
----@return string|nil status, string|nil detail, string|nil code
+---@return string|nil status, string|nil detail, string|nil backup_or_code
 function M.copy_back(path, data, opts)
   local target, err, code = M.link_target(path)
   if not target then return nil, err, code end
   local max_bytes = opts.max_bytes or 16 * 1024 * 1024
-  local function refusal() return opts.refuse((M.read_file(target, max_bytes))) end
+  local host_data
+  local function refusal()
+    host_data = M.read_file(target, max_bytes)
+    return opts.refuse(host_data)
+  end
   local reason = refusal()
   if reason then return "kept", reason end
   local dir, name = target:match("^(.*)/([^/]+)$")
   if not dir then dir, name = ".", target end
   local lock, lerr, lcode = M.lock(dir .. "/." .. name .. ".ferry-lock", opts.lock_wait_ms or 5000)
   if not lock then return nil, lerr, lcode end
-  local ok, werr, wcode
+  local ok, backup_or_err, wcode
   reason = refusal()
-  if not reason then ok, werr, wcode = core.fs_safe_write(dir, name, data, opts.mode or tonumber("600", 8)) end
+  if not reason then ok, backup_or_err, wcode = replace(dir, name, data, host_data, opts) end
   lock:unlock()
   if reason then return "kept", reason end
-  if not ok then return nil, werr, wcode end
-  return "copied", target
+  if not ok then return nil, backup_or_err, wcode end
+  return "copied", target, backup_or_err
+end
+
+--- Record what a hook did with a credential in the restore result (`ctx.result.credentials`, shown by the
+--- summary): {adapter, path, action = "copied"|"refused"|"skipped", reason}. Nothing when the context
+--- carries no result (a hook run by a spec or outside restore).
+---@param ctx table  the hook context
+---@param path string  the host file
+---@param action string
+---@param reason string|nil
+function M.report_credential(ctx, path, action, reason)
+  local result = ctx.result
+  if type(result) ~= "table" then return end
+  result.credentials = result.credentials or {}
+  result.credentials[#result.credentials + 1] = { adapter = ctx.adapter, path = path, action = action,
+    reason = reason }
 end
 
 return M

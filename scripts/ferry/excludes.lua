@@ -30,7 +30,7 @@ M.DEFAULT = {
   ".ferry-runtime",
 }
 
-local MAX_GLOBSTARS = 4 -- each '**' doubles the Lua patterns tried for one glob
+local MAX_GLOBSTARS = 4 -- the documented limit of '**' components in one pattern
 
 --- Concatenate pattern lists (nil lists are skipped) into a new list: `combine(DEFAULT, adapter, user)`.
 ---@return string[]
@@ -86,6 +86,7 @@ local function tokenize(pattern, body)
   return components
 end
 
+-- The Lua pattern of one component's tokens, and whether it is plain text.
 local function component_pattern(tokens)
   local parts, literal = {}, true
   for _, t in ipairs(tokens) do
@@ -108,29 +109,75 @@ local function literal_text(tokens)
   return table.concat(parts)
 end
 
--- Every Lua pattern for an anchored component list: each '**' either vanishes or spans 1+ components
--- ('.+' may cross '/'); only a trailing '**' must span at least one.
-local function expand(components)
-  local variants = { {} }
-  local count = #components
-  for index, comp in ipairs(components) do
-    local next_variants = {}
-    for _, pieces in ipairs(variants) do
-      if comp == "globstar" then
-        if index < count then next_variants[#next_variants + 1] = pieces end
-        local spanned = table.move(pieces, 1, #pieces, 1, {})
-        spanned[#spanned + 1] = ".+"
-        next_variants[#next_variants + 1] = spanned
-      else
-        pieces[#pieces + 1] = (component_pattern(comp))
-        next_variants[#next_variants + 1] = pieces
-      end
+-- The wildcard walk: do the subject's elements 1..n match the pattern's items 1..m, where star(i) says item i
+-- is a '*' (any run of elements) and one(i, j) whether item i matches element j? It only ever returns to the
+-- last '*' seen, so it takes O(m * n) steps where backtracking over several '*' takes exponential time.
+local function wildcard(m, n, star, one)
+  local pi, si, star_pi, star_si = 1, 1, nil, 0
+  while si <= n do
+    if pi <= m and star(pi) then
+      star_pi, star_si, pi = pi, si, pi + 1
+    elseif pi <= m and one(pi, si) then
+      pi, si = pi + 1, si + 1
+    elseif star_pi then
+      star_si = star_si + 1
+      pi, si = star_pi + 1, star_si
+    else
+      return false
     end
-    variants = next_variants
   end
-  local patterns = {}
-  for i, pieces in ipairs(variants) do patterns[i] = "^" .. table.concat(pieces, "/") .. "$" end
-  return patterns
+  while pi <= m and star(pi) do pi = pi + 1 end
+  return pi > m
+end
+
+-- Whether `name` (one component) matches the tokens.
+local function glob(tokens, name)
+  return wildcard(#tokens, #name, function(i) return tokens[i].star end, function(i, j)
+    local t = tokens[i]
+    return t.any or t.lit == name:sub(j, j)
+  end)
+end
+
+-- A function telling whether one path component (no '/') matches the tokens: a string compare for plain
+-- text, a Lua pattern for at most one '*' (linear), the wildcard walk for more.
+local function component_matcher(tokens)
+  local lua_pattern, literal = component_pattern(tokens)
+  if literal then
+    local text = literal_text(tokens)
+    return function(name) return name == text end
+  end
+  local stars = 0
+  for _, t in ipairs(tokens) do
+    if t.star then stars = stars + 1 end
+  end
+  if stars <= 1 then
+    lua_pattern = "^" .. lua_pattern .. "$"
+    return function(name) return name:find(lua_pattern) ~= nil end
+  end
+  return function(name) return glob(tokens, name) end
+end
+
+local GLOBSTAR = {}
+local function any_component() return true end
+
+-- An anchored pattern's components as a list of component matchers and GLOBSTAR (zero or more
+-- components); a trailing '**' must span at least one, so it becomes one any-component then GLOBSTAR.
+local function sequence(components)
+  local seq = {}
+  for index, comp in ipairs(components) do
+    if comp == "globstar" then
+      if index == #components then seq[#seq + 1] = any_component end
+      seq[#seq + 1] = GLOBSTAR
+    else
+      seq[#seq + 1] = component_matcher(comp)
+    end
+  end
+  return seq
+end
+
+-- Whether the path's components match the sequence, GLOBSTAR being the '*' over whole components.
+local function match_sequence(seq, parts)
+  return wildcard(#seq, #parts, function(i) return seq[i] == GLOBSTAR end, function(i, j) return seq[i](parts[j]) end)
 end
 
 local function compile_one(pattern)
@@ -158,26 +205,27 @@ local function compile_one(pattern)
   if globstars > MAX_GLOBSTARS then invalid(pattern, "more than " .. MAX_GLOBSTARS .. " '**' components") end
   if #components == 1 and not anchored and components[1] ~= "globstar" then
     -- a bare name: compare with the last component only
-    local lua_pattern, literal = component_pattern(components[1])
+    local _, literal = component_pattern(components[1])
     if literal then
       rule.name = literal_text(components[1])
     else
-      rule.basename_pattern = "^" .. lua_pattern .. "$"
+      rule.basename_matches = component_matcher(components[1])
     end
   else
-    rule.patterns = expand(components)
+    rule.sequence = sequence(components)
   end
   return rule
 end
 
-local function rule_matches(rule, path, basename, is_dir)
+-- `parts` holds the path's components when an earlier rule split it (a table to fill in otherwise).
+local function rule_matches(rule, path, basename, is_dir, parts)
   if rule.dir_only and not is_dir then return false end
   if rule.name then return rule.name == basename end
-  if rule.basename_pattern then return basename:find(rule.basename_pattern) ~= nil end
-  for _, lua_pattern in ipairs(rule.patterns) do
-    if path:find(lua_pattern) then return true end
+  if rule.basename_matches then return rule.basename_matches(basename) end
+  if not parts[1] then
+    for part in path:gmatch("[^/]+") do parts[#parts + 1] = part end
   end
-  return false
+  return match_sequence(rule.sequence, parts)
 end
 
 --- Compile patterns (see the syntax above) into a matcher: `matcher(rel_path, is_dir) -> bool`, true when
@@ -207,9 +255,9 @@ function M.compile(patterns)
 
   local function decide(path, basename, is_dir)
     if names[basename] or (is_dir and dir_names[basename]) then return true end
-    local excluded = false
+    local excluded, parts = false, {}
     for _, rule in ipairs(slow_rules) do
-      if (excluded ~= not rule.include) and rule_matches(rule, path, basename, is_dir) then
+      if (excluded ~= not rule.include) and rule_matches(rule, path, basename, is_dir, parts) then
         excluded = not rule.include
         if not has_include then return true end
       end

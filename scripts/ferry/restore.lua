@@ -186,7 +186,8 @@ local function restore_locked(job)
   if not sb then return nil, "restore: " .. provider_string, handle end
   local ctx = adapters.context({ sb = sb, workspace = job.ws, remote_dir = st.remote_dir,
     runtime_dir = st.runtime_dir, adapter = adapter.name, asset_dirs = st.assets, provider = provider_string,
-    state = job.path }, job.redact_fn, job.progress)
+    state = job.path, result = result, copy_back_credentials = opts.credentials == "copy-back" },
+    job.redact_fn, job.progress)
   scratch.sweep("restore") -- what a killed restore left; a live one's spool is its own
   local spool_dir, serr, scode = scratch.make("restore")
   if not spool_dir then
@@ -219,14 +220,17 @@ end
 ---   allow_outside_symlinks  let symlinks point outside the workspace (default false)
 ---   max_bytes       content limit of the archive (default 1 GiB)
 ---   max_stream_bytes  limit of the stream itself, headers included (default max_bytes + 256 MiB)
+---   credentials     "copy-back": let adapters copy credentials the sandbox refreshed back to the host (each
+---                   adapter checks them first); default nil, "skip": never (what would have been is reported)
 ---   progress, secrets, on_exec, lock_wait_ms   as for prepare (phases restore, finalize)
 ---   before_write    function(path, op) called right before each removal ("remove") and each write
 ---                   ("write") lands in the workspace, after the snapshot it is checked against (for tests)
 --- Returns {changed, deleted, conflicts (paths: the merge's, and the paths the host changed during the
 --- restore), conflict_copies = {path = copy}, kept, refused, torn (files the sandbox's tar read while they
---- changed, twice: not restored), warnings,
+--- changed, twice: not restored), credentials, warnings,
 --- bytes_received, commands, hashed_files (local files read to hash: those whose lstat moved since the
---- state's quick records), state, workspace, remote_dir, runtime_dir, provider} or nil, message, code[,
+--- state's quick records), credentials ({adapter, path, action = "copied"|"refused"|"skipped", reason} per
+--- credential an adapter decided about), state, workspace, remote_dir, runtime_dir, provider} or nil, message, code[,
 --- partial result with `refused` (one "<entry>: <reason>" per refused entry)].
 --- Errors: "<workspace>: another ferry prepare/restore is running (pid N)" EBUSY (after opts.lock_wait_ms);
 --- "restore refused: <entry>: <reason>"
@@ -238,6 +242,9 @@ end
 function M.restore(opts)
   if type(opts) ~= "table" or type(opts.state) ~= "string" then
     error("ferry.restore: opts.state must be the path of a state file", 2)
+  end
+  if opts.credentials ~= nil and opts.credentials ~= "copy-back" and opts.credentials ~= "skip" then
+    error('ferry.restore: opts.credentials must be "copy-back" or "skip", got ' .. tostring(opts.credentials), 2)
   end
   local path = util.absolute(opts.state)
   local st, err, code = state_file.read(path)
@@ -271,7 +278,7 @@ function M.restore(opts)
     redact_fn = redact_fn, redact_record = redact_record, lock = lock }
   job.result = { state = path, workspace = ws, remote_dir = st.remote_dir, runtime_dir = st.runtime_dir,
     provider = st.provider, changed = {}, deleted = {}, conflicts = {}, refused = {}, torn = {}, warnings = {},
-    bytes_received = 0, commands = 0, hashed_files = 0 }
+    credentials = {}, bytes_received = 0, commands = 0, hashed_files = 0 }
   local ok, r1, r2, r3, r4 = pcall(restore_locked, job)
   lock:release()
   if not ok then error(r1, 0) end

@@ -143,7 +143,13 @@ function M.read(path)
     end
   end
   if type(state.baseline) ~= "table" then state.baseline = {} end
-  for _, entry in pairs(state.baseline) do integer_fields(entry) end
+  for rel, entry in pairs(state.baseline) do
+    if type(rel) ~= "string" or type(entry) ~= "table" then
+      return nil, "state: " .. path .. " is not a ferry state file: baseline entry " .. tostring(rel)
+        .. " is not an object", "EINVAL"
+    end
+    integer_fields(entry)
+  end
   for _, k in ipairs { "excludes", "preserve" } do
     if type(state[k]) ~= "table" then state[k] = {} end
   end

@@ -122,6 +122,10 @@ function M.human_restore(r)
     say(out, "  conflict ", printable(path), ": kept yours; the sandbox's version is ",
       printable(copies[path] or path .. ".ferry-remote"), "\n")
   end
+  for _, c in ipairs(M.list_or_empty(r.credentials)) do
+    say(out, "  credential ", tostring(c.adapter), " ", printable(tostring(c.path)), ": ", tostring(c.action),
+      c.reason and " (" .. printable(tostring(c.reason)) .. ")" or "", "\n")
+  end
 end
 
 --- Finish the progress output and print the result: the JSON object as the last stdout line with --json,

@@ -95,7 +95,7 @@ end)
 local function restore_item(item, o, max_bytes)
   local r, err, code, partial = require("ferry").restore {
     state = item.state, max_bytes = max_bytes, allow_outside_symlinks = o.allow_outside_symlinks,
-    secrets = options.secret_values(o.secret_env),
+    secrets = options.secret_values(o.secret_env), credentials = o.copy_back_credentials and "copy-back" or nil,
   }
   if not r then
     return { error = err, code = code, refused = partial and report.list_or_empty(partial.refused) or {} }
@@ -105,7 +105,9 @@ end
 
 define("restore", [[
 usage: ferry restore --state FILE [--json] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
+                     [--copy-back-credentials]
        ferry restore --many FILE [--jobs N] [--json] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
+                     [--copy-back-credentials]
 Bring the sandbox's workspace back (state FILE from `ferry prepare`) and merge it into the host workspace
 against the baseline taken at prepare: the sandbox's changes are taken, edits made on the host meanwhile are
 kept, and a file changed on both sides keeps the host version with the sandbox's beside it as
@@ -116,6 +118,9 @@ symlink), a link, device or fifo is refused and nothing is written.
   --secret-env NAME          replace the value of env NAME by *** everywhere (repeatable)
   --allow-outside-symlinks   accept symlinks whose target is outside the workspace
   --max-bytes N              refuse an archive over N bytes of content (K, M, G suffixes; default 1G)
+  --copy-back-credentials    let the adapter copy a credential the sandbox refreshed back to the host (codex:
+                             auth.json, only a newer refresh of the same account, the old file kept as a
+                             backup); off by default: the summary says what was not copied
   --many FILE                restore several sandboxes from FILE, a JSON list of objects with a "state" field
                              (the FILE given to prepare --many does), all on one loop; one failure does not stop
                              the others. A line per sandbox: ok|FAILED STATE -> PROVIDER:REMOTE_DIR (BYTES, MS ms);
@@ -127,6 +132,7 @@ Exit: 0 ok, 1 failed (or refused; with --many: any), 2 usage (or a bad --many FI
   options = { options.SECRET_ENV, options.JSON, options.MAX_BYTES, options.MANY, options.JOBS,
     { names = { "--state" }, key = "state", value = "FILE" },
     { names = { "--allow-outside-symlinks" }, key = "allow_outside_symlinks" },
+    { names = { "--copy-back-credentials" }, key = "copy_back_credentials" },
   },
   secrets = true, max_args = 0,
 }, function(o)
@@ -140,7 +146,7 @@ Exit: 0 ok, 1 failed (or refused; with --many: any), 2 usage (or a bad --many FI
   local p = report.progress_for(o)
   local r, err, code, partial = require("ferry").restore {
     state = o.state, progress = p, max_bytes = max_bytes, allow_outside_symlinks = o.allow_outside_symlinks,
-    secrets = options.secret_values(o.secret_env),
+    secrets = options.secret_values(o.secret_env), credentials = o.copy_back_credentials and "copy-back" or nil,
   }
   if not r then report.failure(o, p, "restore", err, code, partial) end
   local obj = report.result_object("restore", r, require("ferry.state").read(r.state or o.state))
