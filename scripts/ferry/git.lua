@@ -361,6 +361,25 @@ function M.not_sent(files, base)
   return out
 end
 
+--- The contents of the objects `oids` (`git cat-file --batch`, in memory): {oid = bytes}; an id git does
+--- not have is left out.
+---@param dir string
+---@param oids string[]
+---@return table|nil contents, string|nil err, string|nil code
+function M.blobs(dir, oids)
+  if #oids == 0 then return {} end
+  local res, err, code = M.run(dir, { "cat-file", "--batch" }, { stdin = table.concat(oids, "\n") .. "\n" })
+  if not res then return nil, err, code end
+  local texts, pos, out = {}, 1, res.stdout or ""
+  while pos <= #out do
+    local oid, size, stop = out:match("^(%x+) %a+ (%d+)\n()", pos)
+    if not oid then break end
+    texts[oid] = out:sub(stop, stop + tonumber(size) - 1)
+    pos = stop + tonumber(size) + 1
+  end
+  return texts
+end
+
 --- Which of `paths` (relative to the work tree's top) git ignores (`git check-ignore`: a tracked path is
 --- never ignored). For restore: new files the sandbox made in ignored places stay there.
 ---@param top string
