@@ -112,6 +112,23 @@ describe("git-aware sync", function()
     end)
   end)
 
+  it("sends a SHA-256 repository's files without its history", function()
+    local dir = box.tmp .. "/sha256"
+    R.sh(box.tmp, "git init -q --object-format=sha256 -b main sha256 && cd sha256 && git config user.name U && "
+      .. "git config user.email u@x && echo a > a.txt && git add a.txt && git commit -qm one && echo b > b.txt")
+    local r = prepare { workspace = dir }
+    local why = "the repository's object format is sha256 (only sha1 history is sent)"
+    assert.same({ mode = "files", why = why }, r.git)
+    assert.same({ why .. "; the files are sent without history" }, r.warnings)
+    assert.is_nil(core.fs_lstat(rd .. "/.git"))
+    assert.equal("b\n", helpers.read_file(rd .. "/b.txt"))
+    R.sh(rd, "echo more >> a.txt")
+    local back = ok(ferry.restore { state = state })
+    assert.is_nil(back.git)
+    assert.same({ "a.txt" }, back.changed)
+    assert.equal(" M a.txt\n?? b.txt\n", R.status(dir))
+  end)
+
   describe("inbound adopt", function()
     it("takes a workspace already in the sandbox as the baseline without sending it", function()
       local host = box.tmp .. "/host"
