@@ -97,6 +97,21 @@ for _, label in ipairs { "local", "bwrap" } do
       assert.equal("doc\n", helpers.read_file(box.host_root .. "/.ferry-runtime/references/lib/doc.md"))
     end)
 
+    it("--many: a restore whose commits went to a ferry/ branch makes the run exit 3", function()
+      local many = box.tmp .. "/many.json"
+      helpers.write_file(many, cjson.encode { { provider = box.provider, workspace = ws, remote_dir = box.root,
+        state = state } })
+      local res = run_ferry { "prepare", "--many", many, "--git-depth", "2" }
+      assert.equal(0, res.code, res.stdout .. res.stderr)
+      assert.equal("2\n", in_sandbox("git rev-list --count HEAD"))
+      in_sandbox("echo a > a.txt && git add a.txt && git commit -qm a")
+      R.commit(ws, { ["user.txt"] = "user\n" }, "user meanwhile")
+      res = run_ferry { "restore", "--many", many }
+      assert.equal(3, res.code, res.stdout .. res.stderr)
+      assert.truthy(res.stdout:find(", branch feature moved on the host: 1 commit kept on ferry/feature\n", 1, true),
+        res.stdout)
+    end)
+
     it("rejects bad values of the git flags", function()
       for _, case in ipairs {
         { { "--git-depth", "x" }, "--git-depth expects an integer >= 0, got 'x'" },

@@ -112,6 +112,20 @@ describe("git-aware sync", function()
     end)
   end)
 
+  it("sends a subdirectory of a work tree as plain files, with a note", function()
+    R.sh(ws, "echo log > src/x.log")
+    local r = prepare { workspace = ws .. "/src" }
+    assert.same({ mode = "plain", why = "the workspace is a subdirectory of the git work tree " .. ws
+      .. "; it is sent as plain files, without history" }, r.git)
+    assert.same({}, r.warnings)
+    assert.equal("log\n", helpers.read_file(rd .. "/x.log")) -- as outside git: ignored files too
+    assert.is_nil(core.fs_lstat(rd .. "/.git"))
+    R.sh(rd, "echo more >> mod0/file1.txt")
+    local back = ok(ferry.restore { state = state })
+    assert.is_nil(back.git)
+    assert.same({ "mod0/file1.txt" }, back.changed)
+  end)
+
   it("sends a SHA-256 repository's files without its history", function()
     local dir = box.tmp .. "/sha256"
     R.sh(box.tmp, "git init -q --object-format=sha256 -b main sha256 && cd sha256 && git config user.name U && "

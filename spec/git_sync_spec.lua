@@ -194,6 +194,36 @@ for _, label in ipairs { "local", "bwrap" } do
       end, "restore: the file merge planned to write a/.git/config, inside .git; nothing written there")
     end)
 
+    it("finishes the fast-forward when a restore stopped after the branch moved is run again", function()
+      prepare()
+      in_sandbox("echo one > one.txt && git add one.txt && git commit -qm one && echo two >> " .. R.path_of(5)
+        .. " && git commit -qam two")
+      local new = in_sandbox("git rev-parse HEAD"):match("%x+")
+      assert.has_error(function()
+        restore { before_write = function() error("stopped", 0) end }
+      end, "stopped")
+      assert.equal(new, R.head(ws)) -- the branch moved before the files were written
+      local back = restore()
+      assert.same({ mode = "fast-forward", ref = "refs/heads/feature", old = repo.head, new = new, commits = 2,
+        branch = "feature" }, back.git)
+      assert.equal("", R.status(ws))
+      assert.equal("one\n", helpers.read_file(ws .. "/one.txt"))
+      assert.equal("none", restore().git.mode)
+    end)
+
+    it("fetches a full bundle when the host lost the commit it sent (one more command)", function()
+      prepare()
+      in_sandbox("echo one > one.txt && git add one.txt && git commit -qm 'agent one'")
+      R.sh(ws, "git reset -q --hard HEAD~1 && git reflog expire --expire=now --all && git gc -q --prune=now")
+      assert.is_false(R.has(ws, repo.head))
+      local back = restore()
+      assert.equal(2, back.commands)
+      assert.equal("ferry-ref", back.git.mode)
+      assert.equal("agent one\ncommit 30\n", R.git(ws, { "log", "-2", "--format=%s", "ferry/feature" }))
+      fsck_clean(ws)
+      assert.is_nil(core.fs_lstat(ws .. "/one.txt")) -- committed: it waits on the ferry branch
+    end)
+
     it("--no-git (git = false) sends .git as plain files, as before git mode", function()
       local r = prepare { git = false }
       assert.is_nil(r.git)

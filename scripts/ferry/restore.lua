@@ -122,7 +122,9 @@ local function bring_back(job, sb, got, spool_dir, checked)
   local integrated
   if gr.expect then
     local report, err, code = git_restore.received(got, spool_dir)
-    if not report then return nil, "restore: " .. err, code end
+    if not report then
+      return nil, "restore: " .. err .. " (nothing written; git = false / --no-git brings back files only)", code
+    end
     integrated, err, code = git_restore.bring_back(gr, sb, st.remote_dir, report, job.opts)
     if not integrated then return nil, err, code end
     result.git = { mode = integrated.mode, ref = integrated.ref, old = integrated.old, new = integrated.new,
