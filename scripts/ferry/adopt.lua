@@ -73,7 +73,7 @@ local function failure(res, remote_dir)
 end
 
 --- Adopt the remote dir's workspace. job: remote_dir, keep, patterns, base_matcher (ferry's excludes),
---- first_line, progress, keep_out (names for .git/info/exclude), clear_lines (more lines to run first);
+--- first_line, progress, keep_out (names for .git/info/exclude), head_lines (more lines to run first);
 --- gj: ferry.git_prepare's plan when the host workspace is the top of a git work tree (else nil). Returns
 --- {baseline, info = {files, dirs, symlinks}, recorded (the listing's records, for the next delta), stderr,
 --- warnings, git = ferry.git_remote.adopt_report's (nil without gj)} or nil, message, code.
@@ -85,7 +85,7 @@ function M.run(sb, job, gj)
   job.progress:phase("sync")
   local before = { 'mkdir -p "$ferry_r/' .. remote.RUNTIME_DIR .. '" || exit 1',
     ': > "$ferry_r/' .. remote.MARK_FILE .. '" || exit 1' }
-  if job.clear_lines then before[#before + 1] = job.clear_lines end
+  if job.head_lines then before[#before + 1] = job.head_lines end
   if gj then before[#before + 1] = git_remote.adopt_lines(job.keep_out) end
   local script = (job.first_line and job.first_line .. "\n" or "")
     .. remote.list_script(job.remote_dir, job.keep, job.patterns, { all = true, before = table.concat(before, "\n") })

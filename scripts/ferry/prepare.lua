@@ -116,8 +116,8 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   job.head_lines = references.clear_lines()
   references.plan(inputs.references, job.ref_warnings)
   if inputs.adopt then
-    if job.git then
-      if job.keep[#job.keep] ~= ".git" then job.keep[#job.keep + 1] = ".git" end
+    if job.git then -- the adopted repository stays the sandbox's own, in "files" mode too
+      if job.git.mode ~= "history" then job.keep[#job.keep + 1] = ".git" end
       job.keep_out = git_prepare.keep_out(adapter)
     end
     return job
@@ -216,7 +216,6 @@ local function run(opts, sb, provider_string, handle, inputs)
   local recorded_provider = redact_fn(provider_string)
   local marked, merr, mcode = state_file.mark_unfinished(recorded_provider, job.remote_dir)
   if not marked then return nil, "prepare: " .. merr, mcode end
-  job.clear_lines = job.head_lines
   local synced, serr, scode = bring_in(sb, job, result)
   if not synced then return nil, redact_fn(serr), scode end
   add_install(result, install.after_check(install.reported(synced.stderr), sb, adapter, job.runtime_dir, opts,

@@ -276,9 +276,8 @@ end
 --- bytes_received, commands, hashed_files (local files read to hash: those whose lstat moved since the
 --- state's quick records), state, workspace, remote_dir, runtime_dir, provider, git (after a git-mode
 --- prepare with history: {mode = "fast-forward"|"ferry-ref"|"none", ref, old, new, commits, branch (the
---- user's)}), ignored (new
---- paths in the sandbox that the host's git ignores: left there)} or nil, message, code[,
---- partial result with `refused` (one "<entry>: <reason>" per refused entry)].
+--- user's)}), ignored (new paths in the sandbox that the host's git ignores: left there)} or nil, message,
+--- code[, partial result with `refused` (one "<entry>: <reason>" per refused entry)].
 --- Errors: "<workspace>: another ferry prepare/restore is running (pid N)" EBUSY (after opts.lock_wait_ms);
 --- "restore refused: <entry>: <reason>" EPERM; "git bundle refused: <why>" EPERM (nothing imported, nothing
 --- written); "restore refused: archive exceeds the N byte limit at <entry>" and "restore refused: the sandbox
