@@ -6,7 +6,6 @@ local core = require "ferry.core"
 local ferry = require "ferry"
 local helpers = require "support.helpers"
 local R = require "support.git_repos"
-local sandboxes = require "support.sandboxes"
 
 local function run_ferry(args)
   local argv = { helpers.ferry_bin }
@@ -22,13 +21,7 @@ end
 
 for _, label in ipairs { "local", "bwrap" } do
   describe("ferry prepare/restore in git mode (" .. label .. ")", function()
-    local box, sb, repo, ws, state
-
-    local function in_sandbox(script)
-      local res = assert(sb:exec("cd " .. core.sh_quote(box.root) .. " && " .. script))
-      assert.equal(0, res.code, script .. ": " .. tostring(res.stderr))
-      return res.stdout
-    end
+    local fx, box, repo, ws, state, in_sandbox
 
     local function prepare(...)
       local args = { "prepare", "-p", box.provider, "-w", ws, "-r", box.root, "--state", state, ... }
@@ -36,17 +29,11 @@ for _, label in ipairs { "local", "bwrap" } do
     end
 
     before_each(function()
-      box = sandboxes.make(label)
-      sb = box:open()
-      repo = R.make { commits = 12 }
-      ws, state = repo.dir, box.tmp .. "/state.json"
+      fx = R.fixture(label, { commits = 12 })
+      box, repo, ws, state, in_sandbox = fx.box, fx.repo, fx.ws, fx.state, fx.run
     end)
 
-    after_each(function()
-      sb:close()
-      box:cleanup()
-      helpers.rmtree(repo.tmp)
-    end)
+    after_each(function() fx.cleanup() end)
 
     it("fast-forwards (exit 0), then keeps commits on ferry/<branch> when the branch moved (exit 3)", function()
       local res = prepare("--git-depth", "3")

@@ -12,17 +12,7 @@ local helpers = require "support.helpers"
 local R = require "support.git_repos"
 local sandboxes = require "support.sandboxes"
 
-local function in_sandbox(sb, remote_dir, script)
-  local res = assert(sb:exec("cd " .. core.sh_quote(remote_dir) .. " && " .. script))
-  assert.equal(0, res.code, script .. ": " .. tostring(res.stderr))
-  return res.stdout
-end
-
-local function fsck_clean(dir)
-  local res = R.try(dir, { "fsck", "--no-progress", "--no-dangling" })
-  assert.equal(0, res.code, res.stderr)
-  assert.equal("", res.stdout)
-end
+local in_sandbox, fsck_clean = R.in_sandbox, R.fsck_clean
 
 for _, label in ipairs { "local", "bwrap" } do
   describe("git outbound (" .. label .. ")", function()

@@ -7,13 +7,6 @@ local ferry = require "ferry"
 local git_restore = require "ferry.git_restore"
 local helpers = require "support.helpers"
 local R = require "support.git_repos"
-local sandboxes = require "support.sandboxes"
-
-local function fsck_clean(dir)
-  local res = R.try(dir, { "fsck", "--no-progress", "--no-dangling" })
-  assert.equal(0, res.code, res.stderr)
-  assert.equal("", res.stdout)
-end
 
 local function pick(t, keys)
   local out = {}
@@ -23,13 +16,7 @@ end
 
 for _, label in ipairs { "local", "bwrap" } do
   describe("git-aware prepare and restore (" .. label .. ")", function()
-    local box, sb, repo, ws, rd, state
-
-    local function in_sandbox(script)
-      local res = assert(sb:exec("cd " .. core.sh_quote(rd) .. " && " .. script))
-      assert.equal(0, res.code, script .. ": " .. tostring(res.stderr))
-      return res.stdout
-    end
+    local fx, box, repo, ws, rd, state, in_sandbox
 
     local function prepare(opts)
       opts = opts or {}
@@ -48,17 +35,11 @@ for _, label in ipairs { "local", "bwrap" } do
     end
 
     before_each(function()
-      box = sandboxes.make(label)
-      sb = box:open()
-      repo = R.make { commits = 30 }
-      ws, rd, state = repo.dir, box.root, box.tmp .. "/state.json"
+      fx = R.fixture(label, { commits = 30 })
+      box, repo, ws, rd, state, in_sandbox = fx.box, fx.repo, fx.ws, fx.rd, fx.state, fx.run
     end)
 
-    after_each(function()
-      sb:close()
-      box:cleanup()
-      helpers.rmtree(repo.tmp)
-    end)
+    after_each(function() fx.cleanup() end)
 
     it("sends the tree as git shows it with D commits in one command; two agent commits fast-forward the branch",
       function()
@@ -93,7 +74,7 @@ for _, label in ipairs { "local", "bwrap" } do
         assert.equal("agent: add agent.txt\nagent: take the WIP\ncommit 30\n",
           R.git(ws, { "log", "-3", "--format=%s" }))
         assert.equal(sandbox_head, R.head(ws))
-        fsck_clean(ws)
+        R.fsck_clean(ws)
         -- git status shows only the real change: the agent's uncommitted edit (and the host's ignored files)
         assert.equal(" M " .. edited .. "\n", R.status(ws))
         assert.equal(in_sandbox("git ls-files -s"), R.git(ws, { "ls-files", "-s" }))
@@ -124,7 +105,7 @@ for _, label in ipairs { "local", "bwrap" } do
       assert.equal(user, R.line(ws, { "rev-parse", "refs/heads/feature" }))
       assert.equal(user, R.head(ws))
       assert.equal("agent one\ncommit 30\n", R.git(ws, { "log", "-2", "--format=%s", "ferry/feature" }))
-      fsck_clean(ws)
+      R.fsck_clean(ws)
       -- the committed file waits on the ref; the uncommitted edit is in the working tree
       assert.is_nil(core.fs_lstat(ws .. "/a1.txt"))
       assert.equal(" M " .. R.path_of(1) .. "\n", R.status(ws))
@@ -220,7 +201,7 @@ for _, label in ipairs { "local", "bwrap" } do
       assert.equal(2, back.commands)
       assert.equal("ferry-ref", back.git.mode)
       assert.equal("agent one\ncommit 30\n", R.git(ws, { "log", "-2", "--format=%s", "ferry/feature" }))
-      fsck_clean(ws)
+      R.fsck_clean(ws)
       assert.is_nil(core.fs_lstat(ws .. "/one.txt")) -- committed: it waits on the ferry branch
     end)
 
