@@ -44,6 +44,7 @@ for _, label in ipairs { "local", "bwrap" } do
     it("sends the tree as git shows it with D commits in one command; two agent commits fast-forward the branch",
       function()
         R.dirty(ws)
+        R.git(ws, { "branch", "-q", "other", "HEAD~3" })
         local r = prepare { git_depth = 5 }
         assert.same({ mode = "history", pack = "full", commits = 5, depth = 5, head = repo.head,
           ref = "refs/heads/feature", branch = "feature" },
@@ -53,6 +54,8 @@ for _, label in ipairs { "local", "bwrap" } do
         -- history, branch and the host's status (staged, unstaged, intent-to-add, renames, untracked)
         assert.equal("5\n", in_sandbox("git rev-list --count HEAD"))
         assert.equal("refs/heads/feature\n", in_sandbox("git symbolic-ref HEAD"))
+        -- only the checked-out branch travels, no tag, no remote
+        assert.equal("refs/heads/feature\n", in_sandbox("git for-each-ref --format='%(refname)'"))
         assert.equal("true\n", in_sandbox("git rev-parse --is-shallow-repository"))
         assert.equal(R.status(ws), in_sandbox("git status --porcelain=v1 --untracked-files=all"))
         -- ignored files stay home; untracked ones travel; .git is the sandbox's own, not a copy
@@ -80,7 +83,8 @@ for _, label in ipairs { "local", "bwrap" } do
         assert.equal(in_sandbox("git ls-files -s"), R.git(ws, { "ls-files", "-s" }))
         assert.is_nil(core.fs_lstat(ws .. "/build.log"))
         assert.equal("log\n", helpers.read_file(ws .. "/debug.log"))
-        assert.equal(sandbox_head .. " refs/heads/feature\n", R.refs(ws))
+        assert.equal(sandbox_head .. " refs/heads/feature\n" .. R.line(ws, { "rev-parse", "HEAD~5" })
+          .. " refs/heads/other\n", R.refs(ws))
 
         -- the next round builds on the new head
         in_sandbox("echo three > three.txt && git add three.txt && git commit -q -m 'agent three'")
@@ -150,6 +154,14 @@ for _, label in ipairs { "local", "bwrap" } do
       local same = prepare()
       assert.equal("same", same.git.pack)
       assert.equal(0, same.delta_files)
+      -- the sandbox lost its repository: the delta says so, and one more command sends the history in full
+      in_sandbox("rm -rf .git")
+      head = R.commit(ws, { [R.path_of(5)] = "again\n" }, "host two")
+      local full = prepare()
+      assert.same({ pack = "full", commits = 10, head = head }, pick(full.git, { "pack", "commits", "head" }))
+      assert.equal(3, full.commands)
+      assert.equal("10\n", in_sandbox("git rev-list --count HEAD"))
+      assert.equal("", in_sandbox("git status --porcelain=v1 --untracked-files=all"))
     end)
 
     it("never sends or restores .git as files, and the merge writes nothing inside .git", function()

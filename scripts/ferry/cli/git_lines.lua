@@ -45,6 +45,8 @@ function M.prepare(r)
       registry.say(out, "  git       ", printable(g.branch or "detached HEAD"), ": ",
         report.plural(math.tointeger(g.commits) or 0, "commit"), " of history (", g.pack, ", ",
         report.human_bytes(g.bytes), ")\n")
+    elseif g.mode == "files" then -- why: in the warnings
+      registry.say(out, "  git       the files git shows, without history\n")
     elseif g.why then
       registry.say(out, "  note      ", printable(g.why), "\n")
     end
