@@ -32,7 +32,7 @@ describe("ferry.git.detect", function()
     assert.same({
       workspace = repo.dir, top = repo.dir, prefix = "", git_dir = repo.dir .. "/.git",
       common_dir = repo.dir .. "/.git", shallow = false, branch = "feature", ref = "refs/heads/feature",
-      detached = false, head = repo.head, unborn = false, history = true,
+      detached = false, head = repo.head, unborn = false, history = true, object_format = "sha1",
     }, info)
   end)
 

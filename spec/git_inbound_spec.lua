@@ -30,12 +30,7 @@ local function send_tree(sb, ws, remote_dir)
   return info, files
 end
 
--- Run a script in the remote dir, in the sandbox; returns its stdout (asserting exit 0).
-local function in_sandbox(sb, remote_dir, script)
-  local res = assert(sb:exec("cd " .. core.sh_quote(remote_dir) .. " && " .. script))
-  assert.equal(0, res.code, script .. ": " .. tostring(res.stderr))
-  return res.stdout
-end
+local in_sandbox = R.in_sandbox
 
 local function sandbox_status(sb, remote_dir)
   return in_sandbox(sb, remote_dir, "git status --porcelain=v1 --untracked-files=all")

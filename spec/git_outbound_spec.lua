@@ -1,7 +1,7 @@
 -- Git-aware sync, outbound: the agent's commits made in a real sandbox come back as a bundle, verified,
 -- imported and integrated into the host repository (ferry.git_remote.outbound, ferry.git_import,
 -- ferry.git_integrate), next to the file merge of ferry.restore (prepare and restore run with `.git`
--- excluded, as git mode will).
+-- excluded, and git mode off: these specs run its building blocks by hand).
 local core = require "ferry.core"
 local ferry = require "ferry"
 local git = require "ferry.git"
@@ -12,17 +12,7 @@ local helpers = require "support.helpers"
 local R = require "support.git_repos"
 local sandboxes = require "support.sandboxes"
 
-local function in_sandbox(sb, remote_dir, script)
-  local res = assert(sb:exec("cd " .. core.sh_quote(remote_dir) .. " && " .. script))
-  assert.equal(0, res.code, script .. ": " .. tostring(res.stderr))
-  return res.stdout
-end
-
-local function fsck_clean(dir)
-  local res = R.try(dir, { "fsck", "--no-progress", "--no-dangling" })
-  assert.equal(0, res.code, res.stderr)
-  assert.equal("", res.stdout)
-end
+local in_sandbox, fsck_clean = R.in_sandbox, R.fsck_clean
 
 for _, label in ipairs { "local", "bwrap" } do
   describe("git outbound (" .. label .. ")", function()
@@ -30,7 +20,8 @@ for _, label in ipairs { "local", "bwrap" } do
     local job -- what prepare sent: info, expect, staged paths
 
     local function prepare(depth)
-      assert(ferry.prepare { provider = sb, workspace = ws, remote_dir = rd, excludes = git.EXCLUDES, state = state })
+      assert(ferry.prepare { provider = sb, workspace = ws, remote_dir = rd, excludes = git.EXCLUDES, state = state,
+        git = false }) -- the building blocks by hand, below
       local info = assert(git.detect(ws))
       local pack = assert(git_pack.pack(info, { depth = depth or 5 }))
       local report = assert(git_remote.inbound(sb, rd, pack))

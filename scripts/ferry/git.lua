@@ -176,6 +176,9 @@ local function no_history_reason(info, unmerged)
       .. "; its files are sent without history"
   end
   if unmerged ~= "" then return "the index has unmerged paths (a merge or rebase in progress)" end
+  if info.object_format ~= "sha1" then
+    return "the repository's object format is " .. tostring(info.object_format) .. " (only sha1 history is sent)"
+  end
   if not info.detached and not info.ref:match("^refs/heads/.") then
     return "HEAD points to " .. info.ref .. ", not a branch"
   end
@@ -187,8 +190,9 @@ end
 --- {workspace, top (the work tree's top level), prefix ("" or "sub/dir/": the workspace below top), git_dir,
 ---  common_dir (where objects and refs live), branch (nil when detached), ref ("refs/heads/<branch>", or
 ---  "HEAD" when detached), detached, head (commit id, nil when unborn), unborn, shallow (the host repo is
----  shallow), history (true when history can be shipped: the workspace is the top level, no unmerged paths,
----  HEAD on a branch or detached), why (when history is false)}.
+---  shallow), object_format ("sha1" or "sha256"), history (true when history can be shipped: the workspace
+---  is the top level, no unmerged paths, HEAD on a branch or detached, sha1 object ids), why (when history
+---  is false)}.
 ---@param workspace string  an absolute path
 ---@return table|false|nil info, string|nil err, string|nil code
 function M.detect(workspace)
@@ -201,12 +205,13 @@ function M.detect(workspace)
   if first_line(res.stdout) ~= "true" then return false end
   local out
   out, err, code = M.out(workspace, { "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-dir",
-    "--git-common-dir", "--is-shallow-repository", "--show-prefix" }, "git rev-parse in " .. workspace)
+    "--git-common-dir", "--is-shallow-repository", "--show-object-format", "--show-prefix" },
+    "git rev-parse in " .. workspace)
   if not out then return nil, err, code end
   local lines = {}
   for line in (out .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
   local info = { workspace = workspace, top = lines[1], git_dir = lines[2], common_dir = lines[3],
-    shallow = lines[4] == "true", prefix = lines[5] or "" }
+    shallow = lines[4] == "true", object_format = lines[5], prefix = lines[6] or "" }
   local head
   head, err, code = head_of(info.top)
   if not head then return nil, err, code end
@@ -359,6 +364,25 @@ function M.not_sent(files, base)
     if files.tracked[rel] and base(rel, false) then out[#out + 1] = rel end
   end
   return out
+end
+
+--- The contents of the objects `oids` (`git cat-file --batch`, in memory): {oid = bytes}; an id git does
+--- not have is left out.
+---@param dir string
+---@param oids string[]
+---@return table|nil contents, string|nil err, string|nil code
+function M.blobs(dir, oids)
+  if #oids == 0 then return {} end
+  local res, err, code = M.run(dir, { "cat-file", "--batch" }, { stdin = table.concat(oids, "\n") .. "\n" })
+  if not res then return nil, err, code end
+  local texts, pos, out = {}, 1, res.stdout or ""
+  while pos <= #out do
+    local oid, size, stop = out:match("^(%x+) %a+ (%d+)\n()", pos)
+    if not oid then break end
+    texts[oid] = out:sub(stop, stop + tonumber(size) - 1)
+    pos = stop + tonumber(size) + 1
+  end
+  return texts
 end
 
 --- Which of `paths` (relative to the work tree's top) git ignores (`git check-ignore`: a tracked path is

@@ -185,20 +185,6 @@ local function new_entries(repo, commits)
   return entries
 end
 
--- The targets of the blobs `oids`: {oid = target}.
-local function blob_texts(repo, oids)
-  local res, err, code = git.run(repo, { "cat-file", "--batch" }, { stdin = table.concat(oids, "\n") .. "\n" })
-  if not res then return nil, err, code end
-  local texts, pos, out = {}, 1, res.stdout or ""
-  while pos <= #out do
-    local oid, size, stop = out:match("^(%x+) %a+ (%d+)\n()", pos)
-    if not oid then break end
-    texts[oid] = out:sub(stop, stop + tonumber(size) - 1)
-    pos = stop + tonumber(size) + 1
-  end
-  return texts
-end
-
 -- Every symlink of a commit's tree: {path = target}.
 local function symlinks_of(repo, commit)
   local out, err, code = git.out(repo, { "ls-tree", "-r", "-z", "--full-tree", commit }, "git ls-tree")
@@ -210,7 +196,7 @@ local function symlinks_of(repo, commit)
       oids[#oids + 1], paths[#paths + 1] = oid, path
     end
   end
-  local texts, terr, tcode = blob_texts(repo, oids)
+  local texts, terr, tcode = git.blobs(repo, oids)
   if not texts then return nil, terr, tcode end
   local links = {}
   for i, path in ipairs(paths) do links[path] = texts[oids[i]] end

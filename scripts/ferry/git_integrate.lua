@@ -110,6 +110,12 @@ end
 function M.integrate(info, new, expect)
   local top = info.top
   local cur = rev(top, expect.ref)
+  if cur == new and new ~= expect.base and head_points_to(top) == expect.ref
+      and (not expect.base or is_ancestor(top, expect.base, new)) then
+    -- an earlier restore moved the ref and was stopped before it finished: the same fast-forward
+    return { mode = "fast-forward", ref = expect.ref, old = expect.base, new = new,
+      commits = count_new(top, new, expect.base), paths = changed_paths(top, expect.base, new) }
+  end
   if new == expect.base or (cur and (cur == new or is_ancestor(top, new, cur))) then
     return { mode = "none", ref = expect.ref, old = cur, new = cur, commits = 0, paths = {} }
   end
@@ -155,17 +161,18 @@ end
 -- The outbound bundle, imported; a full bundle when the host lacks the commits a thin one builds on.
 local function fetch_and_import(sb, remote_dir, info, expect, opts, dest)
   local params = { ref = expect.ref, base = expect.base }
-  local report, err, code = git_remote.outbound(sb, remote_dir, params, dest, opts)
+  local report, err, code = opts.received, nil, nil
+  if not report then report, err, code = git_remote.outbound(sb, remote_dir, params, dest, opts) end
   if not report then return nil, err, code end
   if report.status ~= "ok" or not report.bundle then return report end
   local imported
-  imported, err, code = git_import.import(info, dest, expect, opts)
+  imported, err, code = git_import.import(info, report.bundle, expect, opts)
   if not imported and code == "ENEEDFULL" then
     params.full = true
     report, err, code = git_remote.outbound(sb, remote_dir, params, dest, opts)
     if not report then return nil, err, code end
     if report.status ~= "ok" or not report.bundle then return report end
-    imported, err, code = git_import.import(info, dest, expect, opts)
+    imported, err, code = git_import.import(info, report.bundle, expect, opts)
   end
   if not imported then return nil, err, code end
   report.imported = imported
@@ -178,10 +185,12 @@ local WHY = {
   ["no-ref"] = "the sandbox has no %s any more: no commits came back",
 }
 
---- The whole way back from a sandbox: run the outbound lines (M.outbound of ferry.git_remote, 1 command; 2
+--- The whole way back from a sandbox: run the outbound lines (M.outbound of ferry.git_remote, 1 command; 1
 --- more when the host needs a full bundle), import the bundle (ferry.git_import: verified first) and
 --- integrate it (M.integrate). expect: ref, branch, base (what ferry sent). opts: as ferry.git_import.import
---- and ferry.git_remote.outbound. Returns M.integrate's result plus dirty (the sandbox's `git status` records
+--- and ferry.git_remote.outbound, and received: the report of outbound lines that already ran (restore folds
+--- them into its own command: ferry.git_remote.folded_report's, its bundle in place), so no command runs
+--- unless a full bundle is needed. Returns M.integrate's result plus dirty (the sandbox's `git status` records
 --- {xy, path}), on (what the sandbox's HEAD points to), kind (the bundle: "thin" | "full" | "none") and
 --- warning (why no commits came back, when they could not), or nil, message, code (a refused bundle:
 --- "git bundle refused: ..." EPERM, nothing imported).

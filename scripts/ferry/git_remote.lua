@@ -20,6 +20,7 @@
 local core = require "ferry.core"
 local git_pack = require "ferry.git_pack"
 local remote = require "ferry.remote"
+local tar_members = require "ferry.tar_members"
 local util = require "ferry.util"
 
 local M = {}
@@ -28,6 +29,11 @@ local M = {}
 --- never cleared by a sync, never restored).
 M.INPUTS = remote.RUNTIME_DIR .. "/git/in"
 M.OUTBOUND = remote.RUNTIME_DIR .. "/git/out.bundle"
+
+--- What the outbound lines leave for restore's tar stream when they run inside restore's command
+--- (M.folded_lines): the report fields, their stderr, the bundle (relative to the remote dir).
+M.FOLDED = { fields = remote.RUNTIME_DIR .. "/git/out.fields", stderr = remote.RUNTIME_DIR .. "/git/out.stderr",
+  bundle = M.OUTBOUND }
 
 --- Exit codes of the inbound lines.
 M.NO_GIT, M.NEED_FULL = 5, 6
@@ -181,6 +187,23 @@ function M.inbound_report(stderr)
   return { status = "failed", why = util.tail(stderr, { sep = "; ", max = 480 }) }
 end
 
+--- `pack`'s inputs as members of the sync command's tar stream (extracted at the remote dir: they land in
+--- M.INPUTS), in front of `after`'s chunks (the workspace's stream). Returns read() and bytes() (the inputs'
+--- bytes read so far), as ferry.tar_members.reader.
+---@param pack table
+---@param after function|nil
+---@return function read, function bytes
+function M.input_reader(pack, after)
+  return tar_members.reader(pack.dir, pack.names, "./" .. M.INPUTS .. "/", after)
+end
+
+--- Shell lines for the sync command, run before it extracts (with "$ferry_r" the remote dir): an empty
+--- inputs dir, so that inputs of an earlier run that did not finish never mix with these.
+---@return string
+function M.inputs_head_lines()
+  return 'rm -rf "$ferry_r/' .. M.INPUTS .. '" && mkdir -p "$ferry_r/' .. M.INPUTS .. '" || exit 1'
+end
+
 --- Send `pack`'s inputs and build the sandbox's repository, in one command: the inputs go as one tar stream
 --- into REMOTE_DIR/M.INPUTS, then the inbound lines run (the working tree must already be there). Returns
 --- M.inbound_report's table (status "no-git" and "need-full" are outcomes, not errors), or nil, message, code
@@ -211,11 +234,13 @@ end
 -- ---- outbound ----
 
 --- The outbound lines (see the top of this file). params: ref ("refs/heads/<branch>" or "HEAD"), base (the
---- commit shipped; nil when the host's branch was unborn), full (bundle the whole ref).
+--- commit shipped; nil when the host's branch was unborn), full (bundle the whole ref). With `keep`, the
+--- bundle stays at REMOTE_DIR/M.OUTBOUND instead of following the fields on stdout.
 ---@param remote_dir string
 ---@param params table
+---@param keep boolean|nil
 ---@return string
-function M.outbound_lines(remote_dir, params)
+function M.outbound_lines(remote_dir, params, keep)
   local ref, base = q(params.ref), params.base and q(params.base) or "''"
   local thin = params.base and not params.full
   return table.concat({
@@ -252,7 +277,8 @@ function M.outbound_lines(remote_dir, params)
     'ferry_field "count=$ferry_count" "kind=$ferry_kind" "bytes=$ferry_bytes" dirty',
     "git status --porcelain=v1 -z --untracked-files=normal --no-renames || ferry_fail 'git status'",
     "ferry_field end",
-    'if [ -f "$ferry_out" ]; then cat "$ferry_out" && rm -f "$ferry_out" || ferry_fail "sending the bundle"; fi',
+    keep and ":"
+      or 'if [ -f "$ferry_out" ]; then cat "$ferry_out" && rm -f "$ferry_out" || ferry_fail "sending the bundle"; fi',
     "exit 0",
   }, "\n")
 end
@@ -344,6 +370,89 @@ function M.outbound(sb, remote_dir, params, dest, opts)
   end
   if rx.bundle > 0 then report.bundle = dest end
   return report
+end
+
+
+--- The outbound lines folded into restore's command (ferry.remote.restore_script's `before`): they write the
+--- report fields, their stderr and the bundle as the files M.FOLDED, which the restore's tar stream carries
+--- first (its `members`); nothing on stdout or stderr. The runtime dir is never written to the workspace.
+---@param remote_dir string
+---@param params table  as M.outbound_lines
+---@return string
+function M.folded_lines(remote_dir, params)
+  local dir = q(remote_dir .. "/" .. remote.RUNTIME_DIR .. "/git")
+  return table.concat({
+    "ferry_g=" .. dir,
+    'rm -f "$ferry_g/out.fields" "$ferry_g/out.stderr" "$ferry_g/out.bundle" 2>/dev/null',
+    'if mkdir -p "$ferry_g" 2>/dev/null; then (',
+    M.outbound_lines(remote_dir, params, true),
+    ') >"$ferry_g/out.fields" 2>"$ferry_g/out.stderr"; fi',
+  }, "\n")
+end
+
+--- The report of the folded outbound lines, from the files restore received: `fields` (the text of
+--- M.FOLDED.fields, nil when it did not come), `stderr` (its text), `bundle` (the received bundle's path, nil
+--- when none came) and its size. Returns M.outbound's table or nil, message, "EIO".
+---@param fields string|nil
+---@param stderr string|nil
+---@param bundle string|nil
+---@param size integer
+---@return table|nil report, string|nil err, string|nil code
+function M.folded_report(fields, stderr, bundle, size)
+  local what = "git bundle from the sandbox: "
+  local stop = fields and (fields:sub(1, 4) == "end\0" and 1 or fields:find("\0end\0", 1, true))
+  if not stop then
+    local why = util.tail(stderr, { sep = "; ", max = 480 })
+    return nil, what .. (why ~= "" and why or "the report was cut short"), "EIO"
+  end
+  local list = {}
+  for f in fields:sub(1, stop == 1 and 0 or stop):gmatch("([^%z]*)%z") do list[#list + 1] = f end
+  local report, perr = parse_outbound(list)
+  if not report then return nil, what .. perr, "EIO" end
+  if (report.bytes or 0) ~= size then
+    return nil, what .. "the report announced " .. tostring(report.bytes) .. " bundle bytes, " .. size .. " came", "EIO"
+  end
+  if bundle and size > 0 then report.bundle = bundle end
+  return report
+end
+
+
+--- Lines for an adopted workspace (prepare's inbound "adopt"; with "$ferry_r" the remote dir): when the
+--- sandbox has git and REMOTE_DIR/.git, they add the runtime dir and `keep_out` names to .git/info/exclude
+--- (once) and print on stderr "ferry-git: adopted <what HEAD points to> <HEAD's commit, or nothing when
+--- unborn>"; else "ferry-git: no-git" or "ferry-git: no-repo". They never fail the command.
+---@param keep_out string[]|nil
+---@return string
+function M.adopt_lines(keep_out)
+  local patterns = { "/" .. remote.RUNTIME_DIR .. "/" }
+  for _, name in ipairs(keep_out or {}) do patterns[#patterns + 1] = "/" .. name end
+  return table.concat({
+    "(",
+    PRELUDE,
+    need_git("echo 'ferry-git: no-git' >&2; exit 0"),
+    'cd "$ferry_r" 2>/dev/null && [ -d .git ] || { echo "ferry-git: no-repo" >&2; exit 0; }',
+    "mkdir -p .git/info 2>/dev/null",
+    "for p in " .. table.concat(quote_all(patterns), " ") .. "; do",
+    '  grep -qxF -- "$p" .git/info/exclude 2>/dev/null || printf \'%s\\n\' "$p" >> .git/info/exclude',
+    "done",
+    'echo "ferry-git: adopted $(git symbolic-ref -q HEAD || echo HEAD) '
+      .. '$(git rev-parse -q --verify \'HEAD^{commit}\')" >&2',
+    ")",
+  }, "\n")
+end
+
+--- What M.adopt_lines reported: {status = "adopted"|"no-git"|"no-repo", ref, head (nil when unborn), branch}.
+---@param stderr string|nil
+---@return table
+function M.adopt_report(stderr)
+  stderr = stderr or ""
+  local ref, head = stderr:match("ferry%-git: adopted (%S+) ?(%x*)")
+  if ref then
+    return { status = "adopted", ref = ref, head = head ~= "" and head or nil,
+      branch = ref:match("^refs/heads/(.+)$") }
+  end
+  if stderr:find("ferry-git: no-git", 1, true) then return { status = "no-git" } end
+  return { status = "no-repo" }
 end
 
 return M

@@ -1,17 +1,22 @@
 --- ferry.prepare: prepare the managed runtime in a sandbox (README "Prepare and restore"). Orchestration only:
--- check the inputs, open the sandbox (ferry.attach), snapshot the workspace, walk the assets, then change
--- the sandbox: sync the workspace (ferry.sync: a full sync, or a delta from an earlier prepare's state),
--- install the adapter's CLI when the sync's check did not find it (ferry.install), send the assets
--- (ferry.assets), and write the state file with the baseline snapshot (ferry.state). Everything read on the
--- host that can fail is read before the first command that changes the sandbox.
+-- check the inputs, open the sandbox (ferry.attach), decide the git mode and make the history pack
+-- (ferry.git_prepare), snapshot the workspace, walk the assets and references, then change the sandbox: sync
+-- the workspace (ferry.sync: a full sync, or a delta from an earlier prepare's state, with the git history
+-- in the same command) or adopt the one already there (ferry.adopt), install the adapter's CLI when the
+-- sync's check did not find it (ferry.install), send the assets (ferry.assets) and references
+-- (ferry.references), and write the state file with the baseline snapshot (ferry.state). Everything read
+-- on the host that can fail is read before the first command that changes the sandbox.
 local core = require "ferry.core"
 local adapters = require "ferry.adapter"
+local adopt = require "ferry.adopt"
 local assets = require "ferry.assets"
 local attach = require "ferry.attach"
 local delta = require "ferry.delta"
 local excludes = require "ferry.excludes"
+local git_prepare = require "ferry.git_prepare"
 local install = require "ferry.install"
 local progress_mod = require "ferry.progress"
+local references = require "ferry.references"
 local remote = require "ferry.remote"
 local snapshot = require "ferry.snapshot"
 local state_file = require "ferry.state"
@@ -73,7 +78,14 @@ local function check_inputs(opts)
   if st.kind ~= "dir" then return nil, "prepare: workspace " .. ws .. " is not a directory", "ENOTDIR" end
   local adapter, aerr, acode = adapters.load(opts.adapter)
   if not adapter then return nil, "prepare: " .. aerr, acode end
-  return { workspace = ws, adapter = adapter }
+  if opts.inbound ~= nil and opts.inbound ~= "copy" and opts.inbound ~= "adopt" then
+    return nil, 'prepare: inbound must be "copy" or "adopt", got ' .. tostring(opts.inbound), "EINVAL"
+  end
+  local refs, rerr, rcode = references.check(opts.references)
+  if not refs then return nil, rerr, rcode end
+  local depth, derr, dcode = git_prepare.depth(opts.git_depth)
+  if not depth then return nil, derr, dcode end
+  return { workspace = ws, adapter = adapter, adopt = opts.inbound == "adopt", references = refs }
 end
 
 -- What prepare works out before it changes the sandbox: remote dir, excludes, assets, the delta base and
@@ -84,9 +96,16 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   if not remote_dir then return nil, rerr, rcode end
   local job = { ws = ws, adapter = adapter, remote_dir = remote_dir, progress = progress,
     runtime_dir = remote_dir .. "/" .. remote.RUNTIME_DIR, keep = preserved_names(adapter),
-    patterns = excludes.combine(excludes.DEFAULT, adapter.excludes, opts.excludes), asset_dirs = {} }
+    patterns = excludes.combine(excludes.DEFAULT, adapter.excludes, opts.excludes), asset_dirs = {},
+    ref_warnings = {} }
+  inputs.job = job
+  local gj, gerr, gcode = git_prepare.plan(opts, job)
+  if gerr then return nil, gerr, gcode end
+  job.git = gj and gj.mode ~= "plain" and gj or nil
+  job.git_plan = gj
   local matcher, merr, mcode = excludes.checked(job.patterns, "prepare")
   if not matcher then return nil, merr, mcode end
+  job.base_matcher, job.matcher = matcher, job.walk and job.walk(matcher) or matcher
   job.ctx = adapters.context({ sb = sb, workspace = ws, remote_dir = remote_dir, runtime_dir = job.runtime_dir,
     adapter = adapter.name, asset_dirs = job.asset_dirs, provider = provider_string }, redact_fn, progress)
   local wanted, aerr, acode = assets.collect(adapter, job.ctx, opts.assets)
@@ -94,6 +113,15 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   job.assets = wanted
   for key in pairs(wanted) do job.asset_dirs[key] = job.runtime_dir .. "/" .. adapter.name .. "/" .. key end
   job.state = opts.state and util.absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
+  job.head_lines = references.clear_lines()
+  references.plan(inputs.references, job.ref_warnings)
+  if inputs.adopt then
+    if job.git then -- the adopted repository stays the sandbox's own, in "files" mode too
+      if job.git.mode ~= "history" then job.keep[#job.keep + 1] = ".git" end
+      job.keep_out = git_prepare.keep_out(adapter)
+    end
+    return job
+  end
   if opts.delta ~= false then
     job.base, job.fallback = delta_base(job.state, { provider = provider_string, remote_dir = remote_dir,
       excludes = job.patterns, preserve = job.keep })
@@ -101,10 +129,15 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   -- a delta compares local hashes with the sandbox's before it sends (trusting the earlier prepare's
   -- quick records for files whose lstat did not change); a full sync hashes while it sends
   job.taken_at = os.time()
-  local snap, names, info = snapshot.take(ws, { matcher = matcher, hash = job.base ~= nil,
+  local snap, names, info = snapshot.take(ws, { matcher = job.matcher, hash = job.base ~= nil,
     known = job.base and job.base.local_stat, stats = true, temp_tokens = inputs.lock.temp_tokens })
   if not snap then return nil, "prepare: " .. names, info end
   job.snap, job.names, job.info = snap, names, info
+  if job.git then
+    local ok, perr, pcode = git_prepare.pack(job.git, job, job.base)
+    if not ok then return nil, perr, pcode end
+    if job.inputs then job.head_lines = job.head_lines .. "\n" .. job.inputs.head end
+  end
   return job
 end
 
@@ -116,7 +149,7 @@ local function add_sync(result, synced, info)
   result.delta, result.delta_files, result.delta_deleted = synced.delta, synced.delta_files, synced.delta_deleted
   result.delta_fallback = synced.delta_fallback
   for _, w in ipairs(synced.warnings) do result.warnings[#result.warnings + 1] = w end
-  for _, rel in ipairs(info.skipped) do
+  for _, rel in ipairs(info.skipped or {}) do
     result.warnings[#result.warnings + 1] = rel .. ": not a file, dir or symlink; skipped"
   end
 end
@@ -126,9 +159,39 @@ local function state_record(job, provider_string, synced)
     version = state_file.VERSION, ferry_version = core.version, provider = provider_string,
     remote_dir = job.remote_dir, runtime_dir = job.runtime_dir, adapter = job.adapter.name, workspace = job.ws,
     excludes = job.patterns, preserve = job.keep, assets = job.asset_dirs, baseline = job.snap,
-    remote_stat = synced.recorded, local_stat = snapshot.quick_records(job.snap, job.info.stats, job.taken_at),
+    remote_stat = synced.recorded,
+    local_stat = job.info.stats and snapshot.quick_records(job.snap, job.info.stats, job.taken_at) or nil,
+    git = job.git_state, references = next(job.reference_dirs or {}) and job.reference_dirs or nil,
     created_at = os.time(),
   }
+end
+
+-- The workspace into the sandbox: synced (with the git history, in git mode), or adopted where it is.
+local function bring_in(sb, job, result)
+  if not job.adopting then
+    local synced, err, code = sync.run(sb, job, job.base, job.fallback)
+    if not synced then return nil, err, code end
+    local extra
+    extra, err, code = git_prepare.finish(sb, job.git_plan, job, synced, result)
+    if not extra then return nil, err, code end
+    synced.bytes = synced.bytes + extra
+    job.git_state = job.git_plan and job.git_plan.state
+    return synced
+  end
+  local adopted, err, code = adopt.run(sb, job, job.git)
+  if not adopted then return nil, err, code end
+  job.snap, job.info = adopted.baseline, adopted.info
+  result.files, result.dirs, result.symlinks = adopted.info.files, adopted.info.dirs, adopted.info.symlinks
+  for _, w in ipairs(job.git_plan and job.git_plan.warnings or {}) do result.warnings[#result.warnings + 1] = w end
+  if adopted.git then
+    local warning
+    job.git_state, result.git, warning = adopt.git_fields(adopted.git)
+    if warning then result.warnings[#result.warnings + 1] = warning end
+  elseif job.git_plan then
+    result.git = { mode = job.git_plan.mode, why = job.git_plan.why }
+  end
+  return { bytes = 0, warnings = adopted.warnings, stderr = adopted.stderr, recorded = adopted.recorded,
+    delta = false }
 end
 
 local function run(opts, sb, provider_string, handle, inputs)
@@ -136,10 +199,12 @@ local function run(opts, sb, provider_string, handle, inputs)
   local redact_fn, redact_record = state_file.redactor(opts.secrets)
   local job, err, code = plan(opts, sb, provider_string, inputs, redact_fn, progress)
   if not job then return nil, err, code end
-  local adapter, info = job.adapter, job.info
+  job.adopting = inputs.adopt
+  local adapter, info = job.adapter, job.info or {}
   local result = { workspace = job.ws, provider = provider_string, remote_dir = job.remote_dir,
     runtime_dir = job.runtime_dir, asset_dirs = job.asset_dirs, adapter = adapter.name, files = info.files,
-    dirs = info.dirs, symlinks = info.symlinks, hashed_files = info.hashed, warnings = {} }
+    dirs = info.dirs, symlinks = info.symlinks, hashed_files = info.hashed or 0, warnings = {},
+    inbound = inputs.adopt and "adopt" or "copy" }
   local hooked, herr = adapters.run_hook(adapter, "before_sync", job.ctx)
   if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
   local asset_plan, perr, pcode = assets.plan(job.assets)
@@ -151,17 +216,21 @@ local function run(opts, sb, provider_string, handle, inputs)
   local recorded_provider = redact_fn(provider_string)
   local marked, merr, mcode = state_file.mark_unfinished(recorded_provider, job.remote_dir)
   if not marked then return nil, "prepare: " .. merr, mcode end
-  local synced, serr, scode = sync.run(sb, job, job.base, job.fallback)
+  local synced, serr, scode = bring_in(sb, job, result)
   if not synced then return nil, redact_fn(serr), scode end
   add_install(result, install.after_check(install.reported(synced.stderr), sb, adapter, job.runtime_dir, opts,
     progress, redact_fn))
-  add_sync(result, synced, info)
+  add_sync(result, synced, job.info)
   hooked, herr = adapters.run_hook(adapter, "after_sync", job.ctx)
   if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
   local asset_bytes, xerr, xcode = assets.send(sb, adapter.name, asset_plan, job.runtime_dir, progress,
     result.warnings)
   if not asset_bytes then return nil, redact_fn(xerr), xcode end
-  result.bytes_sent = synced.bytes + asset_bytes
+  table.move(job.ref_warnings, 1, #job.ref_warnings, #result.warnings + 1, result.warnings)
+  local ref_bytes
+  ref_bytes, job.reference_dirs = references.send(sb, inputs.references, job.remote_dir, progress, result.warnings)
+  result.reference_dirs = job.reference_dirs
+  result.bytes_sent = synced.bytes + asset_bytes + ref_bytes
 
   progress:phase("finalize")
   local wrote, werr, wcode = state_file.write(job.state, redact_record(state_record(job, provider_string, synced)))
@@ -185,12 +254,20 @@ end
 ---   lock_wait_ms    how long to wait for another prepare or restore of the workspace (default 10 s)
 ---   delta           false: always a full sync (default: a delta when the state file is of an earlier
 ---                   prepare with the same provider string, remote dir, excludes and preserved names)
+---   git             false: no git mode (a git workspace's .git then travels as plain files, as before)
+---   git_depth       commits of history sent in git mode (default ferry.git.DEFAULT_DEPTH; 0 for all)
+---   inbound         "copy" (default) or "adopt": take the workspace already in the remote dir as the
+---                   baseline without sending it (README "Inbound modes and references")
+---   references      {NAME = DIR}: other projects staged read-only in <runtime_dir>/references/NAME
 --- Returns {workspace, provider, remote_dir, runtime_dir, asset_dirs = {key = dir}, installed = true|false|nil,
 --- install_status
 --- ("none"|"present"|"installed"|"failed"|"missing"), install_warning, bytes_sent, commands, state, files,
 --- dirs, symlinks, warnings, delta = true|false, delta_files (entries sent), delta_deleted (paths removed),
 --- delta_fallback (why an earlier state was not used for a delta), hashed_files (local files read to hash
---- before a delta; 0 for a full sync, which hashes what it sends)} or nil, message, code.
+--- before a delta; 0 for a full sync, which hashes what it sends), inbound ("copy"|"adopt"), git (nil for a
+--- workspace outside git: {mode = "history"|"files"|"plain", why, pack ("full"|"thin"|"same"|"unborn"|
+--- "adopted"), head, ref, branch, depth, commits, bytes}), reference_dirs = {NAME = dir}} or nil, message,
+--- code.
 --- Errors include "<workspace>: another ferry prepare/restore is running (pid N)" EBUSY.
 ---@param opts table
 ---@return table|nil result, string|nil err, string|nil code
@@ -206,6 +283,7 @@ function M.prepare(opts)
     return nil, "prepare: " .. provider_string, handle
   end
   local ok, result, err, code = pcall(run, opts, sb, provider_string, handle, inputs)
+  git_prepare.cleanup(inputs.job and inputs.job.git)
   handle.release()
   lock:release()
   if not ok then error(result, 0) end

@@ -117,7 +117,8 @@ local function refetch(sb, st, spool_dir, rels, opts)
 end
 
 --- Receive the remote workspace of state `st` into `spool_dir`. opts: limit (bytes of the stream), max_bytes
---- (content of the archive), progress. Returns {entries (core.tar_scan's list, each with `spool`: the file
+--- (content of the archive), progress, script (ferry.remote.restore_script's opts: lines run first in the
+--- same command, and the members they leave). Returns {entries (core.tar_scan's list, each with `spool`: the file
 --- it is read from), received (bytes), torn (rels of the files read while they changed, twice, left out)}
 --- or nil, message, code.
 ---@param sb table
@@ -128,7 +129,7 @@ end
 function M.pull(sb, st, spool_dir, opts)
   opts.progress:phase("restore")
   local what = "reading " .. st.remote_dir .. " from the sandbox"
-  local res, received, rcode = stream(sb, remote.restore_script(st.remote_dir, st.preserve, st.excludes),
+  local res, received, rcode = stream(sb, remote.restore_script(st.remote_dir, st.preserve, st.excludes, opts.script),
     "restore from " .. st.remote_dir, spool_dir .. "/remote.tar", opts.limit, opts.progress)
   if not res then return nil, received, rcode end
   if remote.restore_dir_missing(res) then

@@ -149,7 +149,8 @@ end
 
 -- Shell lines printing the tree under "$ferry_r" but the kept names as NUL-separated records (LIST_FORMAT;
 -- an excluded name the sandbox can match is listed, not entered), with `hashes` then "H" and the SHA-256
--- of each file modified after the marker, then "E". Needs GNU find; exits 1 when find fails.
+-- of each file modified after the marker (of every file when `hashes` is "all"), then "E". Needs GNU find;
+-- exits 1 when find fails.
 local function list_lines(keep, patterns, hashes)
   local cond = prune_condition(M.excludes(patterns))
   local lines = {
@@ -160,9 +161,11 @@ local function list_lines(keep, patterns, hashes)
   }
   if hashes then
     lines[#lines + 1] = "printf 'H\\0'"
-    lines[#lines + 1] = 'if [ $# -gt 0 ] && [ -f ' .. q(MARK_FILE) .. " ] && command -v sha256sum >/dev/null 2>&1; then"
-    lines[#lines + 1] = '  find "$@" ' .. (cond and cond .. " -prune -o " or "") .. "-type f -newer " .. q(MARK_FILE)
-      .. " -exec sh -c " .. q(HASH_LOOP) .. " sh {} + || exit 1"
+    local all = hashes == "all"
+    lines[#lines + 1] = 'if [ $# -gt 0 ] && ' .. (all and "" or "[ -f " .. q(MARK_FILE) .. " ] && ")
+      .. "command -v sha256sum >/dev/null 2>&1; then"
+    lines[#lines + 1] = '  find "$@" ' .. (cond and cond .. " -prune -o " or "") .. "-type f "
+      .. (all and "" or "-newer " .. q(MARK_FILE) .. " ") .. "-exec sh -c " .. q(HASH_LOOP) .. " sh {} + || exit 1"
     lines[#lines + 1] = "fi"
   end
   lines[#lines + 1] = "printf 'E\\0'"
@@ -178,30 +181,38 @@ end
 
 --- The sync command: `first` (a line to run before anything, e.g. the install check, or nil), create the
 --- remote dir and its runtime dir, `head` (clear_lines or delete_lines), extract the tar stream on stdin
---- (when `extract`), then touch the marker and print the listing on stdout (base64 unless `binary`).
+--- (when `extract`), run `after` (lines run in a subshell, or nil), then touch the marker and print the
+--- listing on stdout (base64 unless `binary`).
 ---@param remote_dir string
----@param opts table  first, head, extract, keep (preserved names), patterns (excludes), binary
+---@param opts table  first, head, extract, after, keep (preserved names), patterns (excludes), binary
 ---@return string
 function M.sync_script(remote_dir, opts)
   return (opts.first and opts.first .. "\n" or "")
     .. "ferry_r=" .. q(remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
     .. opts.head .. "\n" .. (opts.extract and 'tar -x -f - -C "$ferry_r" || exit $?\n' or "")
+    .. (opts.after and "(\n" .. opts.after .. "\n)\n" or "")
     .. record_lines(opts.keep, opts.patterns, opts.binary)
 end
 
 --- The listing command of a delta: the tree under the remote dir but the `keep` names, with the SHA-256
 --- of each file modified after the last sync's marker. Exits 3 when the remote dir is missing, 4 without
---- GNU find.
+--- GNU find. opts (for an adopted workspace): all (hash every file), before (lines run first once the
+--- checks passed, with "$ferry_r" set).
 ---@param remote_dir string
 ---@param keep string[]
 ---@param patterns string[]
+---@param opts table|nil
 ---@return string
-function M.list_script(remote_dir, keep, patterns)
+function M.list_script(remote_dir, keep, patterns, opts)
+  opts = opts or {}
   return "ferry_r=" .. q(remote_dir) .. "\n"
     .. 'if [ ! -d "$ferry_r" ]; then echo "ferry-delta: $ferry_r is missing" >&2; exit 3; fi\n'
     .. "if ! " .. HAS_GNU_FIND .. '; then echo "ferry-delta: find cannot -printf" >&2; exit 4; fi\n'
-    .. list_lines(keep, patterns, true)
+    .. (opts.before and opts.before .. "\n" or "") .. list_lines(keep, patterns, opts.all and "all" or true)
 end
+
+--- The marker file's path relative to the remote dir (files modified after it are hashed by a listing).
+M.MARK_FILE = MARK_FILE
 
 local LIST_RECORD = "^" .. ("([^\0]*)\0"):rep(LIST_FIELDS) .. "()"
 local HASH_RECORD = "^([^\0]*)\0([^\0]*)\0()"
@@ -239,12 +250,18 @@ end
 
 --- The command that writes the remote workspace as a tar stream on stdout: names "./<top>/...", without the
 --- runtime dir, the `preserve` names and the `excludes` the sandbox can apply (see M.excludes). Exits 3
---- when the remote dir is missing (see M.restore_dir_missing).
+--- when the remote dir is missing (see M.restore_dir_missing). opts: before (lines run first in the remote
+--- dir, in a subshell), members (paths relative to the remote dir sent first when they are files, whatever
+--- the excludes: files `before` left in the runtime dir, which restore never writes to the workspace).
 ---@param remote_dir string
 ---@param preserve string[]
 ---@param excludes string[]
+---@param opts table|nil
 ---@return string
-function M.restore_script(remote_dir, preserve, excludes)
+function M.restore_script(remote_dir, preserve, excludes, opts)
+  opts = opts or {}
+  local extra = {}
+  for i, rel in ipairs(opts.members or {}) do extra[i] = q("./" .. rel) end
   local skip = quoted(preserve)
   if #skip == 0 then skip[1] = q(M.RUNTIME_DIR) end
   local x = M.excludes(excludes)
@@ -253,6 +270,9 @@ function M.restore_script(remote_dir, preserve, excludes)
     "ferry_r=" .. q(remote_dir),
     'if [ ! -d "$ferry_r" ]; then echo "' .. RESTORE_MISSING .. '" >&2; exit 3; fi',
     'cd "$ferry_r" || exit 1',
+    opts.before and "(\n" .. opts.before .. "\n)" or ":",
+    "ferry_m=",
+    #extra > 0 and "for f in " .. table.concat(extra, " ") .. '; do [ -f "$f" ] && ferry_m="$ferry_m $f"; done' or ":",
     "set --",
     "for f in * .[!.]* ..?*; do",
     '  [ -e "$f" ] || [ -L "$f" ] || continue',
@@ -265,14 +285,17 @@ function M.restore_script(remote_dir, preserve, excludes)
   for _, line in ipairs {
     '  set -- "$@" "./$f"',
     "done",
-    "[ $# -gt 0 ] || exit 0",
+    -- the members' names are ferry's own (no space or quote in them): $ferry_m is split on purpose
+    '[ $# -gt 0 ] || [ -n "$ferry_m" ] || exit 0',
     "if find . -maxdepth 0 -print0 >/dev/null 2>&1 &&",
     "  tar -c -f - --hard-dereference --null --no-recursion -T /dev/null >/dev/null 2>&1; then",
     -- GNU tar: hard-linked files travel as files (a hard link entry is refused on arrival)
-    '  find "$@" ' .. find_expression(x) .. " | tar -c -f - --hard-dereference --null --no-recursion -T -",
+    "  { for f in $ferry_m; do printf '%s\\0' \"$f\"; done",
+    '    if [ $# -gt 0 ]; then find "$@" ' .. find_expression(x) .. "; fi",
+    "  } | tar -c -f - --hard-dereference --null --no-recursion -T -",
     "  exit $?",
     "fi",
-    'exec tar -c -f - -- "$@"',
+    'exec tar -c -f - -- $ferry_m "$@"',
   } do
     lines[#lines + 1] = line
   end

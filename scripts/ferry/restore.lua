@@ -1,14 +1,17 @@
 --- ferry.restore: bring the work back from the sandbox (README "Prepare and restore"). Orchestration only:
 -- take the workspace lock (ferry.workspace_lock), receive the sandbox's workspace into a spool dir of its
--- own (ferry.scratch, ferry.receive: torn files fetched again), check every entry (ferry.guard), 3-way merge
--- it into the local workspace against the baseline (ferry.merge), apply the plan with writes that never
--- follow a symlink, land by rename and check the host file right before (ferry.apply), and write the new
+-- own (ferry.scratch, ferry.receive: torn files fetched again; in git mode the outbound git bundle in the
+-- same stream), check every entry (ferry.guard), bring the sandbox's commits back (ferry.git_restore:
+-- verified, imported, integrated), 3-way merge the files into the local workspace against the baseline
+-- (ferry.merge), apply the plan with writes that never follow a symlink, land by rename and check the host
+-- file right before (ferry.apply), reset the index entries a fast-forward changed, and write the new
 -- baseline to the state file (ferry.state).
 local core = require "ferry.core"
 local adapters = require "ferry.adapter"
 local apply = require "ferry.apply"
 local attach = require "ferry.attach"
 local excludes = require "ferry.excludes"
+local git_restore = require "ferry.git_restore"
 local guard = require "ferry.guard"
 local merge = require "ferry.merge"
 local progress_mod = require "ferry.progress"
@@ -82,9 +85,8 @@ local function keep_torn(remote_snap, torn, baseline, result)
   end
 end
 
--- Check the received entries and plan the merge: the plan and the job's merge context; or nil, message,
--- code[, partial result].
-local function merge_plan(job, got)
+-- Check the received entries: {matcher, remote_snap, entries}; or nil, message, code[, partial result].
+local function check_remote(job, got)
   local st, opts, result = job.st, job.opts, job.result
   local matcher, merr, mcode = excludes.checked(st.excludes, "restore")
   if not matcher then return nil, merr, mcode end
@@ -96,11 +98,49 @@ local function merge_plan(job, got)
   if #checked.refused > 0 then return refusal(checked, result) end
   local remote_snap = guard.snapshot(checked)
   keep_torn(remote_snap, got.torn, st.baseline, result)
-  local localsnap, info, lcode = local_snapshot(job, matcher)
+  return { matcher = matcher, remote_snap = remote_snap, entries = checked.entries }
+end
+
+-- Plan the merge of the checked remote tree against `baseline`: the plan and the job's merge context; or
+-- nil, message, code.
+local function merge_plan(job, checked, baseline)
+  local walk = job.git and job.git.walk(checked.matcher) or checked.matcher
+  local localsnap, info, lcode = local_snapshot(job, walk)
   if not localsnap then return nil, "restore: " .. info, lcode end
-  local plan, perr, pcode = merge.plan(st.baseline, localsnap, remote_snap)
+  local plan, perr, pcode = merge.plan(baseline, localsnap, checked.remote_snap)
   if not plan then return nil, "restore: " .. perr, pcode end
-  return plan, { remote_snap = remote_snap, localsnap = localsnap, info = info, entries = checked.entries }
+  if job.git then git_restore.assert_outside_git(plan) end
+  return plan, { remote_snap = checked.remote_snap, localsnap = localsnap, info = info, entries = checked.entries }
+end
+
+-- The git part before the merge (git mode): the sandbox's commits imported and integrated, new files the
+-- host's git ignores left in the sandbox, and the baseline the merge uses. Returns the baseline and the
+-- integration (nil when no history came back), or nil, message, code.
+local function bring_back(job, sb, got, spool_dir, checked)
+  local gr, st, result = job.git, job.st, job.result
+  if not gr then return st.baseline end
+  local integrated
+  if gr.expect then
+    local report, err, code = git_restore.received(got, spool_dir)
+    if not report then
+      return nil, "restore: " .. err .. " (nothing written; git = false / --no-git brings back files only)", code
+    end
+    integrated, err, code = git_restore.bring_back(gr, sb, st.remote_dir, report, job.opts)
+    if not integrated then return nil, err, code end
+    result.git = { mode = integrated.mode, ref = integrated.ref, old = integrated.old, new = integrated.new,
+      commits = integrated.commits, branch = gr.expect.branch }
+    if integrated.warning then result.warnings[#result.warnings + 1] = "restore: " .. integrated.warning end
+  end
+  local dropped, derr, dcode = git_restore.drop_ignored(gr, checked.remote_snap, st.baseline)
+  if not dropped then return nil, derr, dcode end
+  result.ignored = dropped
+  if integrated and integrated.mode == "ferry-ref" then
+    local baseline, berr, bcode = git_restore.committed_baseline(gr, integrated, st.baseline, checked.remote_snap,
+      checked.matcher)
+    if not baseline then return nil, berr, bcode end
+    return baseline, integrated
+  end
+  return st.baseline, integrated
 end
 
 local function concat_sorted(a, b)
@@ -143,10 +183,14 @@ local function pull(job, sb, spool_dir)
   local opts, st, result = job.opts, job.st, job.result
   local max_bytes = opts.max_bytes or M.DEFAULT_MAX_BYTES
   local got, gerr, gcode = receive.pull(sb, st, spool_dir, { limit = opts.max_stream_bytes or max_bytes + SPOOL_SLACK,
-    max_bytes = max_bytes, progress = job.progress })
+    max_bytes = max_bytes, progress = job.progress, script = job.git and job.git.script })
   if not got then return nil, gerr, gcode, result end
   result.bytes_received = got.received
-  local plan, merged, mcode = merge_plan(job, got)
+  local checked, cerr, ccode = check_remote(job, got)
+  if not checked then return nil, cerr, ccode, result end
+  local baseline, integrated, icode = bring_back(job, sb, got, spool_dir, checked)
+  if not baseline then return nil, integrated, icode, result end
+  local plan, merged, mcode = merge_plan(job, checked, baseline)
   if not plan then return nil, merged, mcode, result end
   local pending = {}
   for _, a in ipairs(plan.actions) do
@@ -157,12 +201,14 @@ local function pull(job, sb, spool_dir)
     local wrote, werr, wcode = state_file.write(job.path, job.redact_record(st))
     if not wrote then return nil, "restore: " .. werr, wcode end
   end
-  local claimed, cerr, ccode = job.lock:claim_temps()
-  if not claimed then return nil, "restore: " .. cerr, ccode end
+  local claimed, lerr, lcode = job.lock:claim_temps()
+  if not claimed then return nil, "restore: " .. lerr, lcode end
   local applied, xerr, xcode = apply.run { ws = job.ws, plan = plan, source = merged.entries,
     localsnap = merged.localsnap, stats = merged.info.stats, taken_at = merged.info.taken_at,
     target = plan.target, max_bytes = max_bytes, before_write = opts.before_write }
   if not applied then return nil, xerr, xcode, result end
+  if integrated then git_restore.sync_index(job.git, integrated, result.warnings) end
+  if job.git then st.git = git_restore.next_state(job.git, integrated) end
   st.pending_removals, st.baseline, st.restored_at = nil, merged.remote_snap, os.time()
   local wrote, werr, wcode = state_file.write(job.path, job.redact_record(st))
   if not wrote then return nil, "restore: " .. werr, wcode end
@@ -188,6 +234,7 @@ local function restore_locked(job)
     runtime_dir = st.runtime_dir, adapter = adapter.name, asset_dirs = st.assets, provider = provider_string,
     state = job.path, result = result, copy_back_credentials = opts.credentials == "copy-back" },
     job.redact_fn, job.progress)
+  job.git = git_restore.plan(job, result.warnings)
   scratch.sweep("restore") -- what a killed restore left; a live one's spool is its own
   local spool_dir, serr, scode = scratch.make("restore")
   if not spool_dir then
@@ -225,16 +272,19 @@ end
 ---   progress, secrets, on_exec, lock_wait_ms   as for prepare (phases restore, finalize)
 ---   before_write    function(path, op) called right before each removal ("remove") and each write
 ---                   ("write") lands in the workspace, after the snapshot it is checked against (for tests)
+---   git             false: files only, even when the state is of a git-mode prepare (no commits come back)
 --- Returns {changed, deleted, conflicts (paths: the merge's, and the paths the host changed during the
 --- restore), conflict_copies = {path = copy}, kept, refused, torn (files the sandbox's tar read while they
 --- changed, twice: not restored), credentials, warnings,
 --- bytes_received, commands, hashed_files (local files read to hash: those whose lstat moved since the
 --- state's quick records), credentials ({adapter, path, action = "copied"|"refused"|"skipped", reason} per
---- credential an adapter decided about), state, workspace, remote_dir, runtime_dir, provider} or nil, message, code[,
---- partial result with `refused` (one "<entry>: <reason>" per refused entry)].
+--- credential an adapter decided about), state, workspace, remote_dir, runtime_dir, provider, git (after a
+--- git-mode prepare with history: {mode = "fast-forward"|"ferry-ref"|"none", ref, old, new, commits, branch
+--- (the user's)}), ignored (new paths in the sandbox that the host's git ignores: left there)} or nil,
+--- message, code[, partial result with `refused` (one "<entry>: <reason>" per refused entry)].
 --- Errors: "<workspace>: another ferry prepare/restore is running (pid N)" EBUSY (after opts.lock_wait_ms);
---- "restore refused: <entry>: <reason>"
---- EPERM; "restore refused: archive exceeds the N byte limit at <entry>" and "restore refused: the sandbox
+--- "restore refused: <entry>: <reason>" EPERM; "git bundle refused: <why>" EPERM (nothing imported, nothing
+--- written); "restore refused: archive exceeds the N byte limit at <entry>" and "restore refused: the sandbox
 --- sent over N bytes" EFBIG; "restore: <remote> does not exist in the sandbox; nothing restored" ENOENT;
 --- "restore: reading <remote> from the sandbox: exit code N: ..." EIO; state and filesystem errors.
 ---@param opts table

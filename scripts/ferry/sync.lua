@@ -26,20 +26,31 @@ local function record_digests(snap, names, digests)
   end
 end
 
--- One command: `head` (clearing or deleting), the tar stream of `names` extracted (none when empty), the
--- marker and the listing. Returns {bytes, warnings, listed, recorded = rel -> record | nil, stderr} or nil,
--- message, code.
+-- The reader of the command's stdin: job.inputs' members (ferry's own files for the runtime dir) in front of
+-- the tree's stream; nil when there is nothing to send. Returns it and a function giving the members' bytes.
+local function stdin_reader(job, writer)
+  local tree = writer and function() return writer:read() end
+  if not (job.inputs and job.inputs.wrap) then return tree, function() return 0 end end
+  return job.inputs.wrap(tree)
+end
+
+-- One command: `head` (clearing or deleting), the tar stream of `names` extracted (none when empty) with
+-- job.inputs' members, job.inputs' lines, the marker and the listing. Returns {bytes, warnings, listed,
+-- recorded = rel -> record | nil, stderr} or nil, message, code.
 local function send_tree(sb, job, head, names)
   local writer, werr, wcode
   if #names > 0 then
     writer, werr, wcode = core.tar_writer(job.ws, names, { hash = true })
     if not writer then return nil, "prepare: cannot read the workspace: " .. werr, wcode end
   end
-  job.progress:phase("sync", snapshot.tar_estimate(job.snap, names))
+  local inputs = job.inputs
+  job.progress:phase("sync", snapshot.tar_estimate(job.snap, names) + (inputs and inputs.bytes or 0))
   local binary = sb:is_binary()
-  local script = remote.sync_script(job.remote_dir, { first = job.first_line, head = head, extract = writer ~= nil,
-    keep = job.keep, patterns = job.patterns, binary = binary })
-  local stream = writer and transfer.guarded(function() return writer:read() end)
+  local read, input_bytes = stdin_reader(job, writer)
+  local script = remote.sync_script(job.remote_dir, { first = job.first_line,
+    head = job.head_lines and head .. "\n" .. job.head_lines or head, extract = read ~= nil,
+    after = inputs and inputs.after, keep = job.keep, patterns = job.patterns, binary = binary })
+  local stream = read and transfer.guarded(read)
   local sent = 0
   local res, err, code = sb:pipe_in(script, stream and stream.read or "", {
     what = "sync to " .. job.remote_dir,
@@ -48,9 +59,9 @@ local function send_tree(sb, job, head, names)
       sent = n
     end,
   })
-  local synced, digests = { bytes = 0, warnings = {}, stderr = res and res.stderr }, {}
+  local synced, digests = { bytes = input_bytes(), warnings = {}, stderr = res and res.stderr }, {}
   if writer then
-    synced.bytes, synced.warnings, digests = writer:bytes(), writer:warnings(), writer:digests()
+    synced.bytes, synced.warnings, digests = synced.bytes + writer:bytes(), writer:warnings(), writer:digests()
     writer:close()
   end
   if stream and stream.failure then return nil, "prepare: reading the workspace: " .. stream.failure, "EIO" end
@@ -101,7 +112,11 @@ end
 --- fits, else a full sync (clear all but the preserved names, send everything).
 ---@param sb table  the sandbox
 ---@param job table  ws, snap, names (the local snapshot and its walk order), remote_dir, keep (preserved
----                  names), patterns (excludes), progress, first_line (run first in the sync command)
+---                  names), patterns (excludes), progress, first_line (run first in the sync command),
+---                  head_lines (more lines run before the extraction, or nil), inputs (nil, or files for
+---                  the runtime dir in the same command: {wrap(read_tree) -> read, bytes (the members in
+---                  front of the tree's stream; nil when there is no file), after (lines run in a subshell
+---                  after the extraction), bytes (an estimate)})
 ---@param base table|nil
 ---@param fallback string|nil  why there is no base
 ---@return table|nil synced  {bytes, warnings (the tar writer's), recorded (the listing's records, nil when

@@ -7,7 +7,10 @@
 -- sending and extracting that tar; the outbound bundle of 2 new commits (ferry.git_remote.outbound) and its
 -- import and integration (ferry.git_import, ferry.git_integrate) against the same tar of `.git` (restore
 -- receives the whole workspace: a sandbox holding `.git` as files sends all of it back), and of the
--- sandbox's shallow `.git`.
+-- sandbox's shallow `.git`. End to end: ferry.prepare of the repository into a fresh `local` sandbox in git
+-- mode against `git = false` (`.git` shipped as files), then ferry.restore after the agent's 2 new commits
+-- (in git mode: a fast-forward of the host's branch; with `.git` as files: the changed files of `.git` come
+-- back through the file merge).
 -- Times are medians of REPS runs.
 if not package.path:find("spec/?.lua", 1, true) then package.path = "spec/?.lua;" .. package.path end
 local ferry = require "ferry"
@@ -146,6 +149,30 @@ local function sandbox_rows(f, ws, tmp)
   sb:close()
 end
 
+-- ferry.prepare then ferry.restore after 2 agent commits, REPS times, each on a fresh copy of the workspace:
+-- in git mode (`git_mode` true) or with `.git` as files.
+local function end_to_end(ws, tmp, git_mode)
+  local prep, back, row = {}, {}, {}
+  for i = 1, M.REPS do
+    local w, rd, state = tmp .. "/e2e-ws", tmp .. "/e2e-sandbox", tmp .. "/e2e-state.json"
+    R.sh(tmp, "rm -rf e2e-ws e2e-sandbox e2e-state.json && cp -a " .. core.sh_quote(ws) .. " e2e-ws")
+    local t0 = now_ms()
+    local opts = { provider = "local", workspace = w, remote_dir = rd, state = state, delta = false }
+    if not git_mode then opts.git = false end
+    local r = assert(ferry.prepare(opts))
+    prep[i], row.prepare_bytes, row.prepare_commands = now_ms() - t0, r.bytes_sent, r.commands
+    R.sh(rd, "echo one >> " .. R.path_of(1) .. " && git commit -q -am one && echo two >> " .. R.path_of(2)
+      .. " && git commit -q -am two")
+    t0 = now_ms()
+    local b = assert(ferry.restore { state = state })
+    back[i], row.restore_bytes, row.restore_commands = now_ms() - t0, b.bytes_received, b.commands
+    assert(not git_mode or (b.git.mode == "fast-forward" and b.git.commits == 2), "git mode did not fast-forward")
+    assert(R.git(w, { "log", "-1", "--format=%s" }) == "two\n", "the commits did not come back")
+  end
+  row.prepare_ms, row.restore_ms = stats.median(prep), stats.median(back)
+  return row
+end
+
 --- Make the repository, measure; returns the figures.
 function M.run()
   local tmp = helpers.tmpdir()
@@ -158,6 +185,7 @@ function M.run()
   local ok, err = pcall(function()
     inbound_rows(f, ws)
     sandbox_rows(f, ws, tmp)
+    f.e2e_git, f.e2e_files = end_to_end(ws, tmp, true), end_to_end(ws, tmp, false)
   end)
   helpers.rmtree(tmp)
   assert(ok, err)
@@ -185,6 +213,15 @@ function M.report(f)
     kb(f.outbound_bytes), kb(f.gitdir_tar_bytes), kb(f.sandbox_gitdir_bytes), f.outbound_bytes / f.gitdir_tar_bytes))
   print(string.format("| outbound, 2 new commits: 1 sandbox command / import (verified) / integrate | %.0f / %.0f "
     .. "/ %.0f ms | - | - |", f.outbound_ms, f.import_ms, f.integrate_ms))
+  local g, p = f.e2e_git, f.e2e_files
+  print(string.format("| `ferry.prepare` end to end (depth 10): bytes sent | %s | %s | %.3f |", kb(g.prepare_bytes),
+    kb(p.prepare_bytes), g.prepare_bytes / p.prepare_bytes))
+  print(string.format("| `ferry.prepare` end to end: time (%d / %d commands) | %.0f ms | %.0f ms | %.2f |",
+    g.prepare_commands, p.prepare_commands, g.prepare_ms, p.prepare_ms, g.prepare_ms / p.prepare_ms))
+  print(string.format("| `ferry.restore` of 2 new commits: bytes received | %s | %s | %.3f |", kb(g.restore_bytes),
+    kb(p.restore_bytes), g.restore_bytes / p.restore_bytes))
+  print(string.format("| `ferry.restore` of 2 new commits: time (%d / %d commands) | %.0f ms | %.0f ms | %.2f |",
+    g.restore_commands, p.restore_commands, g.restore_ms, p.restore_ms, g.restore_ms / p.restore_ms))
 end
 
 if arg and arg[0] and arg[0]:match("bench/git%.lua$") then M.report(M.run()) end

@@ -166,6 +166,35 @@ function M.dirty(dir)
   }, " && "))
 end
 
+--- Run `script` in the sandbox `sb`, in `dir`; returns its stdout (asserting exit 0).
+function M.in_sandbox(sb, dir, script)
+  local res = assert(sb:exec("cd " .. core.sh_quote(dir) .. " && " .. script))
+  assert(res.code == 0, script .. ": " .. tostring(res.stderr))
+  return res.stdout
+end
+
+--- Assert that `git fsck` finds nothing wrong in the repository at `dir`.
+function M.fsck_clean(dir)
+  local res = M.try(dir, { "fsck", "--no-progress", "--no-dangling" })
+  assert(res.code == 0 and res.stdout == "", "git fsck in " .. dir .. ": " .. res.stdout .. res.stderr)
+end
+
+--- A spec's fixture: a repository made by M.make(opts) and a fresh sandbox of kind `label`
+--- (support.sandboxes). Fields: box, sb (opened), repo, ws (the repository's dir), rd (the sandbox's remote
+--- dir), state (a state file path); run(script) runs in rd in the sandbox; cleanup() undoes it all.
+function M.fixture(label, opts)
+  local box = require("support.sandboxes").make(label)
+  local f = { box = box, sb = box:open(), repo = M.make(opts) }
+  f.ws, f.rd, f.state = f.repo.dir, box.root, box.tmp .. "/state.json"
+  function f.run(script) return M.in_sandbox(f.sb, f.rd, script) end
+  function f.cleanup()
+    f.sb:close()
+    box:cleanup()
+    helpers.rmtree(f.repo.tmp)
+  end
+  return f
+end
+
 --- A directory of symlinks to every program on PATH but git: `cmd:env PATH=<it>` is a sandbox without git.
 function M.path_without_git()
   if M.nogit_dir then return M.nogit_dir end

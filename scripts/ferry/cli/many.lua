@@ -1,5 +1,6 @@
 --- `prepare --many FILE` / `restore --many FILE`: several sandboxes from a JSON list, at most --jobs at a time on
 --- one loop. Reading and checking FILE, the pool, a line (or JSON object) per sandbox, and the final result.
+local git_lines = require "ferry.cli.git_lines"
 local registry = require "ferry.cli.registry"
 local report = require "ferry.cli.report"
 
@@ -98,6 +99,8 @@ local function line(verb, e)
     tostring(e.provider or "?"), tostring(e.remote_dir or "?"), report.human_bytes(e.bytes), e.ms)
   if not e.ok then return text .. ": " .. tostring(e.error) end
   if e.conflicts and #e.conflicts > 0 then text = text .. ", " .. report.plural(#e.conflicts, "conflict") end
+  local git = git_lines.summary(e.git)
+  if git then text = text .. ", " .. git end
   return text
 end
 
@@ -128,14 +131,14 @@ local function finish(verb, o, entries, n_failed, conflicts)
     say(io.stdout, head:sub(1, -2), ',"results":[', table.concat(encoded, ","), "]}\n")
   else
     say(io.stdout, verb, " --many: ", #entries - n_failed, " ok, ", n_failed, " failed",
-      conflicts > 0 and (", " .. conflicts .. " with conflicts") or "", "\n")
+      conflicts > 0 and (", " .. conflicts .. " with conflicts or commits on a ferry/ branch") or "", "\n")
   end
 end
 
 --- Run `run_item(item)` over the items, at most `jobs` at once; print a line (or a JSON object with --json) per
 --- sandbox as it finishes, then the final result. run_item returns the item's result object or
 --- {error, code[, refused]}.
---- Exit 1 when any failed, else 3 when a restore had conflicts, else 0.
+--- Exit 1 when any failed, else 3 when a restore had conflicts or kept its commits on a ferry/ branch, else 0.
 ---@param verb string  "prepare"|"restore"
 ---@param o table  the verb's options
 ---@param items table
@@ -164,7 +167,8 @@ function M.run(verb, o, items, jobs, run_item)
   local n_failed, conflicts = 0, 0
   for i = 1, #items do
     if not entries[i].ok then n_failed = n_failed + 1 end
-    if entries[i].conflicts and #entries[i].conflicts > 0 then conflicts = conflicts + 1 end
+    local e = entries[i]
+    if (e.conflicts and #e.conflicts > 0) or git_lines.kept_on_ferry_ref(e) then conflicts = conflicts + 1 end
   end
   finish(verb, o, entries, n_failed, conflicts)
   if n_failed > 0 then return EXIT.failed end

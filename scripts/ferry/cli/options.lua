@@ -116,5 +116,6 @@ M.JSON = { names = { "--json" }, key = "json" }
 M.MAX_BYTES = { names = { "--max-bytes" }, key = "max_bytes", value = "N" }
 M.MANY = { names = { "--many" }, key = "many", value = "FILE" }
 M.JOBS = { names = { "--jobs" }, key = "jobs", value = "N" }
+M.NO_GIT = { names = { "--no-git" }, key = "no_git" }
 
 return M
