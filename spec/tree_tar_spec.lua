@@ -177,7 +177,7 @@ describe("core.tar_scan_tree", function()
       "no")
     assert.equal(fds, helpers.fd_count())
     assert.has_error(function() core.tar_scan_tree(tmp .. "/x.tar", { exclude = 1 }) end,
-      "tar_scan_tree: opts.exclude must be a function, got number")
+      "tar_scan_tree: opts.exclude must be a function or an exclude matcher, got number")
     assert.has_error(function() core.tar_scan_tree(tmp .. "/x.tar", { max_bytes = -1 }) end,
       "tar_scan_tree: opts.max_bytes must be a non-negative integer")
   end)

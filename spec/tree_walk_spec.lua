@@ -160,7 +160,7 @@ describe("core.tree_walk", function()
     W.write(tmp, "file", "x")
     assert.same({ nil, "tree_walk " .. tmp .. "/file: not a directory", "ENOTDIR" }, { core.tree_walk(tmp .. "/file") })
     assert.has_error(function() core.tree_walk(tmp, { exclude = "x" }) end,
-      "tree_walk: opts.exclude must be a function, got string")
+      "tree_walk: opts.exclude must be a function or an exclude matcher, got string")
     assert.has_error(function() core.tree_walk(tmp, { known = {} }) end,
       "tree_walk: opts.known must be a tree, got table")
     assert.has_error(function() core.tree_walk(tmp, 1) end, "tree_walk: opts must be a table, got number")

@@ -30,6 +30,7 @@ void ferry_open_tree_walk(lua_State *L);  /* tree_walk.c: tree_walk */
 void ferry_open_tree_io(lua_State *L);    /* tree_io.c: tree:dump/tree:write/tree_load/tree_read */
 void ferry_open_tree_listing(lua_State *L); /* tree_listing.c: tree_parse_listing */
 void ferry_open_tree_tar(lua_State *L);   /* tree_tar.c: tar_scan_tree */
+void ferry_open_exclude(lua_State *L);    /* exclude.c: exclude_matcher */
 
 /* util.c: helpers shared by every file. */
 /* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */
@@ -124,6 +125,30 @@ int ferry_fs_expect(int dirfd, const char *leaf, const char *expect);
 /* Pushes nil, "<op> <root>/<rel>: <reason>", code; returns 3. */
 int ferry_fs_fail(lua_State *L, int err, const char *op, const char *root, const char *rel, size_t bad);
 
+/* tar_reader.c: reading an archive, shared with tree_tar.c. A UTF-8 locale is pinned while it is open, so names
+ * are bytes end to end. */
+struct archive;
+struct archive_entry;
+struct evp_md_ctx_st;
+typedef struct ferry_tar_in {
+  struct archive *a;
+  struct evp_md_ctx_st *md;
+  unsigned char *block; /* FERRY_TAR_BLOCK bytes */
+  locale_t loc, old;
+} ferry_tar_in;
+#define FERRY_TAR_BLOCK (64 * 1024)
+/* Open path (tar or empty) into in, zeroed before: 0, or pushes nil, "<fn> <path>: <reason>" or "bad archive:
+ * <reason>", code and returns 3. Raises "<fn>: out of memory". */
+int ferry_tar_open(lua_State *L, ferry_tar_in *in, const char *fn, const char *path);
+void ferry_tar_close(ferry_tar_in *in); /* frees, and puts the locale back; again is a no-op */
+/* The next header: 1 with *e set, 0 at the end, -1 on a bad archive (archive_error_string says why). */
+int ferry_tar_next(ferry_tar_in *in, struct archive_entry **e);
+/* Read the current entry's data, hashing it into md (32 bytes) and, when tmp is open, copying it there; *total
+ * counts the content read against max. 0, -1 on a bad archive, -2 over the limit, or an errno (> 0). */
+int ferry_tar_pump(ferry_tar_in *in, int64_t *total, lua_Integer max, unsigned char *md, ferry_fs_tmp *tmp);
+/* Pushes nil, "bad archive: <reason>", "EINVAL"; returns 3. */
+int ferry_tar_bad(lua_State *L, ferry_tar_in *in);
+
 /* tree.c: a tree as other concepts stream it (tar_writer.c). Indexes are valid while ferry_tree_gen stays. */
 typedef struct ferry_tree ferry_tree;
 #define FERRY_TREE_MAX_PATH 65535 /* bytes of the longest path a tree holds */
@@ -134,6 +159,14 @@ const char *ferry_tree_entry_at(const ferry_tree *t, size_t i, size_t *len, unsi
 /* What was sent of file i: its digest and size (md NULL: nothing, the digest becomes unknown). */
 void ferry_tree_record_sha(ferry_tree *t, size_t i, const unsigned char *md, uint64_t size);
 unsigned long ferry_tree_gen(const ferry_tree *t);
+
+/* exclude.c: an exclude matcher as walks and scans ask it (1 excluded, 0 not, -1 out of memory). */
+typedef struct ferry_exclude ferry_exclude;
+ferry_exclude *ferry_exclude_test(lua_State *L, int idx); /* the matcher at idx, or NULL */
+/* rel itself and the directories above it (a trailing '/' means a directory) */
+int ferry_exclude_match(ferry_exclude *m, const char *rel, size_t len, int is_dir);
+/* rel alone, its parent known not to be excluded (a walk never enters an excluded directory) */
+int ferry_exclude_decide(ferry_exclude *m, const char *rel, size_t len, int is_dir);
 
 /* The embedded Lua sources (generated from scripts/ and providers/), NULL-terminated. */
 typedef struct ferry_embedded_file {

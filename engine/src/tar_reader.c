@@ -52,13 +52,79 @@ static lua_Integer opt_limit(lua_State *L, int opts, const char *fn, const char 
   return v;
 }
 
+/* ---- reading an archive (shared with tree_tar.c) ---- */
+
+void ferry_tar_close(ferry_tar_in *in) {
+  if (in->a) archive_read_free(in->a);
+  in->a = NULL;
+  EVP_MD_CTX_free(in->md);
+  in->md = NULL;
+  free(in->block);
+  in->block = NULL;
+  if (in->loc) {
+    uselocale(in->old);
+    freelocale(in->loc);
+  }
+  in->loc = (locale_t)0;
+}
+
+int ferry_tar_open(lua_State *L, ferry_tar_in *in, const char *fn, const char *path) {
+  in->a = archive_read_new();
+  in->md = EVP_MD_CTX_new();
+  in->block = malloc(BLOCK);
+  if (!in->a || !in->md || !in->block) return luaL_error(L, "%s: out of memory", fn);
+  in->loc = ferry_utf8_locale();
+  if (in->loc) in->old = uselocale(in->loc);
+  archive_read_support_format_tar(in->a);
+  archive_read_support_format_empty(in->a);
+  struct stat st;
+  if (stat(path, &st) < 0) return ferry_sys_fail(L, errno, fn, path);
+  if (archive_read_open_filename(in->a, path, BLOCK) != ARCHIVE_OK) {
+    int err = archive_errno(in->a);
+    if (err > 0 && err != EILSEQ) return ferry_sys_fail(L, err, fn, path); /* EILSEQ: a format problem */
+    return ferry_tar_bad(L, in);
+  }
+  return 0;
+}
+
+int ferry_tar_bad(lua_State *L, ferry_tar_in *in) {
+  return ferry_fail(L, "EINVAL", "bad archive: %s", archive_error_string(in->a));
+}
+
+int ferry_tar_next(ferry_tar_in *in, struct archive_entry **e) {
+  int rc = archive_read_next_header(in->a, e);
+  if (rc == ARCHIVE_EOF) return 0;
+  if (rc < ARCHIVE_WARN) return -1; /* ARCHIVE_WARN: a name not valid in the locale, kept as its bytes */
+  if (archive_entry_pathname(*e) == NULL) {
+    archive_set_error(in->a, EILSEQ, "an entry without a name");
+    return -1;
+  }
+  return 1;
+}
+
+int ferry_tar_pump(ferry_tar_in *in, int64_t *total, lua_Integer max, unsigned char *md, ferry_fs_tmp *tmp) {
+  if (!EVP_DigestInit_ex(in->md, EVP_sha256(), NULL)) return ENOMEM;
+  for (;;) {
+    la_ssize_t n = archive_read_data(in->a, in->block, BLOCK);
+    if (n < 0) return -1;
+    if (n == 0) break;
+    *total += n;
+    if (*total > max) return -2;
+    if (!EVP_DigestUpdate(in->md, in->block, (size_t)n)) return ENOMEM;
+    if (tmp && tmp->fd >= 0) {
+      int err = ferry_fs_tmp_write(tmp, in->block, (size_t)n);
+      if (err < 0) return -err;
+    }
+  }
+  return EVP_DigestFinal_ex(in->md, md, NULL) ? 0 : ENOMEM;
+}
+
+/* ---- the reader of tar_scan and tar_extract ---- */
+
 typedef struct tar_reader {
-  struct archive *a;
-  EVP_MD_CTX *md;
-  unsigned char *block;
+  ferry_tar_in in;
   int rootfd;
   ferry_fs_tmp tmp;
-  locale_t loc, old;
 } tar_reader;
 
 /* __close and __gc: runs however the call ends, so nothing leaks and the locale comes back. */
@@ -67,17 +133,7 @@ static int reader_release(lua_State *L) {
   ferry_fs_tmp_abort(&r->tmp);
   if (r->rootfd >= 0) close(r->rootfd);
   r->rootfd = -1;
-  if (r->a) archive_read_free(r->a);
-  r->a = NULL;
-  EVP_MD_CTX_free(r->md);
-  r->md = NULL;
-  free(r->block);
-  r->block = NULL;
-  if (r->loc) {
-    uselocale(r->old);
-    freelocale(r->loc);
-  }
-  r->loc = (locale_t)0;
+  ferry_tar_close(&r->in);
   return 0;
 }
 
@@ -89,29 +145,7 @@ static tar_reader *open_reader(lua_State *L, const char *fn, const char *path) {
   ferry_fs_tmp_init(&r->tmp);
   luaL_setmetatable(L, READER_MT);
   lua_toclose(L, -1);
-  r->a = archive_read_new();
-  r->md = EVP_MD_CTX_new();
-  r->block = malloc(BLOCK);
-  if (!r->a || !r->md || !r->block) luaL_error(L, "%s: out of memory", fn);
-  r->loc = ferry_utf8_locale();
-  if (r->loc) r->old = uselocale(r->loc);
-  archive_read_support_format_tar(r->a);
-  archive_read_support_format_empty(r->a);
-  struct stat st;
-  if (stat(path, &st) < 0) {
-    ferry_sys_fail(L, errno, fn, path);
-    return NULL;
-  }
-  if (archive_read_open_filename(r->a, path, BLOCK) != ARCHIVE_OK) {
-    int err = archive_errno(r->a);
-    if (err > 0 && err != EILSEQ) { /* libarchive reports a format problem as EILSEQ */
-      ferry_sys_fail(L, err, fn, path);
-    } else {
-      ferry_fail(L, "EINVAL", "bad archive: %s", archive_error_string(r->a));
-    }
-    return NULL;
-  }
-  return r;
+  return ferry_tar_open(L, &r->in, fn, path) ? NULL : r;
 }
 
 static const char *entry_kind(struct archive_entry *e) {
@@ -119,43 +153,14 @@ static const char *entry_kind(struct archive_entry *e) {
   return ferry_kind_name(archive_entry_filetype(e)); /* AE_IF* are the S_IF* values */
 }
 
-static int bad_archive(lua_State *L, tar_reader *r) {
-  return ferry_fail(L, "EINVAL", "bad archive: %s", archive_error_string(r->a));
-}
+static int bad_archive(lua_State *L, tar_reader *r) { return ferry_tar_bad(L, &r->in); }
 
 static int too_big(lua_State *L, lua_Integer max, const char *name) {
   return ferry_fail(L, "EFBIG", "archive exceeds the %I byte limit at %s", max, name);
 }
 
-/* Next header: 1 with *e set, 0 at the end, -1 on a bad archive. */
-static int next_entry(tar_reader *r, struct archive_entry **e) {
-  int rc = archive_read_next_header(r->a, e);
-  if (rc == ARCHIVE_EOF) return 0;
-  if (rc < ARCHIVE_WARN) return -1; /* ARCHIVE_WARN: a name not valid in the locale, kept as its bytes */
-  if (archive_entry_pathname(*e) == NULL) {
-    archive_set_error(r->a, EILSEQ, "an entry without a name");
-    return -1;
-  }
-  return 1;
-}
-
-/* Read the current entry's data, hashing it into r->md and copying it to r->tmp when open.
- * 0, -1 on a bad archive, -2 over the limit, or an errno (> 0) from writing. */
 static int pump_data(tar_reader *r, int64_t *total, lua_Integer max, unsigned char *md) {
-  if (!EVP_DigestInit_ex(r->md, EVP_sha256(), NULL)) return ENOMEM;
-  for (;;) {
-    la_ssize_t n = archive_read_data(r->a, r->block, BLOCK);
-    if (n < 0) return -1;
-    if (n == 0) break;
-    *total += n;
-    if (*total > max) return -2;
-    if (!EVP_DigestUpdate(r->md, r->block, (size_t)n)) return ENOMEM;
-    if (r->tmp.fd >= 0) {
-      int err = ferry_fs_tmp_write(&r->tmp, r->block, (size_t)n);
-      if (err < 0) return -err;
-    }
-  }
-  return EVP_DigestFinal_ex(r->md, md, NULL) ? 0 : ENOMEM;
+  return ferry_tar_pump(&r->in, total, max, md, &r->tmp);
 }
 
 static int l_tar_scan(lua_State *L) {
@@ -172,7 +177,7 @@ static int l_tar_scan(lua_State *L) {
   int64_t total = 0;
   struct archive_entry *e;
   int rc;
-  while ((rc = next_entry(r, &e)) > 0) {
+  while ((rc = ferry_tar_next(&r->in, &e)) > 0) {
     const char *name = archive_entry_pathname(e);
     if (n >= max_entries)
       return ferry_fail(L, "EFBIG", "archive exceeds the %I entry limit at %s", max_entries, name);
@@ -263,15 +268,15 @@ typedef struct expectation {
 static int hash_leaf(tar_reader *r, int dirfd, const char *leaf, char *out) {
   int fd = openat(dirfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return errno;
-  int err = EVP_DigestInit_ex(r->md, EVP_sha256(), NULL) ? 0 : ENOMEM;
-  for (ssize_t n; err == 0 && (n = read(fd, r->block, BLOCK)) != 0;) {
+  int err = EVP_DigestInit_ex(r->in.md, EVP_sha256(), NULL) ? 0 : ENOMEM;
+  for (ssize_t n; err == 0 && (n = read(fd, r->in.block, BLOCK)) != 0;) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) err = errno;
-    else if (!EVP_DigestUpdate(r->md, r->block, (size_t)n)) err = ENOMEM;
+    else if (!EVP_DigestUpdate(r->in.md, r->in.block, (size_t)n)) err = ENOMEM;
   }
   close(fd);
   unsigned char md[FERRY_SHA256_LEN];
-  if (err == 0 && !EVP_DigestFinal_ex(r->md, md, NULL)) err = ENOMEM;
+  if (err == 0 && !EVP_DigestFinal_ex(r->in.md, md, NULL)) err = ENOMEM;
   if (err == 0) ferry_hex(md, FERRY_SHA256_LEN, out);
   return err;
 }
@@ -410,7 +415,7 @@ static int l_tar_extract(lua_State *L) {
   lua_Integer count = 0;
   struct archive_entry *e;
   int rc;
-  while ((rc = next_entry(x.r, &e)) > 0) {
+  while ((rc = ferry_tar_next(&x.r->in, &e)) > 0) {
     const char *name = archive_entry_pathname(e);
     lua_pushstring(L, name);
     if (lua_rawget(L, 3) == LUA_TNIL) {

@@ -97,7 +97,7 @@ static int reserve_arena(ferry_tree *t, size_t need, int exact) {
 
 int ferry_tree_reserve(ferry_tree *t, size_t entries) { return reserve_entries(t, entries, 0); }
 
-static int dev_index(ferry_tree *t, uint64_t dev, unsigned *out) {
+int ferry_tree_dev_index(ferry_tree *t, uint64_t dev, unsigned *out) {
   for (unsigned i = t->ndevs; i-- > 0;) {
     if (t->devs[i] == dev) {
       *out = i;
@@ -125,7 +125,7 @@ int ferry_tree_append(ferry_tree *t, const char *path, size_t len, const tree_fi
     return -1;
   }
   unsigned dev = 0;
-  if (dev_index(t, f->dev, &dev) < 0) {
+  if (ferry_tree_dev_index(t, f->dev, &dev) < 0) {
     *why = "more than 255 devices";
     return -1;
   }

@@ -97,6 +97,8 @@ void ferry_tree_name_counts(const ferry_tree *t, const tree_entry *x, unsigned *
 /* Push the tar member name of x ("./" x dots + path + "/" x slashes). */
 void ferry_tree_push_name(lua_State *L, const ferry_tree *t, const tree_entry *x);
 uint64_t ferry_tree_dev(const ferry_tree *t, const tree_entry *x);
+/* The index of device dev in t's table (added when new): 0, or -1 when the table is full. */
+int ferry_tree_dev_index(ferry_tree *t, uint64_t dev, unsigned *out);
 const char *ferry_tree_kind_name(int kind); /* "file" "dir" "symlink" "other" */
 /* A block of memory of its own (a mapping; heap memory under AddressSanitizer), so that a large tree or
  * dump costs what it holds and gives it back whole: resized to at least `want` bytes (the size held in
@@ -118,5 +120,6 @@ void ferry_tree_add_methods(lua_State *L, const luaL_Reg *methods);
 /* Registration: the scratch box's class (tree.c), tree_diff.c's functions into the core table on top. */
 void ferry_tree_open_scratch(lua_State *L);
 void ferry_tree_open_diff(lua_State *L);
+void ferry_tree_open_edit(lua_State *L); /* tree_edit.c's methods */
 
 #endif

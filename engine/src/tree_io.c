@@ -7,10 +7,11 @@
  *   LEB128 varints, signed ones zigzagged). Removed entries are left out.
  * core.tree_load(bytes) -> tree | nil, "corrupt tree: <why>", "EINVAL"   every length is checked against
  *   what is there, the checksum before anything else is read, and the entries must come in strict path order.
- * t:write(path[, mode=0600]) -> true | nil, "tree_write <path>: <reason>", code   the dump written to a temp
- *   file beside path, then renamed over it (a reader sees the old file or the new one), never held in a Lua
- *   string
- * core.tree_read(path) -> tree | nil, "tree_read <path>: <reason>", code | nil, "corrupt tree: <why>", "EINVAL"
+ * t:write(path[, mode=0600]) -> true, checksum | nil, "tree_write <path>: <reason>", code   the dump written to
+ *   a temp file beside path, then renamed over it (a reader sees the old file or the new one), never held in a
+ *   Lua string; checksum: the header's SHA-256 of the body, 64 hex digits (what a state file records of it)
+ * core.tree_read(path) -> tree, checksum | nil, "tree_read <path>: <reason>", code | nil, "corrupt tree: <why>",
+ *   "EINVAL"   (core.tree_load(bytes) returns the checksum too)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -165,10 +166,13 @@ static int l_write(lua_State *L) {
   if (err == 0) err = ferry_fs_tmp_write(&tmp, buf, len);
   if (err == 0) err = ferry_fs_tmp_commit(&tmp, leaf, (unsigned)mode, 0);
   else ferry_fs_tmp_abort(&tmp);
+  char sum[65];
+  ferry_hex(buf + 28, 32, sum);
   ferry_tree_block_free(buf, held);
   if (err < 0) return ferry_sys_fail(L, -err, "tree_write", path);
   lua_pushboolean(L, 1);
-  return 1;
+  lua_pushstring(L, sum);
+  return 2;
 }
 
 /* ---- decoding ---- */
@@ -305,7 +309,10 @@ static int load(lua_State *L, const unsigned char *s, size_t len) {
   }
   if (r.pos != r.n) return corrupt(L, 0, "bytes after the last entry");
   ferry_tree_trim(t);
-  return 1;
+  char sum[65];
+  ferry_hex(s + 28, 32, sum);
+  lua_pushstring(L, sum);
+  return 2;
 }
 
 static int l_tree_load(lua_State *L) {

@@ -1,12 +1,16 @@
-/* The sandbox's `find -printf` listing (ferry.remote's list_script) read straight into a tree.
+/* The sandbox's `find -printf` listing (ferry.remote's listing scripts) read straight into a tree.
  *
- * core.tree_parse_listing(bytes) -> tree | nil, "listing: <why>", "EINVAL"
- *   the records ferry.remote's listing prints: kind letter, mode (octal), size, mtime (%T@), "./path", link
- *   target, each NUL-terminated; then optionally "H" and (./path, sha256sum output) pairs, the digest kept for
- *   a listed file when it is 64 hex digits (lowercased); then "E" (what follows is ignored). Kinds f, d, l are
- *   file, dir, symlink, the rest other; size is kept for files, target for symlinks; a path listed twice keeps
- *   its last record. Refused as malformed, unlike ferry.remote.parse_listing: a mode with a digit 8 or 9 or over
- *   07777, a size or mtime that is not a number, a path with an empty, '.' or '..' component.
+ * core.tree_parse_listing(bytes) -> tree, info | nil, "listing: <why>", "EINVAL"
+ *   what ferry.remote's listings print, every field NUL-terminated: "F" (a full listing) or "I" (only what
+ *   changed since the sync marker), then for "I" optionally "R" (the remote dir itself changed); then the
+ *   records: "c" (changed since the marker) or "u", kind letter, mode (octal), size, mtime (%T@), inode, device,
+ *   "./path", link target; then optionally "H" and (./path, sha256sum output) pairs, the digest kept for a
+ *   listed file when it is 64 hex digits (lowercased); then "E" (what follows is ignored). Kinds f, d, l are
+ *   file, dir, symlink, the rest other; size is kept for files, target for symlinks; a "c" record gets flags 1;
+ *   a path listed twice keeps its last record. info: {incremental = bool, root_changed = bool}.
+ *   Refused as malformed: a missing or unknown header, a mode with a digit 8 or 9 or over 07777, a size,
+ *   mtime, inode or device that is not a number, a path with an empty, '.' or '..' component, a link target
+ *   over 32767 bytes, more than 255 devices.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -104,31 +108,48 @@ static const char *listed_path(const char *p, size_t len, size_t *rel_len) {
   return p + 2;
 }
 
+enum { F_CHANGED, F_KIND, F_MODE, F_SIZE, F_MTIME, F_INO, F_DEV, F_PATH, F_TARGET, NFIELDS };
+
 static int read_record(lua_State *L, listing *in, ferry_tree *t) {
-  size_t at = in->pos, len[6];
-  const char *f[6];
-  for (int i = 0; i < 6; i++)
+  size_t at = in->pos, len[NFIELDS];
+  const char *f[NFIELDS];
+  for (int i = 0; i < NFIELDS; i++)
     if ((f[i] = field(in, &len[i])) == NULL) return listing_fail(L, "cut short", (size_t)-1);
   tree_fields e = {0};
-  e.kind = len[0] == 1 && f[0][0] == 'f' ? TREE_FILE : len[0] == 1 && f[0][0] == 'd' ? TREE_DIR
-         : len[0] == 1 && f[0][0] == 'l' ? TREE_SYMLINK : TREE_OTHER;
+  if (len[F_CHANGED] != 1 || (f[F_CHANGED][0] != 'c' && f[F_CHANGED][0] != 'u'))
+    return listing_fail(L, "bad record", at);
+  e.flags = f[F_CHANGED][0] == 'c';
+  char k = len[F_KIND] == 1 ? f[F_KIND][0] : '?';
+  e.kind = k == 'f' ? TREE_FILE : k == 'd' ? TREE_DIR : k == 'l' ? TREE_SYMLINK : TREE_OTHER;
   uint64_t mode, size;
-  if (parse_u64(f[1], len[1], 8, 07777, &mode) < 0) return listing_fail(L, "bad mode", at);
-  if (parse_u64(f[2], len[2], 10, (uint64_t)INT64_MAX, &size) < 0) return listing_fail(L, "bad size", at);
-  if (parse_mtime(f[3], len[3], &e.mtime_sec, &e.nsec) < 0) return listing_fail(L, "bad mtime", at);
+  if (parse_u64(f[F_MODE], len[F_MODE], 8, 07777, &mode) < 0) return listing_fail(L, "bad mode", at);
+  if (parse_u64(f[F_SIZE], len[F_SIZE], 10, (uint64_t)INT64_MAX, &size) < 0) return listing_fail(L, "bad size", at);
+  if (parse_mtime(f[F_MTIME], len[F_MTIME], &e.mtime_sec, &e.nsec) < 0) return listing_fail(L, "bad mtime", at);
+  if (parse_u64(f[F_INO], len[F_INO], 10, (uint64_t)INT64_MAX, &e.ino) < 0) return listing_fail(L, "bad inode", at);
+  if (parse_u64(f[F_DEV], len[F_DEV], 10, (uint64_t)INT64_MAX, &e.dev) < 0) return listing_fail(L, "bad device", at);
   size_t rel_len;
-  const char *rel = listed_path(f[4], len[4], &rel_len);
+  const char *rel = listed_path(f[F_PATH], len[F_PATH], &rel_len);
   if (rel == NULL || rel_len > TREE_MAX_PATH) return listing_fail(L, "bad path", at);
   e.mode = (unsigned)mode;
   if (e.kind == TREE_FILE) e.size = size;
   if (e.kind == TREE_SYMLINK) {
-    if (len[5] > TREE_MAX_LINK) return listing_fail(L, "link target too long", at);
-    e.link = f[5];
-    e.link_len = len[5];
+    if (len[F_TARGET] > TREE_MAX_LINK) return listing_fail(L, "link target too long", at);
+    e.link = f[F_TARGET];
+    e.link_len = len[F_TARGET];
   }
   const char *why;
-  if (ferry_tree_append(t, rel, rel_len, &e, &why) < 0) return luaL_error(L, "tree_parse_listing: %s", why);
+  if (ferry_tree_append(t, rel, rel_len, &e, &why) < 0) {
+    if (strcmp(why, "out of memory") == 0) return luaL_error(L, "tree_parse_listing: out of memory");
+    return listing_fail(L, why, at);
+  }
   return 0;
+}
+
+/* The two-byte marker `c` NUL at the input's position: consumed (1), or not there (0). */
+static int marker(listing *in, char c) {
+  if (in->n - in->pos < 2 || in->s[in->pos] != c || in->s[in->pos + 1] != '\0') return 0;
+  in->pos += 2;
+  return 1;
 }
 
 /* The hash records into a list (*box); 0 or the number of values pushed for a failure. */
@@ -164,7 +185,9 @@ static int l_tree_parse_listing(lua_State *L) {
   ferry_tree *t = ferry_tree_push(L); /* 3 */
   listing in = {s, n, 0};
   size_t nrec = 0, cap = 0;
-  int hashing = 0;
+  int hashing = 0, incremental = marker(&in, 'I'), root_changed = 0;
+  if (incremental) root_changed = marker(&in, 'R');
+  else if (!marker(&in, 'F')) return in.n < 2 ? listing_fail(L, "cut short", (size_t)-1) : listing_fail(L, "no header", 0);
   for (;;) {
     int two = in.n - in.pos >= 2 && in.s[in.pos + 1] == '\0';
     if (two && in.s[in.pos] == 'E') break;
@@ -188,7 +211,12 @@ static int l_tree_parse_listing(lua_State *L) {
     }
   }
   lua_settop(L, 3);
-  return 1;
+  lua_createtable(L, 0, 2);
+  lua_pushboolean(L, incremental);
+  lua_setfield(L, -2, "incremental");
+  lua_pushboolean(L, root_changed);
+  lua_setfield(L, -2, "root_changed");
+  return 2;
 }
 
 void ferry_open_tree_listing(lua_State *L) {

@@ -12,10 +12,10 @@
  *   (sha256 nil when unknown; target for symlinks; implied true for a directory only implied by its contents;
  *   name: the tar member name when it is not rel itself)
  * t:count() (also #t) -> entries;  t:bytes() -> bytes of memory the tree holds
- * t:iter([from[, fields]]) -> iterator over the entries at or after path `from`, in path order, returning rel
- *   then the named fields ("kind size sha256" unless given; any of kind mode size mtime mtime_ns ino dev
- *   sha256 target flags implied name, separated by spaces or commas). Raises when an add out of order moved
- *   the entries meanwhile.
+ * t:iter([from[, fields[, kinds]]]) -> iterator over the entries at or after path `from`, in path order,
+ *   returning rel then the named fields ("kind size sha256" unless given; any of kind mode size mtime mtime_ns
+ *   ino dev sha256 target flags implied name, separated by spaces or commas); with kinds ("dir symlink", ...)
+ *   only the entries of those kinds. Raises when an add out of order moved the entries meanwhile.
  * t:set_sha256(rel, hex|nil) -> true | nil, "tree: no entry '<rel>'", "ENOENT" | nil, "tree: '<rel>' is a
  *   <kind>, not a file", "EINVAL"
  * t:set_flags(rel, flags) -> the previous flags | nil, "tree: no entry '<rel>'", "ENOENT"
@@ -234,13 +234,14 @@ static int l_bytes(lua_State *L) {
   return 1;
 }
 
-/* The iterator: upvalues tree, next index, generation, field codes (a string of bytes). */
+/* The iterator: upvalues tree, next index, generation, field codes (a string of bytes), kinds (a bit set). */
 static int iter_next(lua_State *L) {
   ferry_tree *t = lua_touserdata(L, lua_upvalueindex(1));
   lua_Integer i = lua_tointeger(L, lua_upvalueindex(2));
   if (!t->sorted || (unsigned long)lua_tointeger(L, lua_upvalueindex(3)) != t->gen)
     return luaL_error(L, "tree: iter: the tree changed order during the iteration (an add out of order)");
-  while ((size_t)i < t->n && t->e[i].dead) i++;
+  unsigned kinds = (unsigned)lua_tointeger(L, lua_upvalueindex(5));
+  while ((size_t)i < t->n && (t->e[i].dead || !(kinds & 1u << t->e[i].kind))) i++;
   if ((size_t)i >= t->n) {
     lua_pushinteger(L, i);
     lua_replace(L, lua_upvalueindex(2));
@@ -280,11 +281,26 @@ static int l_iter(lua_State *L) {
     p += w;
     if (*p) p++;
   }
+  unsigned kinds = 0;
+  if (lua_isnoneornil(L, 4)) {
+    kinds = ~0u;
+  } else {
+    for (const char *p = ferry_check_string(L, 4, "tree: iter", "kinds", NULL); *p;) {
+      size_t w = strcspn(p, " ,");
+      int k = 0;
+      while (w > 0 && KIND_WORDS[k] && (strlen(KIND_WORDS[k]) != w || memcmp(KIND_WORDS[k], p, w) != 0)) k++;
+      if (w > 0 && KIND_WORDS[k] == NULL) luaL_error(L, "tree: iter: unknown kind '%s'", lua_pushlstring(L, p, w));
+      if (w > 0) kinds |= 1u << (k + 1);
+      p += w;
+      if (*p) p++;
+    }
+  }
   lua_settop(L, 1);
   lua_pushinteger(L, (lua_Integer)start);
   lua_pushinteger(L, (lua_Integer)t->gen);
   lua_pushlstring(L, codes, nf);
-  lua_pushcclosure(L, iter_next, 4);
+  lua_pushinteger(L, (lua_Integer)kinds);
+  lua_pushcclosure(L, iter_next, 5);
   return 1;
 }
 
@@ -394,5 +410,6 @@ void ferry_open_tree(lua_State *L) {
   lua_pushcfunction(L, l_path_less);
   lua_setfield(L, -2, "tree_path_less");
   ferry_tree_open_diff(L);
+  ferry_tree_open_edit(L);
 }
 

@@ -3,15 +3,19 @@
  *
  * core.tar_scan_tree(path[, opts]) -> tree, info | nil, message, code
  *   opts.max_bytes (1 GiB of content), opts.max_entries (1e6), opts.exclude = fn(rel, is_dir) -> true to
- *   ignore the entry (as ferry.guard's excludes and skipped top-level names)
+ *   ignore the entry (as ferry.guard's excludes and skipped top-level names), or an exclude matcher;
+ *   opts.max_path: refuse, as ferry.guard does, a member name over max_path + 16 bytes (excluded or not) and a
+ *   path kept over max_path bytes, with a component over 255 bytes or over 256 components deep;
+ *   opts.members: paths (as normalised) to leave out of the tree and report in info.members[rel] = {name,
+ *   kind, size} (ferry's own files that come with the stream), whatever the excludes say
  *   Each member name becomes a path as ferry.guard.normalise reads it ("./" prefixes and trailing '/'
  *   dropped; the tree keeps their count, so t:get(rel).name and the iterator's `name` give the member name
  *   back). Files are hashed (sha256); modes are the archive's & 07777; directories the archive implies but
  *   does not list are added (mode 0755, implied = true).
  *   info: {entries (members read), bytes (file content), ignored (members left out: excluded, or the "."
- *   self entry), refused = {{name, reason}...}} in archive order, with ferry.guard's reasons: "absolute
+ *   self entry), members, refused = {{name, reason}...}} in archive order, with ferry.guard's reasons: "absolute
  *   path", "'..' path component", "malformed path (empty or '.' component)", "self entry that is not a
- *   directory", "hard link", "device", "fifo", "socket", "unsupported entry type", "duplicate entry" (the
+ *   directory", "hard link", "device", "fifo", "socket", "unsupported entry type", the limits' reasons, "duplicate entry" (the
  *   first member of a path stays in the tree), "parent <p> is a symlink in the archive", "parent <p> is not
  *   a directory in the archive"; and beyond the guard's: "malformed path (over 255 './' prefixes or trailing
  *   '/')", "path longer than 65535 bytes", "symlink target longer than 32767 bytes". Refused members are not
@@ -19,22 +23,18 @@
  *   Errors: "archive exceeds the N byte limit at <name>" and "archive exceeds the N entry limit at <name>"
  *   (EFBIG); "bad archive: <reason>" (EINVAL); "tar_scan_tree <path>: <reason>" for the file itself.
  *
- * It reads archives as tar_reader.c does (tar and empty formats, a UTF-8 locale pinned so names stay bytes).
+ * It reads archives with tar_reader.c's reader (ferry_tar_open: tar and empty formats, a UTF-8 locale pinned so
+ * names stay bytes).
  */
-#include <errno.h>
-#include <locale.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <archive.h>
 #include <archive_entry.h>
-#include <openssl/evp.h>
 
 #include "tree.h"
 
 #define SCAN_MT "ferry.tree_scan"
-#define BLOCK (64 * 1024)
 #define DEFAULT_MAX_BYTES ((lua_Integer)1 << 30)
 #define DEFAULT_MAX_ENTRIES 1000000
 
@@ -45,38 +45,23 @@ typedef struct refusal {
 
 typedef struct scan {
   lua_State *L;
-  struct archive *a;
-  EVP_MD *sha;
-  EVP_MD_CTX *md;
-  unsigned char *block;
-  locale_t loc, old;
+  ferry_tar_in in;
   refusal *refused;
   size_t nrefused, rcap;
   char *names; /* the refused names and built reasons, NUL-terminated */
   size_t nused, ncap;
   int exclude; /* stack index of the function, or 0 */
+  ferry_exclude *matcher; /* or a matcher, asked in C */
   ferry_tree *t;
 } scan;
 
 static int scan_release(lua_State *L) {
   scan *s = luaL_checkudata(L, 1, SCAN_MT);
-  if (s->a) archive_read_free(s->a);
-  s->a = NULL;
-  EVP_MD_CTX_free(s->md);
-  s->md = NULL;
-  EVP_MD_free(s->sha);
-  s->sha = NULL;
-  free(s->block);
-  s->block = NULL;
+  ferry_tar_close(&s->in);
   free(s->refused);
   s->refused = NULL;
   free(s->names);
   s->names = NULL;
-  if (s->loc) {
-    uselocale(s->old);
-    freelocale(s->loc);
-  }
-  s->loc = (locale_t)0;
   return 0;
 }
 
@@ -172,30 +157,21 @@ static const char *special(struct archive_entry *e) {
 
 /* opts.exclude(rel, is_dir), run in the thread's own locale (scan_release puts it back if it raises). */
 static int excluded(scan *s, const char *rel, size_t len, int is_dir) {
+  if (s->matcher) {
+    int verdict = ferry_exclude_match(s->matcher, rel, len, is_dir);
+    if (verdict < 0) luaL_error(s->L, "tar_scan_tree: out of memory");
+    return verdict;
+  }
   if (!s->exclude) return 0;
   lua_pushvalue(s->L, s->exclude);
   lua_pushlstring(s->L, rel, len);
   lua_pushboolean(s->L, is_dir);
-  if (s->loc) uselocale(s->old);
+  if (s->in.loc) uselocale(s->in.old);
   lua_call(s->L, 2, 1);
-  if (s->loc) uselocale(s->loc);
+  if (s->in.loc) uselocale(s->in.loc);
   int out = lua_toboolean(s->L, -1);
   lua_pop(s->L, 1);
   return out;
-}
-
-/* Hash the current member's data. 0, -1 on a bad archive, -2 over the limit, ENOMEM. */
-static int pump(scan *s, int64_t *total, lua_Integer max, unsigned char *md) {
-  if (!EVP_DigestInit_ex2(s->md, s->sha, NULL)) return ENOMEM;
-  for (;;) {
-    la_ssize_t n = archive_read_data(s->a, s->block, BLOCK);
-    if (n < 0) return -1;
-    if (n == 0) break;
-    *total += n;
-    if (*total > max) return -2;
-    if (!EVP_DigestUpdate(s->md, s->block, (size_t)n)) return ENOMEM;
-  }
-  return EVP_DigestFinal_ex(s->md, md, NULL) ? 0 : ENOMEM;
 }
 
 /* The archive's index of each entry rides in its ino slot while the scan runs (tar entries have none). */
@@ -247,52 +223,80 @@ static lua_Integer opt_limit(lua_State *L, const char *field, lua_Integer dflt) 
   return v;
 }
 
-/* Open the archive at path into s. 0, or the number of values pushed for a failure. */
-static int open_archive(lua_State *L, scan *s, const char *path) {
-  s->a = archive_read_new();
-  s->md = EVP_MD_CTX_new();
-  s->sha = EVP_MD_fetch(NULL, "SHA256", NULL);
-  s->block = malloc(BLOCK);
-  if (!s->a || !s->md || !s->sha || !s->block) return luaL_error(L, "tar_scan_tree: out of memory");
-  s->loc = ferry_utf8_locale();
-  if (s->loc) s->old = uselocale(s->loc);
-  archive_read_support_format_tar(s->a);
-  archive_read_support_format_empty(s->a);
-  struct stat st;
-  if (stat(path, &st) < 0) return ferry_sys_fail(L, errno, "tar_scan_tree", path);
-  if (archive_read_open_filename(s->a, path, BLOCK) != ARCHIVE_OK) {
-    int err = archive_errno(s->a);
-    if (err > 0 && err != EILSEQ) return ferry_sys_fail(L, err, "tar_scan_tree", path);
-    return ferry_fail(L, "EINVAL", "bad archive: %s", archive_error_string(s->a));
-  }
-  return 0;
-}
-
 typedef struct limits {
   lua_Integer max_bytes, max_entries;
+  lua_Integer max_path; /* bytes of a path (0: only the tree's own limit); components at most 255, 256 deep */
   int64_t total;
   size_t entries, ignored;
+  int members; /* stack index of opts.members as a set (rel -> true), or 0 */
+  int found;   /* stack index of info.members */
 } limits;
+
+#define MAX_COMPONENT 255
+#define MAX_DEPTH 256
+
+/* Why rel (len bytes) is too long or too deep to write, or NULL (ferry.guard's reasons). */
+static const char *over_limits(lua_State *L, const char *rel, size_t len, lua_Integer max_path) {
+  if (max_path == 0) return NULL;
+  if ((lua_Integer)len > max_path) return lua_pushfstring(L, "path longer than %I bytes", max_path);
+  size_t depth = 0, longest = 0;
+  for (size_t i = 0; i <= len;) {
+    size_t j = i;
+    while (j < len && rel[j] != '/') j++;
+    if (j - i > longest) longest = j - i;
+    depth++;
+    i = j + 1;
+  }
+  if (longest > MAX_COMPONENT) return lua_pushfstring(L, "path component longer than %d bytes", MAX_COMPONENT);
+  if (depth > MAX_DEPTH) return lua_pushfstring(L, "path deeper than %d components", MAX_DEPTH);
+  return NULL;
+}
+
+/* A member opts.members names: recorded in info.members as {name, kind, size}, left out of the tree. */
+static int take_named(lua_State *L, limits *lim, struct archive_entry *e, const char *rel, size_t len) {
+  if (!lim->members) return 0;
+  lua_pushlstring(L, rel, len);
+  int listed = lua_rawget(L, lim->members) != LUA_TNIL;
+  lua_pop(L, 1);
+  if (!listed) return 0;
+  lua_pushlstring(L, rel, len);
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, archive_entry_pathname(e));
+  lua_setfield(L, -2, "name");
+  int hard = archive_entry_hardlink(e) != NULL;
+  lua_pushstring(L, hard ? "hardlink" : ferry_kind_name(archive_entry_filetype(e)));
+  lua_setfield(L, -2, "kind");
+  lua_pushinteger(L, (lua_Integer)archive_entry_size(e));
+  lua_setfield(L, -2, "size");
+  lua_rawset(L, lim->found);
+  return 1;
+}
 
 /* One member into the tree (or the refusals). 0, or the number of values pushed for a failure. */
 static int take_member(scan *s, struct archive_entry *e, limits *lim) {
   lua_State *L = s->L;
-  const char *name = archive_entry_pathname(e), *rel;
-  size_t at = lim->entries, len;
-  unsigned dots, slashes;
-  const char *why = normalise(name, &rel, &len, &dots, &slashes);
+  const char *name = archive_entry_pathname(e), *rel = name;
+  size_t at = lim->entries, len = 0, name_len = strlen(name);
+  unsigned dots = 0, slashes = 0;
+  int top = lua_gettop(L);
+  const char *why = lim->max_path && (lua_Integer)name_len > lim->max_path + 16
+                        ? lua_pushfstring(L, "path longer than %I bytes", lim->max_path)
+                        : normalise(name, &rel, &len, &dots, &slashes);
   int is_file = archive_entry_filetype(e) == AE_IFREG && archive_entry_hardlink(e) == NULL;
   int kind = is_file ? TREE_FILE : archive_entry_filetype(e) == AE_IFDIR ? TREE_DIR : TREE_SYMLINK;
   int keep = 0;
   if (why == NULL && len == 0) {
     if (kind == TREE_DIR && !special(e)) lim->ignored++;
     else why = "self entry that is not a directory";
+  } else if (why == NULL && take_named(L, lim, e, rel, len)) {
+    /* recorded in info.members */
   } else if (why == NULL && excluded(s, rel, len, kind == TREE_DIR && !special(e))) {
     lim->ignored++;
-  } else if (why == NULL && (why = special(e)) == NULL) {
+  } else if (why == NULL && (why = over_limits(L, rel, len, lim->max_path)) == NULL && (why = special(e)) == NULL) {
     keep = 1;
   }
-  if (why) refuse(s, at, name, strlen(name), why);
+  if (why) refuse(s, at, name, name_len, why);
+  lua_settop(L, top);
   int64_t size = archive_entry_size(e);
   if (is_file && size > lim->max_bytes - lim->total)
     return ferry_fail(L, "EFBIG", "archive exceeds the %I byte limit at %s", lim->max_bytes, name);
@@ -305,8 +309,8 @@ static int take_member(scan *s, struct archive_entry *e, limits *lim) {
                    .dots = dots, .slashes = slashes};
   unsigned char md[32];
   if (kind == TREE_FILE) {
-    int err = pump(s, &lim->total, lim->max_bytes, md);
-    if (err == -1) return ferry_fail(L, "EINVAL", "bad archive: %s", archive_error_string(s->a));
+    int err = ferry_tar_pump(&s->in, &lim->total, lim->max_bytes, md, NULL);
+    if (err == -1) return ferry_tar_bad(L, &s->in);
     if (err == -2) return ferry_fail(L, "EFBIG", "archive exceeds the %I byte limit at %s", lim->max_bytes, name);
     if (err) return luaL_error(L, "tar_scan_tree: sha256 failed");
     f.size = (uint64_t)size;
@@ -331,7 +335,9 @@ static int by_place(const void *a, const void *b) {
 }
 
 static void push_info(lua_State *L, scan *s, const limits *lim) {
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 5);
+  lua_pushvalue(L, lim->found);
+  lua_setfield(L, -2, "members");
   lua_pushinteger(L, (lua_Integer)lim->entries);
   lua_setfield(L, -2, "entries");
   lua_pushinteger(L, (lua_Integer)lim->total);
@@ -355,28 +361,43 @@ static int l_tar_scan_tree(lua_State *L) {
   const char *path = ferry_check_path(L, 1, "tar_scan_tree", "path", NULL);
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     return luaL_error(L, "tar_scan_tree: opts must be a table, got %s", luaL_typename(L, 2));
-  limits lim = {opt_limit(L, "max_bytes", DEFAULT_MAX_BYTES), opt_limit(L, "max_entries", DEFAULT_MAX_ENTRIES), 0, 0,
-                0};
+  limits lim = {opt_limit(L, "max_bytes", DEFAULT_MAX_BYTES), opt_limit(L, "max_entries", DEFAULT_MAX_ENTRIES),
+                opt_limit(L, "max_path", 0), 0, 0, 0, 0, 0};
   lua_settop(L, 2);
   if (lua_istable(L, 2)) lua_getfield(L, 2, "exclude");
   else lua_pushnil(L); /* 3 */
-  if (!lua_isnil(L, 3) && !lua_isfunction(L, 3))
-    return luaL_error(L, "tar_scan_tree: opts.exclude must be a function, got %s", luaL_typename(L, 3));
+  ferry_exclude *matcher = ferry_exclude_test(L, 3);
+  if (!lua_isnil(L, 3) && !lua_isfunction(L, 3) && matcher == NULL)
+    return luaL_error(L, "tar_scan_tree: opts.exclude must be a function or an exclude matcher, got %s",
+                      luaL_typename(L, 3));
   scan *s = lua_newuserdatauv(L, sizeof *s, 0); /* 4 */
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, SCAN_MT);
   lua_toclose(L, 4);
   s->L = L;
-  s->exclude = lua_isnil(L, 3) ? 0 : 3;
+  s->matcher = matcher;
+  s->exclude = lua_isnil(L, 3) || matcher ? 0 : 3;
   s->t = ferry_tree_push(L); /* 5 */
-  int pushed = open_archive(L, s, path);
+  lua_newtable(L);           /* 6: info.members */
+  lim.found = 6;
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "members") != LUA_TNIL) { /* 7: the set of their rels */
+    if (!lua_istable(L, 7)) return luaL_error(L, "tar_scan_tree: opts.members must be a list of paths");
+    lua_newtable(L);
+    for (lua_Integer i = 1; lua_rawgeti(L, 7, i) == LUA_TSTRING; i++) {
+      lua_pushboolean(L, 1);
+      lua_rawset(L, 8);
+    }
+    lua_pop(L, 1);
+    lua_replace(L, 7);
+    lim.members = 7;
+  }
+  int pushed = ferry_tar_open(L, &s->in, "tar_scan_tree", path);
   if (pushed) return pushed;
   struct archive_entry *e;
   int rc;
-  while ((rc = archive_read_next_header(s->a, &e)) != ARCHIVE_EOF) {
-    if (rc < ARCHIVE_WARN) return ferry_fail(L, "EINVAL", "bad archive: %s", archive_error_string(s->a));
+  while ((rc = ferry_tar_next(&s->in, &e)) != 0) {
+    if (rc < 0) return ferry_tar_bad(L, &s->in);
     const char *name = archive_entry_pathname(e);
-    if (name == NULL) return ferry_fail(L, "EINVAL", "bad archive: an entry without a name");
     if ((lua_Integer)lim.entries >= lim.max_entries)
       return ferry_fail(L, "EFBIG", "archive exceeds the %I entry limit at %s", lim.max_entries, name);
     pushed = take_member(s, e, &lim);

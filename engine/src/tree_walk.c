@@ -4,7 +4,8 @@
  *
  * core.tree_walk(root, opts) -> tree, info | nil, message, code
  *   root: a directory (a symlink to one is followed; nothing below it is, unless follow_symlinks)
- *   opts.exclude = fn(rel, is_dir) -> true to leave rel out (a directory left out is not entered)
+ *   opts.exclude = fn(rel, is_dir) -> true to leave rel out (a directory left out is not entered), or an exclude
+ *     matcher (core.exclude_matcher), asked in C
  *   opts.hash = true: every file gets its sha256 (read, unless opts.known vouches for it)
  *   opts.known = an earlier tree: a file whose mode, size, inode and mtime (exact) match its entry there takes
  *     the recorded sha256 unread, unless that mtime was within 2 s of the start of the walk that recorded it
@@ -55,6 +56,7 @@ typedef struct walker {
   const ferry_tree *known;
   size_t kpos;
   int hash, follow, exclude; /* exclude: stack index of the function, or 0 */
+  ferry_exclude *matcher;    /* or a matcher (core.exclude_matcher), asked without Lua */
   const char *root;
   int rootfd;
   char *rel;
@@ -313,6 +315,11 @@ static void list_add(walker *w, int list, size_t len) {
 }
 
 static int excluded(walker *w, size_t len, int is_dir) {
+  if (w->matcher) { /* the walk never enters an excluded directory: rel alone decides */
+    int verdict = ferry_exclude_decide(w->matcher, w->rel, len, is_dir);
+    if (verdict < 0) luaL_error(w->L, "tree_walk: out of memory");
+    return verdict;
+  }
   if (!w->exclude) return 0;
   lua_pushvalue(w->L, w->exclude);
   lua_pushlstring(w->L, w->rel, len);
@@ -481,8 +488,9 @@ static void read_opts(lua_State *L, walker *w) {
   w->temp_tokens = tt != LUA_TNIL;
   lua_pop(L, 1);
   int t = lua_getfield(L, 2, "exclude");
-  if (t != LUA_TNIL && t != LUA_TFUNCTION)
-    luaL_error(L, "tree_walk: opts.exclude must be a function, got %s", luaL_typename(L, -1));
+  w->matcher = ferry_exclude_test(L, -1); /* anchored by opts */
+  if (t != LUA_TNIL && t != LUA_TFUNCTION && w->matcher == NULL)
+    luaL_error(L, "tree_walk: opts.exclude must be a function or an exclude matcher, got %s", luaL_typename(L, -1));
   lua_pop(L, 1);
 }
 
@@ -499,7 +507,7 @@ static int l_tree_walk(lua_State *L) {
   read_opts(L, w);
   if (lua_istable(L, 2)) lua_getfield(L, 2, "exclude"); /* 4: the function or nil */
   else lua_pushnil(L);
-  if (!lua_isnil(L, 4)) w->exclude = 4;
+  if (!lua_isnil(L, 4) && w->matcher == NULL) w->exclude = 4;
   if (w->known) { /* anchored by opts */
     int64_t sec = w->known->taken_sec - RACY_SECONDS;
     w->vouch_sec = sec;
