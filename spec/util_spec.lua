@@ -2,6 +2,7 @@
 local util = require "ferry.util"
 local core = require "ferry.core"
 local snapshot = require "ferry.snapshot"
+local helpers = require "support.helpers"
 
 describe("util", function()
   it("parent_of: the parent of a relative path, or `top` for one component", function()
@@ -78,13 +79,18 @@ describe("the temp-name prefix", function()
   end)
 end)
 
-describe("the quick record", function()
-  it("is made, recognised and trusted in one place", function()
+describe("the quick key", function()
+  it("is the one core.fs_safe_remove and core.tar_extract compare, from an lstat or a tree entry", function()
     local st = { mode = 33188, size = 3, ino = 12, mtime = 1700000000.25 }
-    local sum = ("0f"):rep(32)
-    local rec = snapshot.quick_record(st, sum)
-    assert.equal("644 3 12 1700000000.25 " .. sum, rec)
+    assert.equal("644 3 12 1700000000.25", snapshot.quick_key(st))
     assert.equal("file 644 3 12 1700000000.25", snapshot.expect_key({ kind = "file", mode = 33188, size = 3, ino = 12,
       mtime = 1700000000.25 }))
+    local dir = helpers.tmpdir()
+    helpers.write_file(dir .. "/f", "abc")
+    local t = assert(core.tree_walk(dir, {}))
+    local e = t:get("f")
+    assert.equal(snapshot.expect_key(assert(core.fs_lstat(dir .. "/f"))), snapshot.expect_key(e))
+    assert(core.fs_safe_remove(dir, "f", snapshot.expect_key(e)))
+    helpers.rmtree(dir)
   end)
 end)

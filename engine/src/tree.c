@@ -305,6 +305,18 @@ size_t ferry_tree_prefix_end(const ferry_tree *t, size_t lo, const char *prefix,
   return lo;
 }
 
+size_t ferry_tree_subtree_end(const ferry_tree *t, size_t lo, const char *dir, size_t len) {
+  size_t hi = t->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    const tree_entry *x = &t->e[mid];
+    const char *p = tree_path(t, x);
+    if (x->path_len > len && p[len] == '/' && memcmp(p, dir, len) == 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 typedef struct span {
   uint32_t off;
   uint16_t len;

@@ -83,6 +83,8 @@ int ferry_tree_settle_with(ferry_tree *t, int keep_first, tree_dup_fn on_dup, vo
 int ferry_tree_fill_parents(ferry_tree *t);
 /* The end of the run of entries from lo whose path starts with prefix (plen bytes, ending in '/'). */
 size_t ferry_tree_prefix_end(const ferry_tree *t, size_t lo, const char *prefix, size_t plen);
+/* The end of the run of entries from `lo` below dir (len bytes): whose path starts with dir and a '/'. */
+size_t ferry_tree_subtree_end(const ferry_tree *t, size_t lo, const char *dir, size_t len);
 /* Index of path in a settled tree, or -1. */
 ptrdiff_t ferry_tree_find(const ferry_tree *t, const char *path, size_t len);
 /* Index of the first entry at or after path (n when none). */

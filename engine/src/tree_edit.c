@@ -41,18 +41,16 @@ static int l_copy(lua_State *L) {
 }
 
 /* The range [*lo, *hi) of the entries strictly below rel (len bytes; the whole tree for ""). */
-static void below(lua_State *L, const ferry_tree *t, const char *rel, size_t len, size_t *lo, size_t *hi) {
+static void below(const ferry_tree *t, const char *rel, size_t len, size_t *lo, size_t *hi) {
   if (len == 0) {
     *lo = 0;
     *hi = t->n;
     return;
   }
-  luaL_Buffer b;
-  char *prefix = luaL_buffinitsize(L, &b, len + 1);
-  memcpy(prefix, rel, len);
-  prefix[len] = '/';
-  *lo = ferry_tree_lower(t, prefix, len + 1);
-  *hi = ferry_tree_prefix_end(t, *lo, prefix, len + 1);
+  /* '/' sorts before every other byte: rel's subtree is the run right after rel's own place */
+  *lo = ferry_tree_lower(t, rel, len);
+  if (*lo < t->n && t->e[*lo].path_len == len && memcmp(tree_path(t, &t->e[*lo]), rel, len) == 0) (*lo)++;
+  *hi = ferry_tree_subtree_end(t, *lo, rel, len);
 }
 
 static int l_prune(lua_State *L) {
@@ -68,7 +66,7 @@ static int l_prune(lua_State *L) {
     removed++;
   }
   size_t lo, hi;
-  below(L, t, rel, len, &lo, &hi);
+  below(t, rel, len, &lo, &hi);
   for (size_t i = lo; i < hi; i++) { /* marked, not moved: an iteration in progress goes on */
     if (t->e[i].dead) continue;
     t->e[i].dead = 1;
@@ -84,7 +82,7 @@ static int l_children(lua_State *L) {
   size_t len;
   const char *rel = ferry_check_string(L, 2, "tree: children", "rel", &len);
   size_t lo, hi;
-  below(L, t, rel, len, &lo, &hi);
+  below(t, rel, len, &lo, &hi);
   size_t skip = len ? len + 1 : 0; /* the bytes of "rel/" */
   lua_newtable(L);
   lua_Integer n = 0;
@@ -99,12 +97,7 @@ static int l_children(lua_State *L) {
       lua_pushlstring(L, p, x->path_len);
       lua_rawseti(L, -2, ++n);
     }
-    /* the next sibling: past this entry's own subtree, which follows it */
-    luaL_Buffer b;
-    char *prefix = luaL_buffinitsize(L, &b, x->path_len + 1);
-    memcpy(prefix, p, x->path_len);
-    prefix[x->path_len] = '/';
-    i = ferry_tree_prefix_end(t, i + 1, prefix, x->path_len + 1);
+    i = ferry_tree_subtree_end(t, i + 1, p, x->path_len); /* the next sibling: past this entry's subtree */
   }
   return 1;
 }

@@ -4,7 +4,7 @@
 -- prepare can be a delta from it), and, when the remote dir is a git repository, reports its HEAD and keeps
 -- the runtime dir out of `git add -A`. The listing, within ferry's excludes (and, in git mode, without what
 -- the host's git ignores), is the baseline restore merges against.
-local delta = require "ferry.delta"
+local core = require "ferry.core"
 local git = require "ferry.git"
 local git_remote = require "ferry.git_remote"
 local remote = require "ferry.remote"
@@ -12,52 +12,45 @@ local util = require "ferry.util"
 
 local M = {}
 
--- The listing as a snapshot: within the excludes, every entry's parent present, files with their hash.
+-- The listing as the baseline tree: within the excludes, every entry's parent kept, files with their hash.
 local function baseline_of(listed, matcher, warnings)
-  local rels = {}
-  for rel in pairs(listed) do rels[#rels + 1] = rel end
-  table.sort(rels) -- a parent sorts before its children
-  local snap = {}
-  for _, rel in ipairs(rels) do
-    local e, parent = listed[rel], util.parent_of(rel)
-    local is_dir = e.kind == "dir"
-    if (not parent or (snap[parent] and snap[parent].kind == "dir")) and not matcher(rel, is_dir) then
-      if e.kind == "file" and not e.sha256 then
+  local baseline, dirs = core.tree_new(), {}
+  for rel, kind, mode, size, sha256, target in listed:iter(nil, "kind mode size sha256 target") do
+    local parent = util.parent_of(rel)
+    local is_dir = kind == "dir"
+    if (not parent or dirs[parent]) and not matcher(rel, is_dir) then
+      if kind == "file" and not sha256 then
         warnings[#warnings + 1] = "adopt: " .. rel .. ": the sandbox could not hash it; left out of the baseline"
-      elseif e.kind == "file" then
-        snap[rel] = { kind = "file", mode = tonumber(e.mode, 8), size = math.tointeger(tonumber(e.size)),
-          sha256 = e.sha256 }
-      elseif is_dir then
-        snap[rel] = { kind = "dir", mode = tonumber(e.mode, 8) }
-      elseif e.kind == "symlink" then
-        snap[rel] = { kind = "symlink", target = e.target }
+      elseif kind ~= "other" then
+        baseline:add(rel, { kind = kind, mode = kind ~= "symlink" and mode or nil, size = size, sha256 = sha256,
+          target = target })
+        if is_dir then dirs[rel] = true end
       end
     end
   end
-  return snap
+  return baseline
 end
 
-local function counts(snap)
-  local info = { files = 0, dirs = 0, symlinks = 0 }
-  for _, e in pairs(snap) do
-    local counter = e.kind .. "s" -- files, dirs, symlinks
+local function counts(tree)
+  local info = { files = 0, dirs = 0, symlinks = 0, bytes = 0, hashed = 0 }
+  for _, kind, size in tree:iter(nil, "kind size") do
+    local counter = kind .. "s" -- files, dirs, symlinks
     info[counter] = info[counter] + 1
+    info.bytes = info.bytes + size
   end
   return info
 end
 
 -- Leave out what the host's git ignores (and everything below an ignored dir).
-local function drop_ignored(snap, top)
+local function drop_ignored(tree, top)
   local paths = {}
-  for rel, e in pairs(snap) do paths[#paths + 1] = e.kind == "dir" and rel .. "/" or rel end
+  for rel, kind in tree:iter(nil, "kind") do paths[#paths + 1] = kind == "dir" and rel .. "/" or rel end
   local ignored, err, code = git.ignored(top, paths)
   if not ignored then return nil, err, code end
-  local rels = {}
-  for rel in pairs(snap) do rels[#rels + 1] = rel end
-  table.sort(rels)
-  for _, rel in ipairs(rels) do
-    local parent = util.parent_of(rel)
-    if ignored[rel] or ignored[rel .. "/"] or (parent and not snap[parent]) then snap[rel] = nil end
+  for rel, kind in tree:iter(nil, "kind") do
+    if ignored[rel] or ignored[rel .. "/"] then
+      if kind == "dir" then tree:prune(rel) else tree:remove(rel) end
+    end
   end
   return true
 end
@@ -72,10 +65,11 @@ local function failure(res, remote_dir)
   return nil, "prepare: " .. remote.failure("adopting " .. remote_dir, res), "EIO"
 end
 
---- Adopt the remote dir's workspace. job: remote_dir, keep, patterns, base_matcher (ferry's excludes),
---- first_line, progress, keep_out (names for .git/info/exclude), head_lines (more lines to run first);
+--- Adopt the remote dir's workspace (the listing's tree becomes the baseline, and the remote tree with the
+--- marker's id). job: remote_dir, keep, patterns, base_matcher (ferry's excludes),
+--- first_line, progress, keep_out (names for .git/info/exclude), refs_clear (more lines to run first);
 --- gj: ferry.git_prepare's plan when the host workspace is the top of a git work tree (else nil). Returns
---- {baseline, info = {files, dirs, symlinks}, recorded (the listing's records, for the next delta), stderr,
+--- {baseline (a tree), info = {files, dirs, symlinks}, recorded (the listing's tree), sync_id, stderr,
 --- warnings, git = ferry.git_remote.adopt_report's (nil without gj)} or nil, message, code.
 ---@param sb table
 ---@param job table
@@ -83,9 +77,10 @@ end
 ---@return table|nil adopted, string|nil err, string|nil code
 function M.run(sb, job, gj)
   job.progress:phase("sync")
+  local id = util.unique_hex(16)
   local before = { 'mkdir -p "$ferry_r/' .. remote.RUNTIME_DIR .. '" || exit 1',
-    ': > "$ferry_r/' .. remote.MARK_FILE .. '" || exit 1' }
-  if job.head_lines then before[#before + 1] = job.head_lines end
+    "printf '%s' " .. core.sh_quote(id) .. ' > "$ferry_r/' .. remote.MARK_FILE .. '" || exit 1' }
+  if job.refs_clear then before[#before + 1] = job.refs_clear end
   if gj then before[#before + 1] = git_remote.adopt_lines(job.keep_out) end
   local script = (job.first_line and job.first_line .. "\n" or "")
     .. remote.list_script(job.remote_dir, job.keep, job.patterns, { all = true, before = table.concat(before, "\n") })
@@ -94,9 +89,9 @@ function M.run(sb, job, gj)
     { what = "adopting " .. job.remote_dir })
   if not res then return nil, "prepare: " .. err, code end
   if res.code ~= 0 or res.timed_out then return failure(res, job.remote_dir) end
-  local listed = remote.parse_listing(table.concat(parts))
+  local listed = core.tree_parse_listing(table.concat(parts))
   if not listed then return nil, "prepare: adopting " .. job.remote_dir .. ": malformed listing", "EIO" end
-  local adopted = { warnings = {}, stderr = res.stderr, recorded = delta.recorded_stats(listed) }
+  local adopted = { warnings = {}, stderr = res.stderr, recorded = listed, sync_id = id }
   adopted.baseline = baseline_of(listed, job.base_matcher, adopted.warnings)
   if gj then
     adopted.git = git_remote.adopt_report(res.stderr)

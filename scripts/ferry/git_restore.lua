@@ -12,7 +12,6 @@ local core = require "ferry.core"
 local git = require "ferry.git"
 local git_integrate = require "ferry.git_integrate"
 local git_remote = require "ferry.git_remote"
-local guard = require "ferry.guard"
 local util = require "ferry.util"
 
 local M = {}
@@ -69,14 +68,10 @@ end
 
 -- The received member `rel` (a file), extracted into the spool dir as `dest`: its path and size, or nil.
 local function member(got, spool_dir, rel, dest, limit)
-  for _, e in ipairs(got.entries) do
-    if guard.normalise(e.name) == rel then
-      if e.kind ~= "file" or e.size > limit then return nil end
-      local ok = core.tar_extract(e.spool, spool_dir, { [e.name] = { dest = dest, mode = 384 } })
-      return ok and spool_dir .. "/" .. dest or nil, e.size
-    end
-  end
-  return nil
+  local e = got.info.members[rel]
+  if not e or e.kind ~= "file" or e.size > limit then return nil end
+  local ok = core.tar_extract(got.spool, spool_dir, { [e.name] = { dest = dest, mode = 384 } })
+  return ok and spool_dir .. "/" .. dest or nil, e.size
 end
 
 local function read_all(path)
@@ -129,31 +124,31 @@ local function below_any(rel, roots)
   return false
 end
 
---- Leave out of the sandbox's snapshot the new paths (absent from the baseline) that the host's git
---- ignores, and everything below them: they stay in the sandbox. Returns the paths left out, sorted.
+--- Leave out of the sandbox's tree the new paths (absent from the baseline) that the host's git ignores,
+--- and everything below them: they stay in the sandbox. Returns the paths left out, in path order.
 ---@param gr table
----@param remote_snap table
----@param baseline table
+---@param remote_tree table
+---@param baseline table  a tree
 ---@return string[]|nil dropped, string|nil err, string|nil code
-function M.drop_ignored(gr, remote_snap, baseline)
-  local roots, query = nested_roots(gr.files), {}
-  for rel, e in pairs(remote_snap) do
-    if baseline[rel] == nil and not below_any(rel, roots) then
+function M.drop_ignored(gr, remote_tree, baseline)
+  local roots, query, new = nested_roots(gr.files), {}, {}
+  for _, rel in ipairs((core.tree_diff(baseline, remote_tree))) do
+    local e = remote_tree:get(rel)
+    if e and not baseline:get(rel) and not below_any(rel, roots) then
+      new[#new + 1] = rel
       query[#query + 1] = e.kind == "dir" and rel .. "/" or rel
     end
   end
   local ignored, err, code = git.ignored(gr.info.top, query)
   if not ignored then return nil, "restore: " .. err, code end
-  local rels = {}
-  for rel in pairs(remote_snap) do rels[#rels + 1] = rel end
-  table.sort(rels) -- parents first
-  local dropped, gone = {}, {}
-  for _, rel in ipairs(rels) do
-    local parent = util.parent_of(rel)
-    if ignored[rel] or ignored[rel .. "/"] or (parent and gone[parent]) then
-      gone[rel] = true
-      remote_snap[rel] = nil
+  local dropped, gone = {}, nil
+  for _, rel in ipairs(new) do -- in path order: a parent before its subtree (all of it new too)
+    if gone and rel:sub(1, #gone + 1) == gone .. "/" then
       dropped[#dropped + 1] = rel
+    elseif ignored[rel] or ignored[rel .. "/"] then
+      dropped[#dropped + 1] = rel
+      remote_tree:prune(rel)
+      gone = rel
     end
   end
   return dropped
@@ -176,23 +171,23 @@ end
 
 -- A baseline entry for a commit's blob, or nil for what the merge does not carry (a submodule).
 local function entry_of(e, text)
-  if e.mode == "120000" then return { kind = "symlink", target = text } end
+  if e.mode == "120000" then return text and { kind = "symlink", target = text } or nil end
   local mode = MODES[e.mode]
   if not mode or not text then return nil end
   return { kind = "file", mode = mode, size = #text, sha256 = core.sha256(text) }
 end
 
 --- When the agent's commits went to a ferry ref (the user's branch moved), the baseline the merge uses:
---- a copy of `baseline` where each path those commits changed has its version in the new commit (absent
---- when they deleted it), its parent dirs included. The working tree then gets only what the sandbox
---- changed on top of its commits; the commits themselves wait on the ref.
+--- a copy of the `baseline` tree where each path those commits changed has its version in the new commit
+--- (absent when they deleted it), its parent dirs included. The working tree then gets only what the
+--- sandbox changed on top of its commits; the commits themselves wait on the ref.
 ---@param gr table
 ---@param integrated table  ferry.git_integrate.integrate's (mode "ferry-ref")
----@param baseline table
----@param remote_snap table
+---@param baseline table  a tree
+---@param remote_tree table
 ---@param matcher function  the state's excludes
 ---@return table|nil baseline, string|nil err, string|nil code
-function M.committed_baseline(gr, integrated, baseline, remote_snap, matcher)
+function M.committed_baseline(gr, integrated, baseline, remote_tree, matcher)
   local top, new, old = gr.info.top, integrated.new, gr.expect.base
   local args = old and { "diff", "--name-only", "-z", "--no-renames", old, new }
     or { "ls-tree", "-r", "-z", "--name-only", "--full-tree", new }
@@ -210,14 +205,20 @@ function M.committed_baseline(gr, integrated, baseline, remote_snap, matcher)
   local texts
   texts, err, code = git.blobs(top, oids)
   if not texts then return nil, "restore: " .. err, code end
-  local merged = {}
-  for rel, e in pairs(baseline) do merged[rel] = e end
+  local merged = baseline:copy()
   for _, p in ipairs(paths) do
     local e = entries[p]
-    merged[p] = e and entry_of(e, texts[e.oid]) or nil
-    local parent = e and util.parent_of(p)
-    while parent and not (merged[parent] and merged[parent].kind == "dir") do
-      merged[parent] = { kind = "dir", mode = remote_snap[parent] and remote_snap[parent].mode or 493 }
+    local entry = e and entry_of(e, texts[e.oid])
+    local was = merged:get(p)
+    if was and was.kind == "dir" then merged:prune(p) else merged:remove(p) end
+    if entry then merged:add(p, entry) end
+    local parent = entry and util.parent_of(p)
+    while parent do
+      local d = merged:get(parent)
+      if d and d.kind == "dir" then break end
+      if d then merged:remove(parent) end
+      local r = remote_tree:get(parent)
+      merged:add(parent, { kind = "dir", mode = r and r.mode or 493 })
       parent = util.parent_of(parent)
     end
   end

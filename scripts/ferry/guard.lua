@@ -11,14 +11,17 @@
 -- Ignored silently (never written): the "." self entry, excluded paths and everything below them, the
 -- runtime dir and preserved names. setuid, setgid and sticky bits are dropped (modes & 0777).
 --
--- The cost is linear in the archive's size: the paths are a tree of components (each entry's name is split
--- once), each node's verdict and disk state are found once, and resolving symlinks has a budget that grows
--- with the archive.
+-- The archive is read by core.tar_scan_tree (M.scan_options): it refuses, in C and with these words, what the
+-- archive alone shows wrong (names, limits, kinds, duplicates, a parent that is a symlink or a file in the
+-- archive) and marks the parents it does not list (implied). M.check adds what needs the disk and the
+-- symlink targets, looking only at the archive's directories and symlinks. Its cost is linear in the
+-- archive: each directory's disk state is found once, and resolving symlinks has a budget that grows with
+-- the archive.
 local core = require "ferry.core"
+local excludes = require "ferry.excludes"
 
 local M = {}
 
-local MODE_MASK = 511 -- 0777
 local RESOLVE_BUDGET = 256 -- symlink hops one target may take, over all views
 
 --- The limits on a restored path: a component's bytes, the components of a path, and the room kept under
@@ -28,11 +31,6 @@ M.MAX_COMPONENT = 255
 M.MAX_DEPTH = 256
 local PATH_MAX = 4095
 local ROOM = 64
-
-local SPECIAL = {
-  hardlink = "hard link", char = "device", block = "device", fifo = "fifo", socket = "socket",
-  other = "unsupported entry type",
-}
 
 --- The longest entry path (bytes) restore writes below `workspace`: 4095 - 64 - #workspace - 1.
 ---@param workspace string
@@ -63,102 +61,67 @@ function M.normalise(name)
   return rel, nil, depth, longest
 end
 
--- Why a normalised path is too long or too deep to write, or nil.
-local function over_limits(rel, limit, depth, longest)
-  if #rel > limit then return string.format("path longer than %d bytes", limit) end
-  if longest > M.MAX_COMPONENT then return string.format("path component longer than %d bytes", M.MAX_COMPONENT) end
-  if depth > M.MAX_DEPTH then return string.format("path deeper than %d components", M.MAX_DEPTH) end
-  return nil
+
+--- The matcher of what restore ignores in an archive: the excludes `patterns`, and the top-level names
+--- `skip_top` (the runtime dir, the preserved names) with everything below them. Raises on a bad pattern.
+---@param patterns string[]
+---@param skip_top string[]
+---@return function matcher
+function M.ignore_matcher(patterns, skip_top)
+  local all = excludes.combine(patterns)
+  for _, name in ipairs(skip_top) do all[#all + 1] = "/" .. name:gsub("[\\*?]", "\\%0") end
+  return excludes.compile(all)
 end
 
--- ---- the tree of paths ----
--- A node: {name (its component), parent, children = {}, entry (the archive's, or nil), rel (its path, set for
--- entries, else made on demand), ignored, disk ("dir" | "symlink" | "other" | false, found on demand), target
--- (the disk symlink's), verdict (the problem of an entry below it, false for none)}.
-
-local function new_node(parent, name)
-  local node = { name = name, parent = parent, children = {} }
-  parent.children[name] = node
-  return node
+--- core.tar_scan_tree's options for the archive restore reads into `workspace`: exclude (M.ignore_matcher's),
+--- max_path (M.path_limit), max_bytes, members (ferry's own files in the stream).
+---@return table
+function M.scan_options(workspace, matcher, max_bytes, members)
+  return { exclude = matcher, max_path = M.path_limit(workspace), max_bytes = max_bytes, members = members }
 end
 
-local function child(node, name)
-  return node.children[name] or new_node(node, name)
+-- ---- what is on disk ----
+
+local function parent_of(rel)
+  return rel:match("^(.*)/[^/]*$") or ""
 end
 
-local function rel_of(node)
-  if node.rel then return node.rel end
-  local names, n = {}, node
-  while n.parent do
-    names[#names + 1] = n.name
-    n = n.parent
-  end
-  for i = 1, #names // 2 do names[i], names[#names + 1 - i] = names[#names + 1 - i], names[i] end
-  node.rel = table.concat(names, "/")
-  return node.rel
-end
-
--- What is on disk at the node: "dir", "symlink" (and node.target), "other", or false (absent, or below
--- something that is not a directory on disk). One lstat per node, and only below real directories.
-local function disk(ctx, node)
-  if node.disk == nil then
-    if not node.parent then
-      node.disk = "dir"
-    elseif disk(ctx, node.parent) ~= "dir" then
-      node.disk = false
-    else
-      ctx.steps = ctx.steps + 1
-      local path = ctx.workspace .. "/" .. rel_of(node)
-      local st = core.fs_lstat(path)
-      node.disk = st and (st.kind == "dir" and "dir" or st.kind == "symlink" and "symlink" or "other") or false
-      if node.disk == "symlink" then node.target = core.fs_readlink(path) or "" end
-    end
-  end
-  return node.disk
-end
-
--- The problem of an entry directly below `node`, or false: the highest ancestor (or node) that is not a
--- directory entry of the archive, or is a symlink on disk. Found once per node, top down.
-local function verdict(ctx, node)
-  local pending = {}
-  local n = node
-  while n.parent and n.verdict == nil do
-    pending[#pending + 1] = n
-    n = n.parent
-  end
-  local above = n.verdict or false
-  for i = #pending, 1, -1 do
-    local q = pending[i]
+-- What is on disk at rel: "dir", "symlink" (and ctx.targets[rel]), "other", or false (absent, or below
+-- something that is not a directory on disk). One lstat per path, and only below real directories.
+local function disk(ctx, rel)
+  if rel == "" then return "dir" end
+  local known = ctx.disk[rel]
+  if known ~= nil then return known end
+  local kind = false
+  if disk(ctx, parent_of(rel)) == "dir" then
     ctx.steps = ctx.steps + 1
-    local e, why = q.entry, nil
-    if above then
-      why = above
-    elseif e and e.kind == "symlink" then
-      why = "parent " .. rel_of(q) .. " is a symlink in the archive"
-    elseif e and e.kind ~= "dir" then
-      why = "parent " .. rel_of(q) .. " is not a directory in the archive"
-    elseif disk(ctx, q) == "symlink" then
-      why = "parent " .. rel_of(q) .. " is a symlink in the workspace"
-    elseif not e then
-      why = "parent " .. rel_of(q) .. " is not in the archive"
-    end
-    q.verdict = why or false
-    above = q.verdict
+    local path = ctx.workspace .. "/" .. rel
+    local st = core.fs_lstat(path)
+    kind = st and (st.kind == "dir" and "dir" or st.kind == "symlink" and "symlink" or "other") or false
+    if kind == "symlink" then ctx.targets[rel] = core.fs_readlink(path) or "" end
   end
-  return above
+  ctx.disk[rel] = kind
+  return kind
 end
 
 -- ---- symlink targets ----
 
--- The symlink targets at node over every view (archive, disk), and whether some view has no symlink there.
-local function views(ctx, node)
+-- The archive's entry at rel ({kind, target}), or nil (an implied parent is no entry).
+local function entry(ctx, rel)
+  local e = ctx.tree:get(rel)
+  if not e or e.implied then return nil end
+  return e
+end
+
+-- The symlink targets at rel over every view (archive, disk), and whether some view has no symlink there.
+local function views(ctx, rel)
   local targets, plain = {}, false
-  local e = node.entry
+  local e = entry(ctx, rel)
   if e then
-    if e.kind == "symlink" then targets[#targets + 1] = e.linkname or "" else plain = true end
+    if e.kind == "symlink" then targets[#targets + 1] = e.target or "" else plain = true end
   end
-  if disk(ctx, node) == "symlink" then
-    if node.target ~= targets[1] then targets[#targets + 1] = node.target end
+  if disk(ctx, rel) == "symlink" then
+    if ctx.targets[rel] ~= targets[1] then targets[#targets + 1] = ctx.targets[rel] end
   elseif not e then
     plain = true
   end
@@ -188,7 +151,7 @@ local function follow(ctx, stack, target, rest)
   return walk(ctx, stack, comps)
 end
 
--- Resolve comps from the directory `stack` (the nodes below the root); false when it leaves the root.
+-- Resolve comps from the directory `stack` (the paths below the root); false when it leaves the root.
 walk = function(ctx, stack, comps)
   for i, c in ipairs(comps) do
     ctx.steps = ctx.steps + 1
@@ -197,8 +160,8 @@ walk = function(ctx, stack, comps)
       if #stack == 0 then return false, "target resolves outside the workspace" end
       stack[#stack] = nil
     elseif c ~= "." then
-      local node = child(stack[#stack] or ctx.root, c)
-      local targets, plain = views(ctx, node)
+      local rel = #stack > 0 and stack[#stack] .. "/" .. c or c
+      local targets, plain = views(ctx, rel)
       if #targets > 0 then
         local rest = table.move(comps, i + 1, #comps, 1, {})
         for _, t in ipairs(targets) do
@@ -209,170 +172,102 @@ walk = function(ctx, stack, comps)
         end
         if not plain then return true end
       end
-      stack[#stack + 1] = node
+      stack[#stack + 1] = rel
     end
   end
   return true
 end
 
---- True when the symlink at node with `target` resolves inside the workspace in every view.
-local function symlink_inside(ctx, node, target)
+-- True when the symlink at rel with `target` resolves inside the workspace in every view.
+local function symlink_inside(ctx, rel, target)
   if target == "" then return false, "empty symlink target" end
   ctx.budget = RESOLVE_BUDGET
-  local up, n = {}, node.parent
-  while n.parent do
-    up[#up + 1] = n
-    n = n.parent
+  local stack, at = {}, 1
+  while true do
+    local slash = rel:find("/", at, true)
+    if not slash then break end
+    stack[#stack + 1] = rel:sub(1, slash - 1)
+    at = slash + 1
   end
-  local stack = {}
-  for i = #up, 1, -1 do stack[#stack + 1] = up[i] end
   return follow(ctx, stack, target, {})
 end
 
 -- ---- the passes ----
 
-local function ignored(opts, rel, kind)
-  local top = rel:match("^[^/]+")
-  if opts.skip_top and opts.skip_top[top] then return true end
-  return opts.matcher ~= nil and opts.matcher(rel, kind == "dir")
+-- The member name of rel as the archive has it.
+local function name_of(tree, rel)
+  local e = tree:get(rel)
+  return e and e.name or rel
 end
 
--- The node of rel, made with its ancestors as needed: one step from the parent's node when the parent came
--- first (a tar stream lists a directory before its contents), else one step per component.
-local function insert(ctx, rel)
-  ctx.steps = ctx.steps + 1
-  local parent, leaf = rel:match("^(.*)/([^/]*)$")
-  local node = ctx.nodes[parent or ""]
-  if node then
-    node = child(node, leaf or rel)
-  else
-    node = ctx.root
-    for c in rel:gmatch("[^/]+") do
-      ctx.steps = ctx.steps + 1
-      node = child(node, c)
-    end
-  end
-  node.rel = rel
-  ctx.nodes[rel] = node
-  return node
-end
-
--- The entry's rel, or nil and why it is refused ("" for the self entry); then its depth and longest component.
-local function accepted(e, limit)
-  if #e.name > limit + 16 then return nil, string.format("path longer than %d bytes", limit), 0, 0 end
-  local rel, why, depth, longest = M.normalise(e.name)
-  if rel == "" and e.kind ~= "dir" then return nil, "self entry that is not a directory", 0, 0 end
-  return rel, why, depth, longest
-end
-
--- First pass: names, limits, kinds, duplicates, ignores; the tree of the entries.
-local function first_pass(entries, opts, result, ctx)
-  for _, e in ipairs(entries) do
-    local rel, why, depth, longest = accepted(e, ctx.limit)
-    if rel == "" then
-      result.ignored[#result.ignored + 1] = e.name
-    elseif why then
-      result.refused[#result.refused + 1] = { name = e.name, reason = why }
-    elseif ignored(opts, rel, e.kind) then
-      result.ignored[#result.ignored + 1] = e.name
-      insert(ctx, rel).ignored = true
-    else
-      why = over_limits(rel, ctx.limit, depth, longest) or SPECIAL[e.kind]
-        or not (e.kind == "file" or e.kind == "dir" or e.kind == "symlink") and "unsupported entry type" or nil
-      local node = not why and insert(ctx, rel)
-      if node and node.entry then why = "duplicate entry" end
-      if why then
-        result.refused[#result.refused + 1] = { name = e.name, reason = why }
-      else
-        node.entry = e
-        ctx.order[#ctx.order + 1] = node
-      end
-    end
-  end
-end
-
--- True when an ancestor of node is ignored (everything below an excluded directory is), found once per node.
-local function below_ignored(ctx, node)
-  local pending, n = {}, node.parent
-  while n and n.hidden == nil do
-    pending[#pending + 1] = n
-    n = n.parent
-  end
-  local hidden = n ~= nil and n.hidden
-  for i = #pending, 1, -1 do
+-- Refuse every entry strictly below rel, for `why`.
+local function refuse_below(ctx, rel, why)
+  local prefix = rel .. "/"
+  for p in ctx.tree:iter(prefix, "") do
+    if p:sub(1, #prefix) ~= prefix then break end
     ctx.steps = ctx.steps + 1
-    hidden = hidden or pending[i].ignored == true
-    pending[i].hidden = hidden
-  end
-  return hidden
-end
-
-local function unchanged_symlink(baseline, rel, e)
-  local b = baseline and baseline[rel]
-  return b ~= nil and b.kind == "symlink" and b.target == e.linkname
-end
-
-local function total_bytes(entries)
-  local n = 0
-  for _, e in ipairs(entries) do n = n + #e.name + #(e.linkname or "") end
-  return n
-end
-
---- Check every entry of a scanned archive (core.tar_scan's list).
----@param entries table[]  {name, kind, mode, size, linkname, sha256}
----@param opts table  workspace (absolute path, for the on-disk checks and the path limit), matcher
----                   (excludes), skip_top (set of top-level names never restored), baseline (snapshot),
----                   allow_outside_symlinks
----@return table result  {entries = rel -> archive entry, order = {rel...}, refused = {{name, reason}...},
----                       ignored = {name...}, steps (the work done: linear in the archive's size)}
-function M.check(entries, opts)
-  local result = { refused = {}, ignored = {}, entries = {}, order = {} }
-  local root = { children = {} }
-  local ctx = { root = root, nodes = { [""] = root }, order = {}, workspace = opts.workspace,
-    limit = M.path_limit(opts.workspace), steps = 0 }
-  ctx.max_steps = 64 * total_bytes(entries) + 100000
-  first_pass(entries, opts, result, ctx)
-  for _, node in ipairs(ctx.order) do
-    local e, rel = node.entry, node.rel
-    if below_ignored(ctx, node) then
-      result.ignored[#result.ignored + 1] = e.name
-    else
-      local why = verdict(ctx, node.parent)
-      if not why and e.kind == "symlink" and not opts.allow_outside_symlinks
-          and not unchanged_symlink(opts.baseline, rel, e) then
-        local ok, reason = symlink_inside(ctx, node, e.linkname or "")
-        if not ok then why = "symlink to " .. string.format("%q", e.linkname or "") .. ": " .. reason end
-      end
-      if why then result.refused[#result.refused + 1] = { name = e.name, reason = why } end
-      result.entries[rel] = e
-      result.order[#result.order + 1] = rel
+    if not ctx.tree:get(p).implied then
+      ctx.refused[#ctx.refused + 1] = { name = name_of(ctx.tree, p), reason = why }
     end
   end
-  result.steps = ctx.steps
-  return result
 end
 
---- The merge snapshot of the checked entries: rel -> {kind, mode (& 0777), size, sha256, target}. Every
---- entry's parent is a directory entry of the archive (M.check refuses the others).
----@param checked table  M.check's result
----@return table snapshot
-function M.snapshot(checked)
-  local snap = {}
-  for _, rel in ipairs(checked.order) do
-    local e = checked.entries[rel]
-    local entry = { kind = e.kind }
-    if e.kind == "symlink" then
-      entry.target = e.linkname
-    else
-      entry.mode = math.tointeger((e.mode or 420) & MODE_MASK)
-      if e.kind == "file" then
-        entry.size = e.size
-        entry.sha256 = e.sha256
+-- The directories: a parent the archive does not list, or that is a symlink on disk, refuses everything
+-- below it (the highest such directory is named). Returns the set of those directories.
+local function check_dirs(ctx)
+  local bad, last = {}, nil
+  for rel, implied in ctx.tree:iter(nil, "implied", "dir") do
+    if not (last and rel:sub(1, #last + 1) == last .. "/") then
+      ctx.steps = ctx.steps + 1
+      local why
+      if implied then
+        why = "parent " .. rel .. " is not in the archive"
+      elseif disk(ctx, rel) == "symlink" then
+        why = "parent " .. rel .. " is a symlink in the workspace"
+      end
+      if why then
+        bad[rel], last = true, rel
+        refuse_below(ctx, rel, why)
       end
     end
-    snap[rel] = entry
   end
-  return snap
+  return bad
+end
+
+local function unchanged_symlink(baseline, rel, target)
+  local b = baseline and baseline:get(rel)
+  return b ~= nil and b.kind == "symlink" and b.target == target
+end
+
+--- Check an archive scanned by core.tar_scan_tree (with M.scan_options) before anything is written.
+---@param tree table  the scan's tree
+---@param info table  the scan's info (its refusals come first in the result)
+---@param opts table  workspace (absolute path, for the on-disk checks), baseline (a tree: its own symlinks
+---                   pass), allow_outside_symlinks
+---@return table result  {refused = {{name, reason}...}, steps (the work done: linear in the archive's size)}
+function M.check(tree, info, opts)
+  local ctx = { tree = tree, workspace = opts.workspace, refused = {}, disk = {}, targets = {}, steps = 0,
+    max_steps = 64 * tree:bytes() + 100000 }
+  for _, r in ipairs(info.refused) do ctx.refused[#ctx.refused + 1] = r end
+  local bad = check_dirs(ctx)
+  if not opts.allow_outside_symlinks then
+    for rel, target in tree:iter(nil, "target", "symlink") do
+      local p, below_bad = parent_of(rel), false
+      while p ~= "" and not below_bad do
+        below_bad = bad[p] == true
+        p = parent_of(p)
+        ctx.steps = ctx.steps + 1
+      end
+      if not below_bad and not unchanged_symlink(opts.baseline, rel, target) then
+        local ok, reason = symlink_inside(ctx, rel, target or "")
+        if not ok then
+          ctx.refused[#ctx.refused + 1] = { name = name_of(tree, rel),
+            reason = "symlink to " .. string.format("%q", target or "") .. ": " .. reason }
+        end
+      end
+    end
+  end
+  return { refused = ctx.refused, steps = ctx.steps }
 end
 
 return M

@@ -124,7 +124,11 @@ end
 
 -- The final entry of each path (nil = absent) and whether it comes from the remote side.
 local function decide(paths, B, L, R, mask)
-  local final, from_remote, local_changed, remote_changed = {}, {}, {}, {}
+  local decided = {}
+  for _, p in ipairs(paths) do decided[p] = true end
+  -- a path nobody changed (not among `paths`) ends as it is locally
+  local final = setmetatable({}, { __index = function(_, p) if not decided[p] then return L[p] end end })
+  local from_remote, local_changed, remote_changed = {}, {}, {}
   for _, p in ipairs(paths) do
     local lc, rc = not same(B[p], L[p], mask), not same(B[p], R[p], mask)
     local_changed[p], remote_changed[p] = lc, rc
@@ -312,7 +316,10 @@ local function summarise(plan, paths, from_remote, local_changed, conflicted)
 end
 
 --- Plan the merge of `remote` into `localsnap` against `baseline` (see the rules at the top).
---- opts.suffix: the copy suffix (default ".ferry-remote"); opts.mode_mask: mode bits compared (07777).
+--- opts.suffix: the copy suffix (default ".ferry-remote"); opts.mode_mask: mode bits compared (07777);
+--- opts.paths: the only paths to look at, parents before their contents (where some side differs from the
+--- baseline: core.tree_diff's), the snapshots then being lookups of well-formed trees (ferry.snapshot.view),
+--- never iterated nor checked.
 --- Returns a plan, or nil, "<side>: <path>: <what is wrong>", "EINVAL" for a malformed snapshot:
 ---   actions    ordered steps; applying them in order is the merge:
 ---              {op="remove", path, kind} unlink a file or symlink; {op="rmdir", path} an empty dir
@@ -331,13 +338,16 @@ function M.plan(baseline, localsnap, remote, opts)
   opts = opts or {}
   local mask = opts.mode_mask or 4095
   local suffix = opts.suffix or M.SUFFIX
-  local sides = { { "baseline", baseline }, { "local", localsnap }, { "remote", remote } }
-  for _, side in ipairs(sides) do
-    local ok, err, code = M.check(side[1], side[2])
-    if not ok then return nil, err, code end
-  end
   local B, L, R = baseline, localsnap, remote
-  local paths = sorted_union(B, L, R)
+  local paths = opts.paths
+  if not paths then
+    local sides = { { "baseline", baseline }, { "local", localsnap }, { "remote", remote } }
+    for _, side in ipairs(sides) do
+      local ok, err, code = M.check(side[1], side[2])
+      if not ok then return nil, err, code end
+    end
+    paths = sorted_union(B, L, R)
+  end
   local final, from_remote, local_changed, remote_changed = decide(paths, B, L, R, mask)
   local conflicts, by_root, roots = find_conflicts(paths, final, R, L, remote_changed, local_changed, mask)
   local copies = place_copies(by_root, roots, B, R, L, suffix, mask)
@@ -356,7 +366,10 @@ function M.plan(baseline, localsnap, remote, opts)
   local all_paths = paths
   if next(copies) then
     for q, entry in pairs(copies) do target[q] = entry end
-    all_paths = sorted_union(target, L)
+    -- (looked up, L is not iterated: the paths given and the copies are every path an action can touch)
+    local given = {}
+    for _, p in ipairs(opts.paths or {}) do given[p] = true end
+    all_paths = opts.paths and sorted_union(given, copies) or sorted_union(target, L)
   end
 
   local plan = {

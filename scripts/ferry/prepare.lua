@@ -4,8 +4,9 @@
 -- the workspace (ferry.sync: a full sync, or a delta from an earlier prepare's state, with the git history
 -- in the same command) or adopt the one already there (ferry.adopt), install the adapter's CLI when the
 -- sync's check did not find it (ferry.install), send the assets (ferry.assets) and references
--- (ferry.references), and write the state file with the baseline snapshot (ferry.state). Everything read
--- on the host that can fail is read before the first command that changes the sandbox.
+-- (ferry.references), and write the state file with the baseline tree (ferry.state). Everything read on the
+-- host that can fail is read before the first command that changes the sandbox. With an earlier state to
+-- start a delta from, the sandbox lists its tree while the host walks the workspace.
 local core = require "ferry.core"
 local adapters = require "ferry.adapter"
 local adopt = require "ferry.adopt"
@@ -18,7 +19,6 @@ local install = require "ferry.install"
 local progress_mod = require "ferry.progress"
 local references = require "ferry.references"
 local remote = require "ferry.remote"
-local snapshot = require "ferry.snapshot"
 local state_file = require "ferry.state"
 local sync = require "ferry.sync"
 local util = require "ferry.util"
@@ -64,6 +64,25 @@ local function delta_base(path, want)
   local st, err, code = state_file.read(path)
   if not st then return nil, code ~= "ENOENT" and err or nil end
   return delta.usable_base(st, want)
+end
+
+-- The trees of the delta base: {baseline, remote}, or nil and why not.
+local function base_trees(path, st)
+  local baseline, remote_tree = state_file.trees(path, st)
+  if not baseline then return nil, remote_tree end
+  if not remote_tree then return nil, "the earlier sync did not list the sandbox" end
+  return { baseline = baseline, remote = remote_tree }
+end
+
+-- Walk the workspace into the local tree: with a delta base every file hashed (those whose lstat did not move
+-- since the baseline's walk keep its digest unread), else nothing read (a full sync hashes what it sends).
+local function walk(job, temp_tokens)
+  local base = job.base_trees and job.base_trees.baseline
+  local tree, info, code = core.tree_walk(job.ws, { exclude = job.matcher, hash = base ~= nil, known = base,
+    temp_tokens = temp_tokens })
+  if not tree then return nil, "prepare: snapshot " .. job.ws .. ": " .. info, code end
+  job.tree, job.info = tree, info
+  return true
 end
 
 local function check_inputs(opts)
@@ -113,7 +132,7 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   job.assets = wanted
   for key in pairs(wanted) do job.asset_dirs[key] = job.runtime_dir .. "/" .. adapter.name .. "/" .. key end
   job.state = opts.state and util.absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
-  job.head_lines = references.clear_lines()
+  job.refs_clear = references.clear_lines()
   references.plan(inputs.references, job.ref_warnings)
   if inputs.adopt then
     if job.git then -- the adopted repository stays the sandbox's own, in "files" mode too
@@ -126,17 +145,19 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
     job.base, job.fallback = delta_base(job.state, { provider = provider_string, remote_dir = remote_dir,
       excludes = job.patterns, preserve = job.keep })
   end
-  -- a delta compares local hashes with the sandbox's before it sends (trusting the earlier prepare's
-  -- quick records for files whose lstat did not change); a full sync hashes while it sends
-  job.taken_at = os.time()
-  local snap, names, info = snapshot.take(ws, { matcher = job.matcher, hash = job.base ~= nil,
-    known = job.base and job.base.local_stat, stats = true, temp_tokens = inputs.lock.temp_tokens })
-  if not snap then return nil, "prepare: " .. names, info end
-  job.snap, job.names, job.info = snap, names, info
+  if job.base then
+    job.base_trees, job.fallback = base_trees(job.state, job.base)
+    if not job.base_trees then job.base = nil end
+  end
+  -- the sandbox lists its tree while the host walks: one command, at once (with the install check)
+  job.first_line = install.check_line(adapter, job.runtime_dir)
+  if job.base then sync.start_listing(sb, job, job.base) end
+  local walked, werr, wcode = walk(job, inputs.lock.temp_tokens)
+  if not walked then return nil, werr, wcode end
   if job.git then
     local ok, perr, pcode = git_prepare.pack(job.git, job, job.base)
     if not ok then return nil, perr, pcode end
-    if job.inputs then job.head_lines = job.head_lines .. "\n" .. job.inputs.head end
+    if job.inputs then job.git_head = job.inputs.head end
   end
   return job
 end
@@ -154,13 +175,23 @@ local function add_sync(result, synced, info)
   end
 end
 
+-- The trees the state file gets: the local tree as the baseline, and the sandbox's tree after the sync (false:
+-- none, the next prepare is a full sync). When no sync command ran, the marker and the recorded tree stay,
+-- and the baseline on disk too when no file's lstat moved and none had to be read.
+local function state_trees(job, synced)
+  if not synced.same_marker then return { baseline = job.tree, remote = synced.recorded or false } end
+  local moved = core.tree_diff(job.base_trees.baseline, job.tree, { compare = "stat" })
+  if #moved == 0 and job.info.hashed == 0 then return {} end
+  return { baseline = job.tree }
+end
+
 local function state_record(job, provider_string, synced)
   return {
     version = state_file.VERSION, ferry_version = core.version, provider = provider_string,
     remote_dir = job.remote_dir, runtime_dir = job.runtime_dir, adapter = job.adapter.name, workspace = job.ws,
-    excludes = job.patterns, preserve = job.keep, assets = job.asset_dirs, baseline = job.snap,
-    remote_stat = synced.recorded,
-    local_stat = job.info.stats and snapshot.quick_records(job.snap, job.info.stats, job.taken_at) or nil,
+    excludes = job.patterns, preserve = job.keep, assets = job.asset_dirs,
+    sync = synced.sync_id and { id = synced.sync_id } or nil,
+    trees = synced.same_marker and job.base.trees or nil,
     git = job.git_state, references = next(job.reference_dirs or {}) and job.reference_dirs or nil,
     created_at = os.time(),
   }
@@ -169,7 +200,7 @@ end
 -- The workspace into the sandbox: synced (with the git history, in git mode), or adopted where it is.
 local function bring_in(sb, job, result)
   if not job.adopting then
-    local synced, err, code = sync.run(sb, job, job.base, job.fallback)
+    local synced, err, code = sync.run(sb, job, job.fallback)
     if not synced then return nil, err, code end
     local extra
     extra, err, code = git_prepare.finish(sb, job.git_plan, job, synced, result)
@@ -180,7 +211,7 @@ local function bring_in(sb, job, result)
   end
   local adopted, err, code = adopt.run(sb, job, job.git)
   if not adopted then return nil, err, code end
-  job.snap, job.info = adopted.baseline, adopted.info
+  job.tree, job.info = adopted.baseline, adopted.info
   result.files, result.dirs, result.symlinks = adopted.info.files, adopted.info.dirs, adopted.info.symlinks
   for _, w in ipairs(job.git_plan and job.git_plan.warnings or {}) do result.warnings[#result.warnings + 1] = w end
   if adopted.git then
@@ -191,7 +222,7 @@ local function bring_in(sb, job, result)
     result.git = { mode = job.git_plan.mode, why = job.git_plan.why }
   end
   return { bytes = 0, warnings = adopted.warnings, stderr = adopted.stderr, recorded = adopted.recorded,
-    delta = false }
+    sync_id = adopted.sync_id, delta = false }
 end
 
 local function run(opts, sb, provider_string, handle, inputs)
@@ -210,7 +241,7 @@ local function run(opts, sb, provider_string, handle, inputs)
   local asset_plan, perr, pcode = assets.plan(job.assets)
   if not asset_plan then return nil, redact_fn(perr), pcode end
 
-  job.first_line = install.check_line(adapter, job.runtime_dir)
+  job.first_line = job.first_line or install.check_line(adapter, job.runtime_dir)
   -- from the first command that changes the sandbox until the state is written, a restore from it could
   -- read a half-synced sandbox: restore refuses while the mark is there
   local recorded_provider = redact_fn(provider_string)
@@ -233,7 +264,8 @@ local function run(opts, sb, provider_string, handle, inputs)
   result.bytes_sent = synced.bytes + asset_bytes + ref_bytes
 
   progress:phase("finalize")
-  local wrote, werr, wcode = state_file.write(job.state, redact_record(state_record(job, provider_string, synced)))
+  local wrote, werr, wcode = state_file.write(job.state, redact_record(state_record(job, provider_string, synced)),
+    state_trees(job, synced))
   if not wrote then return nil, "prepare: " .. werr, wcode end
   state_file.clear_unfinished(recorded_provider, job.remote_dir)
   result.state = job.state
@@ -283,6 +315,7 @@ function M.prepare(opts)
     return nil, "prepare: " .. provider_string, handle
   end
   local ok, result, err, code = pcall(run, opts, sb, provider_string, handle, inputs)
+  if inputs.job then sync.settle(inputs.job) end -- a listing begun for a prepare that failed
   git_prepare.cleanup(inputs.job and inputs.job.git)
   handle.release()
   lock:release()

@@ -2,7 +2,8 @@
 -- (ferry.remote's restore script) into a spool file; the sandbox's tar exit code and warnings are judged
 -- (a non-zero exit is never taken as success); the files its tar read while they changed (GNU tar's "file
 -- changed as we read it", "File shrank by N bytes; padding with zeros") are fetched again once, by one more
--- command, and any still torn are left out and reported; then the entries are scanned (core.tar_scan).
+-- command, and any still torn are left out and reported; then the archive is scanned into a tree
+-- (core.tar_scan_tree, with ferry.guard's options).
 local core = require "ferry.core"
 local guard = require "ferry.guard"
 local remote = require "ferry.remote"
@@ -50,32 +51,20 @@ local function judged(res, what)
   return torn
 end
 
-local function scan(spool, max_bytes)
-  local entries, err, code = core.tar_scan(spool, { max_bytes = max_bytes })
-  if entries then
-    for _, e in ipairs(entries) do e.spool = spool end
-    return entries
-  end
-  if code == "EFBIG" then return nil, "restore refused: " .. err, "EFBIG" end
-  return nil, "restore: bad archive from the sandbox: " .. err, code
-end
-
--- rel -> index of the file entries among `entries`.
-local function files_by_rel(entries)
-  local at = {}
-  for i, e in ipairs(entries) do
-    local rel = e.kind == "file" and guard.normalise(e.name)
-    if rel and rel ~= "" then at[rel] = i end
-  end
-  return at
+local function scan(spool, opts)
+  local tree, info, code = core.tar_scan_tree(spool, opts.scan)
+  if tree then return tree, info end
+  if code == "EFBIG" then return nil, "restore refused: " .. info, "EFBIG" end
+  return nil, "restore: bad archive from the sandbox: " .. info, code
 end
 
 -- The torn files' rels (sorted), from the names tar reported: only files carry bytes that can be torn.
-local function torn_files(names, at)
+local function torn_files(names, tree)
   local rels, seen = {}, {}
   for _, name in ipairs(names) do
     local rel = guard.normalise(name)
-    if rel and at[rel] and not seen[rel] then
+    local e = rel and not seen[rel] and tree:get(rel)
+    if e and e.kind == "file" then
       seen[rel] = true
       rels[#rels + 1] = rel
     end
@@ -84,43 +73,54 @@ local function torn_files(names, at)
   return rels
 end
 
--- Fetch the torn files again. Returns rel -> entry for those that came back whole (false for one gone from
--- the sandbox since), and the rels still torn (all of them when the second read failed).
+-- Fetch the torn files again. Returns the second archive's tree (nil when the second read failed) and
+-- the rels still torn (all of them when it failed).
 local function refetch(sb, st, spool_dir, rels, opts)
   local script = remote.refetch_script(st.remote_dir, rels)
-  if not script then return {}, rels end
+  if not script then return nil, rels end
   local what = "reading " .. #rels .. " changed file(s) again from " .. st.remote_dir
   local spool = spool_dir .. "/again.tar"
   local res = stream(sb, script, what, spool, opts.limit, opts.progress)
   local names = res and judged(res, what)
-  local entries = names and scan(spool, opts.max_bytes)
-  if not entries then return {}, rels end
-  local by_rel, torn_again = {}, {}
-  for _, e in ipairs(entries) do
-    local rel = guard.normalise(e.name)
-    if rel and rel ~= "" then by_rel[rel] = e end
-  end
+  local again = names and scan(spool, opts)
+  if not again then return nil, rels end
+  local torn_again = {}
   for _, name in ipairs(names) do
     local rel = guard.normalise(name)
     if rel then torn_again[rel] = true end
   end
-  local whole, still = {}, {}
-  for _, rel in ipairs(rels) do
-    local e = by_rel[rel]
-    if e and e.kind == "file" and torn_again[rel] then
-      still[#still + 1] = rel
-    else
-      whole[rel] = e or false
-    end
+  local still = {}
+  for _, rel in ipairs(rels) do -- torn again, or no file any more: the host keeps its version
+    local e = again:get(rel)
+    if e and (e.kind ~= "file" or torn_again[rel]) then still[#still + 1] = rel end
   end
-  return whole, still
+  return again, still
 end
 
---- Receive the remote workspace of state `st` into `spool_dir`. opts: limit (bytes of the stream), max_bytes
---- (content of the archive), progress, script (ferry.remote.restore_script's opts: lines run first in the
---- same command, and the members they leave). Returns {entries (core.tar_scan's list, each with `spool`: the file
---- it is read from), received (bytes), torn (rels of the files read while they changed, twice, left out)}
---- or nil, message, code.
+-- The torn files into the tree: those that came back whole take the second read's entry (read from its
+-- spool, under its name: `from`), those gone from the sandbox since leave, those still torn leave too
+-- (restore then keeps the host's version).
+local function mend(tree, torn, again, still, spool)
+  local from = {}
+  local torn_still = {}
+  for _, rel in ipairs(still) do torn_still[rel] = true end
+  for _, rel in ipairs(torn) do
+    local e = again and not torn_still[rel] and again:get(rel)
+    tree:remove(rel)
+    if e and e.kind == "file" then
+      tree:add(rel, { kind = "file", mode = e.mode, size = e.size, sha256 = e.sha256, mtime_ns = e.mtime_ns })
+      from[rel] = { spool = spool, name = e.name or rel }
+    end
+  end
+  return from
+end
+
+--- Receive the remote workspace of state `st` into `spool_dir`. opts: limit (bytes of the stream), scan
+--- (core.tar_scan_tree's options: ferry.guard.scan_options), progress, script (ferry.remote.restore_script's
+--- opts: lines run first in the same command, and the members they leave). Returns {tree (the scan's),
+--- info (its info: refusals, members), spool (the archive the tree's entries are read from), from (rel ->
+--- {spool, name} of the entries read from another archive: files fetched again), received (bytes), torn
+--- (rels of the files read while they changed, twice, left out)} or nil, message, code.
 ---@param sb table
 ---@param st table
 ---@param spool_dir string
@@ -129,8 +129,9 @@ end
 function M.pull(sb, st, spool_dir, opts)
   opts.progress:phase("restore")
   local what = "reading " .. st.remote_dir .. " from the sandbox"
+  local spool = spool_dir .. "/remote.tar"
   local res, received, rcode = stream(sb, remote.restore_script(st.remote_dir, st.preserve, st.excludes, opts.script),
-    "restore from " .. st.remote_dir, spool_dir .. "/remote.tar", opts.limit, opts.progress)
+    "restore from " .. st.remote_dir, spool, opts.limit, opts.progress)
   if not res then return nil, received, rcode end
   if remote.restore_dir_missing(res) then
     return nil, "restore: " .. st.remote_dir .. " does not exist in the sandbox; nothing restored", "ENOENT"
@@ -138,22 +139,15 @@ function M.pull(sb, st, spool_dir, opts)
   local names, jerr, jcode = judged(res, what)
   if not names then return nil, jerr, jcode end
   opts.progress:phase("finalize")
-  local entries, serr, scode = scan(spool_dir .. "/remote.tar", opts.max_bytes)
-  if not entries then return nil, serr, scode end
-  local at = files_by_rel(entries)
-  local torn = torn_files(names, at)
+  local tree, info, scode = scan(spool, opts)
+  if not tree then return nil, info, scode end
+  local torn, from = torn_files(names, tree), {}
   if #torn > 0 then
-    local whole, still = refetch(sb, st, spool_dir, torn, opts)
-    for rel, e in pairs(whole) do entries[at[rel]] = e end
-    for _, rel in ipairs(still) do entries[at[rel]] = false end
+    local again, still = refetch(sb, st, spool_dir, torn, opts)
+    from = mend(tree, torn, again, still, spool_dir .. "/again.tar")
     torn = still
-    local kept = {}
-    for _, e in ipairs(entries) do
-      if e then kept[#kept + 1] = e end
-    end
-    entries = kept
   end
-  return { entries = entries, received = received, torn = torn }
+  return { tree = tree, info = info, spool = spool, from = from, received = received, torn = torn }
 end
 
 return M

@@ -30,16 +30,15 @@ M.DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
 
 local SPOOL_SLACK = 256 * 1024 * 1024 -- archive headers on top of max_bytes of content
 
--- The local snapshot for the merge: a dead run's temp files removed (those named with a token the workspace
--- lock recorded), and paths a killed restore had removed (state.pending_removals) seen as the baseline had
--- them, so the rerun finishes the same plan. Like a delta prepare, the walk reads only the files whose lstat
--- moved since the state's quick records. Returns the snapshot and the walk's info (stats, taken_at).
-local function local_snapshot(job, matcher)
-  local ws, st, result = job.ws, job.st, job.result
-  local taken_at = os.time()
-  local snap, names, info = snapshot.take(ws, { matcher = matcher, known = st.local_stat, stats = true,
+-- The local tree for the merge: a dead run's temp files removed (those named with a token the workspace lock
+-- recorded), and paths a killed restore had removed (state.pending_removals) seen as the baseline had them,
+-- so the rerun finishes the same plan. Like a delta prepare, the walk reads only the files whose lstat moved
+-- since the baseline recorded them. Returns the tree and the walk's info.
+local function local_tree(job, matcher)
+  local ws, st, result, baseline = job.ws, job.st, job.result, job.baseline
+  local tree, info, code = core.tree_walk(ws, { exclude = matcher, hash = true, known = baseline,
     temp_tokens = job.lock.temp_tokens })
-  if not snap then return nil, names, info end
+  if not tree then return nil, "snapshot " .. ws .. ": " .. info, code end
   local all_removed = true
   for _, rel in ipairs(info.temps) do
     local removed, err = core.fs_safe_remove(ws, rel)
@@ -50,75 +49,86 @@ local function local_snapshot(job, matcher)
   end
   if all_removed then job.lock:forget(job.lock.temp_tokens) end
   result.hashed_files = info.hashed
-  info.taken_at = taken_at
   local pending = st.pending_removals
   if type(pending) == "table" then
     table.sort(pending)
     for _, rel in ipairs(pending) do
-      local parent = util.parent_of(rel)
-      if snap[rel] == nil and st.baseline[rel] and (not parent or (snap[parent] and snap[parent].kind == "dir")) then
-        snap[rel] = st.baseline[rel]
-      end
+      local was, parent = type(rel) == "string" and baseline:get(rel), util.parent_of(rel)
+      local p = parent and tree:get(parent)
+      if was and not tree:get(rel) and (not parent or (p and p.kind == "dir")) then tree:add(rel, was) end
     end
   end
-  return snap, info
+  return tree, info
 end
 
-local function refusal(checked, result)
-  for _, r in ipairs(checked.refused) do result.refused[#result.refused + 1] = r.name .. ": " .. r.reason end
-  local first = checked.refused[1]
+local function refusal(refused, result)
+  for _, r in ipairs(refused) do result.refused[#result.refused + 1] = r.name .. ": " .. r.reason end
+  local first = refused[1]
   return nil, "restore refused: " .. first.name .. ": " .. first.reason, "EPERM", result
 end
 
 -- A torn file was not received: the sandbox's side of it reads as unchanged (the baseline's entry), so the
 -- host keeps its version and the next restore looks at it again.
-local function keep_torn(remote_snap, torn, baseline, result)
+local function keep_torn(remote_tree, torn, baseline, result)
   for _, rel in ipairs(torn) do
     local parent = util.parent_of(rel)
-    remote_snap[rel] = nil
-    if baseline[rel] and (not parent or (remote_snap[parent] and remote_snap[parent].kind == "dir")) then
-      remote_snap[rel] = baseline[rel]
-    end
+    local p, was = parent and remote_tree:get(parent), baseline:get(rel)
+    remote_tree:remove(rel)
+    if was and (not parent or (p and p.kind == "dir")) then remote_tree:add(rel, was) end
     result.torn[#result.torn + 1] = rel
     result.warnings[#result.warnings + 1] = "restore: " .. rel .. ": changed while the sandbox's tar read it, "
       .. "twice; not restored (the host keeps its version)"
   end
 end
 
--- Check the received entries: {matcher, remote_snap, entries}; or nil, message, code[, partial result].
-local function check_remote(job, got)
-  local st, opts, result = job.st, job.opts, job.result
-  local matcher, merr, mcode = excludes.checked(st.excludes, "restore")
-  if not matcher then return nil, merr, mcode end
-  local skip_top = {}
-  for _, n in ipairs(st.preserve) do skip_top[n] = true end
-  skip_top[remote.RUNTIME_DIR] = true
-  local checked = guard.check(got.entries, { workspace = job.ws, matcher = matcher, skip_top = skip_top,
-    baseline = st.baseline, allow_outside_symlinks = opts.allow_outside_symlinks })
-  if #checked.refused > 0 then return refusal(checked, result) end
-  local remote_snap = guard.snapshot(checked)
-  keep_torn(remote_snap, got.torn, st.baseline, result)
-  return { matcher = matcher, remote_snap = remote_snap, entries = checked.entries }
+-- The top-level names restore never takes from the archive: the runtime dir and the preserved names.
+local function skip_top(st)
+  local names = { remote.RUNTIME_DIR }
+  for _, n in ipairs(st.preserve) do names[#names + 1] = n end
+  return names
 end
 
--- Plan the merge of the checked remote tree against `baseline`: the plan and the job's merge context; or
--- nil, message, code.
-local function merge_plan(job, checked, baseline)
-  local walk = job.git and job.git.walk(checked.matcher) or checked.matcher
-  local localsnap, info, lcode = local_snapshot(job, walk)
-  if not localsnap then return nil, "restore: " .. info, lcode end
-  local plan, perr, pcode = merge.plan(baseline, localsnap, checked.remote_snap)
+-- Check the received tree (ferry.guard): nil when it passes, else nil, message, code, partial result.
+local function check_remote(job, got)
+  local checked = guard.check(got.tree, got.info, { workspace = job.ws, baseline = job.baseline,
+    allow_outside_symlinks = job.opts.allow_outside_symlinks })
+  if #checked.refused > 0 then return refusal(checked.refused, job.result) end
+  keep_torn(got.tree, got.torn, job.baseline, job.result)
+  return true
+end
+
+-- A tree no walk, scan or state could make: an entry whose parent is not a directory of it.
+local function malformed(label, tree)
+  local rel = tree:orphan()
+  if not rel then return nil end
+  return string.format("restore: %s: %q: inside %q, which is not a directory of the snapshot", label, rel,
+    util.parent_of(rel)), "EINVAL"
+end
+
+-- Plan the merge of the received tree against `baseline`, looking only at the paths where the local or the
+-- remote tree differs from it: the plan and the job's merge context; or nil, message, code.
+local function merge_plan(job, got, baseline)
+  local walk = job.git and job.git.walk(job.matcher) or job.matcher
+  local loc, info, lcode = local_tree(job, walk)
+  if not loc then return nil, "restore: " .. info, lcode end
+  for _, side in ipairs { { "baseline", baseline }, { "local", loc }, { "remote", got.tree } } do
+    local err, code = malformed(side[1], side[2])
+    if err then return nil, err, code end
+  end
+  local paths = core.tree_diff(baseline, loc, got.tree, { mode_mask = 511 })
+  local plan, perr, pcode = merge.plan(snapshot.view(baseline), snapshot.view(loc), snapshot.view(got.tree),
+    { paths = paths })
   if not plan then return nil, "restore: " .. perr, pcode end
   if job.git then git_restore.assert_outside_git(plan) end
-  return plan, { remote_snap = checked.remote_snap, localsnap = localsnap, info = info, entries = checked.entries }
+  return plan, { loc = loc, info = info }
 end
 
 -- The git part before the merge (git mode): the sandbox's commits imported and integrated, new files the
 -- host's git ignores left in the sandbox, and the baseline the merge uses. Returns the baseline and the
 -- integration (nil when no history came back), or nil, message, code.
-local function bring_back(job, sb, got, spool_dir, checked)
+local function bring_back(job, sb, got, spool_dir)
   local gr, st, result = job.git, job.st, job.result
-  if not gr then return st.baseline end
+  if not gr then return job.baseline end
   local integrated
   if gr.expect then
     local report, err, code = git_restore.received(got, spool_dir)
@@ -131,16 +141,34 @@ local function bring_back(job, sb, got, spool_dir, checked)
       commits = integrated.commits, branch = gr.expect.branch }
     if integrated.warning then result.warnings[#result.warnings + 1] = "restore: " .. integrated.warning end
   end
-  local dropped, derr, dcode = git_restore.drop_ignored(gr, checked.remote_snap, st.baseline)
+  local dropped, derr, dcode = git_restore.drop_ignored(gr, got.tree, job.baseline)
   if not dropped then return nil, derr, dcode end
   result.ignored = dropped
   if integrated and integrated.mode == "ferry-ref" then
-    local baseline, berr, bcode = git_restore.committed_baseline(gr, integrated, st.baseline, checked.remote_snap,
-      checked.matcher)
+    local baseline, berr, bcode = git_restore.committed_baseline(gr, integrated, job.baseline, got.tree, job.matcher)
     if not baseline then return nil, berr, bcode end
     return baseline, integrated
   end
-  return st.baseline, integrated
+  return job.baseline, integrated
+end
+
+-- The local tree's lstat, as apply checks each path against it (files and symlinks; a symlink's size is
+-- its target's length, as lstat has it).
+local function stats_view(loc)
+  return setmetatable({}, { __index = function(_, rel)
+    local e = loc:get(rel)
+    if not e or (e.kind ~= "file" and e.kind ~= "symlink") then return nil end
+    if e.kind == "symlink" then e.size = #e.target end
+    return e
+  end })
+end
+
+-- Where apply reads each remote path's entry: the spool it came in, under its member name.
+local function sources(got)
+  return setmetatable({}, { __index = function(_, rel)
+    local e = got.from[rel] or got.tree:get(rel)
+    return e and { spool = e.spool or got.spool, name = e.name or rel }
+  end })
 end
 
 local function concat_sorted(a, b)
@@ -177,20 +205,32 @@ local function add_plan(result, plan, applied)
   for _, w in ipairs(applied.warnings) do result.warnings[#result.warnings + 1] = w end
 end
 
+-- The state file written: `st` with the trees given (nil: those recorded).
+local function write_state(job, trees)
+  if job.st.version == 1 then trees = trees or { baseline = job.baseline } end -- its first write makes it 2
+  local wrote, werr, wcode = state_file.write(job.path, job.redact_record(job.st), trees)
+  if not wrote then return nil, "restore: " .. werr, wcode end
+  return true
+end
+
 -- Receive, check, merge and apply, then record the new baseline. Returns the result or nil, message, code[,
 -- partial result].
 local function pull(job, sb, spool_dir)
   local opts, st, result = job.opts, job.st, job.result
   local max_bytes = opts.max_bytes or M.DEFAULT_MAX_BYTES
+  local compiled, ignore = pcall(guard.ignore_matcher, st.excludes, skip_top(st))
+  if not compiled then return nil, "restore: " .. tostring(ignore), "EINVAL", result end
+  job.matcher = excludes.compile(st.excludes)
   local got, gerr, gcode = receive.pull(sb, st, spool_dir, { limit = opts.max_stream_bytes or max_bytes + SPOOL_SLACK,
-    max_bytes = max_bytes, progress = job.progress, script = job.git and job.git.script })
+    scan = guard.scan_options(job.ws, ignore, max_bytes, job.git and job.git.script and job.git.script.members),
+    progress = job.progress, script = job.git and job.git.script })
   if not got then return nil, gerr, gcode, result end
   result.bytes_received = got.received
-  local checked, cerr, ccode = check_remote(job, got)
-  if not checked then return nil, cerr, ccode, result end
-  local baseline, integrated, icode = bring_back(job, sb, got, spool_dir, checked)
+  local ok, cerr, ccode = check_remote(job, got)
+  if not ok then return nil, cerr, ccode, result end
+  local baseline, integrated, icode = bring_back(job, sb, got, spool_dir)
   if not baseline then return nil, integrated, icode, result end
-  local plan, merged, mcode = merge_plan(job, checked, baseline)
+  local plan, merged, mcode = merge_plan(job, got, baseline)
   if not plan then return nil, merged, mcode, result end
   local pending = {}
   for _, a in ipairs(plan.actions) do
@@ -198,20 +238,22 @@ local function pull(job, sb, spool_dir)
   end
   if #pending > 0 then
     st.pending_removals = pending
-    local wrote, werr, wcode = state_file.write(job.path, job.redact_record(st))
-    if not wrote then return nil, "restore: " .. werr, wcode end
+    local wrote, werr, wcode = write_state(job)
+    if not wrote then return nil, werr, wcode end
   end
   local claimed, lerr, lcode = job.lock:claim_temps()
   if not claimed then return nil, "restore: " .. lerr, lcode end
-  local applied, xerr, xcode = apply.run { ws = job.ws, plan = plan, source = merged.entries,
-    localsnap = merged.localsnap, stats = merged.info.stats, taken_at = merged.info.taken_at,
+  local applied, xerr, xcode = apply.run { ws = job.ws, plan = plan, source = sources(got),
+    localsnap = snapshot.view(merged.loc), stats = stats_view(merged.loc), taken_at = merged.loc:taken_at(),
     target = plan.target, max_bytes = max_bytes, before_write = opts.before_write }
   if not applied then return nil, xerr, xcode, result end
   if integrated then git_restore.sync_index(job.git, integrated, result.warnings) end
   if job.git then st.git = git_restore.next_state(job.git, integrated) end
-  st.pending_removals, st.baseline, st.restored_at = nil, merged.remote_snap, os.time()
-  local wrote, werr, wcode = state_file.write(job.path, job.redact_record(st))
-  if not wrote then return nil, "restore: " .. werr, wcode end
+  -- the sandbox's tree is the new baseline, with the lstat of each local file that holds the same
+  got.tree:stat_from(merged.loc)
+  st.pending_removals, st.restored_at = nil, os.time()
+  local wrote, werr, wcode = write_state(job, { baseline = got.tree })
+  if not wrote then return nil, werr, wcode end
   add_plan(result, plan, applied)
   return result
 end
@@ -314,6 +356,11 @@ function M.restore(opts)
     st, err, code = nil, path .. " was rewritten for workspace " .. st.workspace .. " while this restore waited; "
       .. "run it again", "EAGAIN"
   end
+  local baseline
+  if st then
+    baseline, err, code = state_file.tree(path, st, "baseline")
+    if not baseline then st = nil end
+  end
   local mark = st and state_file.unfinished(st.provider, st.remote_dir)
   if mark then
     err = "a prepare into " .. st.remote_dir .. " did not finish, so the sandbox may hold part of the workspace "
@@ -325,7 +372,7 @@ function M.restore(opts)
     return nil, redact_fn("restore: " .. err), code
   end
   local job = { opts = opts, st = st, path = path, ws = ws, progress = opts.progress or progress_mod.QUIET,
-    redact_fn = redact_fn, redact_record = redact_record, lock = lock }
+    redact_fn = redact_fn, redact_record = redact_record, lock = lock, baseline = baseline }
   job.result = { state = path, workspace = ws, remote_dir = st.remote_dir, runtime_dir = st.runtime_dir,
     provider = st.provider, changed = {}, deleted = {}, conflicts = {}, refused = {}, torn = {}, warnings = {},
     credentials = {}, bytes_received = 0, commands = 0, hashed_files = 0 }

@@ -1,14 +1,14 @@
---- ferry.snapshot: walk a local directory tree and describe every path the runtime moves.
+--- ferry.snapshot: a local directory tree as tables, for the small trees (assets, references), and the keys a
+-- restore checks a host path against right before it writes there.
 --
 -- A snapshot maps a '/'-separated relative path to {kind = "file"|"dir"|"symlink", mode = permission bits
--- (& 0777), size, sha256 (files), target (symlinks)} — the shape ferry.merge compares. The walk never follows
--- a symlink, never enters an excluded directory, and leaves out what a tar stream cannot carry (fifos,
--- sockets, devices: listed in info.skipped) and the temp files or links a killed ferry left behind: a name
--- core.TEMP_PREFIX .. "<run token>-<hex>" whose run token the caller says is a dead run's (opts.temp_tokens,
--- from ferry.workspace_lock), listed in info.temps so restore can clean them up. Any other name, one that
--- only looks like a temp name included, is the user's.
--- It also defines the quick record, "<quick key> <sha256>", that lets a later walk trust a file's digest
--- without reading the file.
+-- (& 0777), size, sha256 (files), target (symlinks)} — the shape ferry.merge compares. It is core.tree_walk's
+-- walk (readdir and lstat in C): it never follows a symlink, never enters an excluded directory, and leaves
+-- out what a tar stream cannot carry (fifos, sockets, devices: listed in info.skipped) and the temp files or
+-- links a killed ferry left behind: a name core.TEMP_PREFIX .. "<run token>-<hex>" whose run token the caller
+-- says is a dead run's (opts.temp_tokens, from ferry.workspace_lock), listed in info.temps so restore can
+-- clean them up. Any other name, one that only looks like a temp name included, is the user's. The
+-- workspace itself is walked into a tree (prepare, restore), never into tables.
 local core = require "ferry.core"
 
 local M = {}
@@ -34,181 +34,78 @@ function M.is_temp_name(name, tokens)
   return token ~= nil and (tokens == true or tokens[token] == true)
 end
 
-local function join(root, rel)
-  if rel == "" then return root end
-  return root .. "/" .. rel
-end
-
 --- The quick-check key of a file's lstat (or stat): permission bits, size, inode and mtime, the mtime exact
 --- (%.17g gives back the same double). rsync's quick check, plus the inode: a file renamed over another
 --- can bring an old mtime along.
----@param st table  core.fs_lstat's table
+---@param st table  core.fs_lstat's table, or a tree entry (mode, size, ino, mtime)
 ---@return string
 function M.quick_key(st)
-  return string.format("%o %d %d %.17g", st.mode & MODE_MASK, st.size, st.ino, st.mtime)
+  return string.format("%o %d %d %.17g", st.mode & MODE_MASK, st.size or 0, st.ino, st.mtime)
 end
 
 --- The key of what is at a path, as core.tar_extract's `expect` and core.fs_safe_remove compare it right
 --- before they replace or remove it: "<kind> <quick key>".
----@param st table  core.fs_lstat's table
+---@param st table  core.fs_lstat's table, or a tree entry
 ---@return string
 function M.expect_key(st)
   return st.kind .. " " .. M.quick_key(st)
 end
 
---- The quick record of a file: its quick key and the sha256 of its content, "<quick key> <sha256>".
----@param st table  core.fs_lstat's table
----@param sha256 string  64 hex digits
----@return string
-function M.quick_record(st, sha256)
-  return M.quick_key(st) .. " " .. sha256
+--- A tree entry (core.tree's get) as a snapshot entry.
+---@param e table
+---@return table
+function M.entry(e)
+  if e.kind == "symlink" then return { kind = "symlink", target = e.target } end
+  local out = { kind = e.kind, mode = e.mode & MODE_MASK }
+  if e.kind == "file" then out.size, out.sha256 = e.size, e.sha256 end
+  return out
 end
 
--- The sha256 a quick record vouches for, when `st` still gives its key.
-local function vouched_sum(record, st)
-  if type(record) ~= "string" then return nil end
-  local key = M.quick_key(st)
-  if #record ~= #key + 65 or record:byte(#key + 1) ~= 32 or record:find(key, 1, true) ~= 1
-      or record:find("%X", #key + 2) then
-    return nil
-  end
-  return record:sub(#key + 2)
-end
-
-local function describe(path, rel, st, state)
-  local entry = { kind = st.kind, mode = st.mode & MODE_MASK }
-  if state.stats and st.kind ~= "dir" then state.stats[rel] = st end
-  if st.kind == "file" then
-    entry.size = st.size
-    if state.hash then
-      local sum = vouched_sum(state.known[rel], st)
-      if not sum then
-        local err, code
-        sum, err, code = core.sha256_file(path)
-        if not sum then return nil, err, code end
-        state.info.hashed = state.info.hashed + 1
-      end
-      entry.sha256 = sum
+--- A tree as a snapshot to look up (never to iterate): view[rel] is M.entry of the tree's entry, or nil.
+---@param tree table
+---@return table
+function M.view(tree)
+  local cache = {}
+  return setmetatable({}, { __index = function(_, rel)
+    local e = cache[rel]
+    if e == nil then
+      local got = tree:get(rel)
+      e = got and M.entry(got) or false
+      cache[rel] = e
     end
-  elseif st.kind == "symlink" then
-    local target, err, code = core.fs_readlink(path)
-    if not target then return nil, err, code end
-    entry.target = target
-    entry.mode = nil
-  end
-  return entry
-end
-
-local COUNTERS = { file = "files", dir = "dirs", symlink = "symlinks" } -- the kinds a tar stream carries
-
--- lstat, or with follow_symlinks a stat that falls back to lstat for a dangling link (archived as the link).
-local function inspect(path, follow)
-  if not follow then return core.fs_lstat(path) end
-  local st, err, code = core.fs_stat(path)
-  if not st and code == "ENOENT" then return core.fs_lstat(path) end
-  return st, err, code
-end
-
-local function walk(root, rel, state)
-  local names, err, code = core.fs_readdir(join(root, rel))
-  if not names then
-    if code == "ENOENT" or code == "ENOTDIR" then return true end -- vanished while we walked
-    return nil, err, code
-  end
-  for _, name in ipairs(names) do
-    local child = rel == "" and name or rel .. "/" .. name
-    local path = join(root, child)
-    local st, serr, scode = inspect(path, state.follow)
-    if not st then
-      if scode ~= "ENOENT" then return nil, serr, scode end
-    elseif (st.kind == "file" or st.kind == "symlink") and M.is_temp_name(name, state.temp_tokens) then
-      state.info.temps[#state.info.temps + 1] = child
-    elseif not (state.matcher and state.matcher(child, st.kind == "dir")) then
-      if not COUNTERS[st.kind] then
-        state.info.skipped[#state.info.skipped + 1] = child
-      else
-        local entry, derr, dcode = describe(path, child, st, state)
-        if not entry then
-          if dcode ~= "ENOENT" then return nil, derr, dcode end
-        else
-          state.snap[child] = entry
-          state.names[#state.names + 1] = child
-          local counter = COUNTERS[st.kind]
-          state.info[counter] = state.info[counter] + 1
-          if st.kind == "file" then state.info.bytes = state.info.bytes + st.size end
-          if st.kind == "dir" then
-            local id = st.dev .. ":" .. st.ino
-            if state.follow and state.open_dirs[id] then
-              return nil, path .. ": symlink loop", "ELOOP"
-            end
-            state.open_dirs[id] = true
-            local ok, werr, wcode = walk(root, child, state)
-            state.open_dirs[id] = nil
-            if not ok then return nil, werr, wcode end
-          end
-        end
-      end
-    end
-  end
-  return true
+    return e or nil
+  end })
 end
 
 --- Snapshot the tree under `root` (a directory; a symlink to one is followed, nothing below it is).
 ---@param root string
 ---@param opts table|nil  matcher = fn(rel, is_dir) -> excluded (ferry.excludes.compile); hash = false to
----                       skip the SHA-256 of files; known = rel -> quick record (M.quick_records): a file
----                       whose lstat still gives the record's key takes its sha256 unread; stats = true
----                       keeps each file's and symlink's lstat table in info.stats; follow_symlinks = true
----                       describes (and enters) what each symlink points to, as core.tar_writer's
----                       follow_symlinks archives it; temp_tokens = set of run tokens whose temp files are
----                       leftovers (true: any run's)
+---                       skip the SHA-256 of files; follow_symlinks = true describes (and enters) what each
+---                       symlink points to, as core.tar_writer's follow_symlinks archives it; temp_tokens = set
+---                       of run tokens whose temp files are leftovers (true: any run's)
 ---@return table|nil snapshot, string[]|string names_or_err, table|string info_or_code
 --- names: every path in walk order (a directory before its contents), for core.tar_writer;
---- info: {files, dirs, symlinks, bytes, hashed (files read to hash), skipped = {rel...}, temps = {rel...},
---- stats = {rel -> lstat} with opts.stats (files and symlinks)}.
---- Errors: nil, "snapshot <root>: not a directory", "ENOTDIR" and the core's lstat/readdir/hash errors.
+--- info: {files, dirs, symlinks, bytes, hashed (files read to hash), skipped = {rel...}, temps = {rel...}}.
+--- Errors: nil, "snapshot <root>: not a directory", "ENOTDIR" and the walk's errors after "snapshot <root>: ".
 function M.take(root, opts)
   opts = opts or {}
-  local st, err, code = core.fs_stat(root)
-  if not st then return nil, "snapshot " .. root .. ": " .. err, code end
-  if st.kind ~= "dir" then return nil, "snapshot " .. root .. ": not a directory", "ENOTDIR" end
-  local state = {
-    snap = {}, names = {}, matcher = opts.matcher, hash = opts.hash ~= false, follow = opts.follow_symlinks,
-    known = type(opts.known) == "table" and opts.known or {}, stats = opts.stats and {} or nil,
-    temp_tokens = opts.temp_tokens,
-    open_dirs = { [st.dev .. ":" .. st.ino] = true },
-    info = { files = 0, dirs = 0, symlinks = 0, bytes = 0, hashed = 0, skipped = {}, temps = {} },
-  }
-  local ok, werr, wcode = walk(root, "", state)
-  if not ok then return nil, "snapshot " .. root .. ": " .. werr, wcode end
-  state.info.stats = state.stats
-  return state.snap, state.names, state.info
+  local t, info, code = core.tree_walk(root, { exclude = opts.matcher, hash = opts.hash ~= false,
+    follow_symlinks = opts.follow_symlinks, temp_tokens = opts.temp_tokens })
+  if not t then
+    if code == "ENOTDIR" then return nil, "snapshot " .. root .. ": not a directory", code end
+    return nil, "snapshot " .. root .. ": " .. info, code
+  end
+  local snap, names = {}, {}
+  for rel, kind, mode, size, sha256, target in t:iter(nil, "kind mode size sha256 target") do
+    snap[rel] = M.entry { kind = kind, mode = mode, size = size, sha256 = sha256, target = target }
+    names[#names + 1] = rel
+  end
+  return snap, names, info
 end
 
 -- A file can be written again within the clock tick of its last write and keep its mtime (the racy-git
 -- problem; some filesystems keep 2 s). A write after the walk began gets an mtime past this margin.
-local RACY_SECONDS = 2
-M.RACY_SECONDS = RACY_SECONDS
-
---- Quick records of the files of `snap` whose sha256 a later walk may trust (opts.known of M.take):
---- rel -> "<quick key> <sha256>" of each file with a sha256 and a lstat table in `stats` (info.stats of
---- the walk that made `snap`), except a file modified less than 2 s before `taken_at` (the os.time() taken
---- before that walk) or later: a change made in the same clock tick could leave its mtime as it was, so
---- such a file is hashed again.
----@param snap table
----@param stats table
----@param taken_at integer
----@return table
-function M.quick_records(snap, stats, taken_at)
-  local out = {}
-  for rel, st in pairs(stats) do
-    local e = snap[rel]
-    if e and e.kind == "file" and e.sha256 and st.mtime < taken_at - RACY_SECONDS then
-      out[rel] = M.quick_record(st, e.sha256)
-    end
-  end
-  return out
-end
+M.RACY_SECONDS = 2
 
 --- The approximate size of a tar stream of `snap`, or of its entries named in `names` (headers, padded
 --- contents, end blocks): a progress total.
