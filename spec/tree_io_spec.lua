@@ -1,7 +1,7 @@
 -- A tree to bytes and back (tree:dump, core.tree_load): every field survives, and anything cut short,
 -- flipped or crafted is refused with "corrupt tree: <why>", never a crash. And the sandbox's listing read
--- straight into a tree (core.tree_parse_listing), checked against ferry.remote.parse_listing on listings a
--- `local` sandbox prints.
+-- straight into a tree (core.tree_parse_listing), checked against a second reader of the format, on crafted
+-- listings and on what a `local` sandbox prints.
 local ferry = require "ferry"
 local core = require "ferry.core"
 local remote = require "ferry.remote"
@@ -180,14 +180,20 @@ describe("tree:write and core.tree_read", function()
     helpers.rmtree(tmp)
   end)
 
-  it("write the dump atomically (mode 0600 unless told) and read it back", function()
+  it("write the dump atomically (mode 0600 unless told) and read it back, each giving the checksum", function()
     local t = sample()
     local path = tmp .. "/state.tree"
     helpers.write_file(path, "an older file")
-    assert.is_true(t:write(path))
-    assert.equal(t:dump(), helpers.read_file(path))
+    local ok, sum = t:write(path)
+    assert.is_true(ok)
+    local dump = t:dump()
+    assert.equal(dump, helpers.read_file(path))
+    assert.equal(core.sha256(dump:sub(61)), sum) -- the header's checksum of the body
     assert.equal(384, core.fs_lstat(path).mode)
-    assert.same(rows(t), rows(assert(core.tree_read(path))))
+    local back, read_sum = assert(core.tree_read(path))
+    assert.same(rows(t), rows(back))
+    assert.equal(sum, read_sum)
+    assert.equal(sum, select(2, core.tree_load(dump)))
     assert.same({ "state.tree" }, core.fs_readdir(tmp)) -- no temp file left
     assert.is_true(core.tree_new():write(tmp .. "/empty.tree", 420))
     assert.equal(420, core.fs_lstat(tmp .. "/empty.tree").mode)
@@ -213,52 +219,85 @@ describe("tree:write and core.tree_read", function()
   end)
 end)
 
--- One listing record: kind letter, mode, size, mtime, ./path, link target.
-local function rec(kind, mode, size, path, target, mtime)
-  return table.concat({ kind, mode, size, mtime or "1700000000.2500000000", "./" .. path, target or "" }, "\0") .. "\0"
+-- One listing record: changed mark, kind letter, mode, size, mtime, inode, device, ./path, link target.
+local function rec(kind, mode, size, path, target, mtime, mark)
+  return table.concat({ mark or "u", kind, mode, size, mtime or "1700000000.2500000000", "7", "2049", "./" .. path,
+    target or "" }, "\0") .. "\0"
 end
 
-local LISTING = rec("d", "755", "4096", "dir") .. rec("f", "644", "6", "dir/a b.txt")
+local LISTING = rec("d", "755", "4096", "dir") .. rec("f", "644", "6", "dir/a b.txt", "", nil, "c")
   .. rec("l", "777", "5", "link", "dir/a") .. rec("p", "644", "0", "fifo") .. rec("f", "600", "3", "new\nline")
 
--- The tree and ferry.remote's table agree on every entry.
+-- A second reader of the format (fields split on NUL), for what the tree must hold.
+local function reference(text)
+  local fields = {}
+  for field in text:gmatch("([^\0]*)\0") do fields[#fields + 1] = field end
+  local out, i = {}, 2
+  if fields[1] == "I" and fields[2] == "R" then i = 3 end
+  while fields[i] ~= "E" and fields[i] ~= "H" do
+    local mark, kind, mode, size, mtime, ino, dev, path, target = table.unpack(fields, i, i + 8)
+    local k = ({ f = "file", d = "dir", l = "symlink" })[kind] or "other"
+    out[path:sub(3)] = { kind = k, mode = tonumber(mode, 8), size = k == "file" and tonumber(size) or 0,
+      mtime = mtime, ino = tonumber(ino), dev = tonumber(dev), target = k == "symlink" and target or nil,
+      flags = mark == "c" and 1 or 0 }
+    i = i + 9
+  end
+  if fields[i] == "H" then
+    i = i + 1
+    while fields[i] ~= "E" do
+      local e, sum = out[fields[i]:sub(3)], fields[i + 1]:match("^(%x+)")
+      if e and e.kind == "file" and sum and #sum == 64 then e.sha256 = sum:lower() end
+      i = i + 2
+    end
+  end
+  return out
+end
+
+-- The tree holds what the reference reads, every field.
 local function assert_same_listing(text)
-  local want = assert(remote.parse_listing(text))
-  local t = assert(core.tree_parse_listing(text))
+  local want = reference(text)
+  local t, info = assert(core.tree_parse_listing(text))
   local n = 0
-  for rel, kind, mode, size, mtime_ns, sha, target in t:iter(nil, "kind mode size mtime_ns sha256 target") do
+  for rel, kind, mode, size, mtime_ns, ino, dev, sha, target, flags in
+      t:iter(nil, "kind mode size mtime_ns ino dev sha256 target flags") do
     n = n + 1
     local e = want[rel]
-    assert.equal(e.kind, kind, rel)
-    assert.equal(tonumber(e.mode, 8), mode, rel)
-    assert.equal(e.kind == "file" and tonumber(e.size) or 0, size, rel)
+    assert.same({ e.kind, e.mode, e.size, e.ino, e.dev, e.sha256, e.target, e.flags },
+      { kind, mode, size, ino, dev, sha, target, flags }, rel)
     local sec, frac = e.mtime:match("^(%d+)%.(%d+)$")
     assert.equal(tonumber(sec) * 1000000000 + tonumber((frac .. "000000000"):sub(1, 9)), mtime_ns, rel)
-    assert.equal(e.sha256, sha, rel)
-    assert.equal(e.kind == "symlink" and e.target or nil, target, rel)
   end
   assert.equal(W.count(want), n)
-  return t
+  return t, info
 end
 
 describe("core.tree_parse_listing", function()
-  it("reads what ferry.remote.parse_listing reads", function()
-    local t = assert_same_listing(LISTING .. "H\0./dir/a b.txt\0" .. SUM:upper() .. "  -\n\0./new\nline\0\0"
-      .. "./dir\0" .. SUM .. "\0./unlisted\0" .. SUM .. "\0./fifo\0" .. SUM:sub(1, 40) .. "\0E\0trailing")
+  it("reads a full listing: every field, the changed marks, the hashes", function()
+    local t, info = assert_same_listing("F\0" .. LISTING .. "H\0./dir/a b.txt\0" .. SUM:upper() .. "  -\n\0"
+      .. "./new\nline\0\0./dir\0" .. SUM .. "\0./unlisted\0" .. SUM .. "\0./fifo\0" .. SUM:sub(1, 40) .. "\0E\0trailing")
+    assert.same({ incremental = false, root_changed = false }, info)
     assert.equal(SUM, t:get("dir/a b.txt").sha256)
+    assert.equal(1, t:get("dir/a b.txt").flags)
     assert.same({ "dir", "dir/a b.txt", "fifo", "link", "new\nline" }, trees.paths(t))
-    assert.equal(0, assert(core.tree_parse_listing("E\0")):count())
-    assert.equal(0, assert(core.tree_parse_listing("H\0E\0")):count())
+    assert.equal(0, assert(core.tree_parse_listing("F\0E\0")):count())
+    assert.equal(0, assert(core.tree_parse_listing("F\0H\0E\0")):count())
+  end)
+
+  it("reads an incremental listing's header: what changed, and whether the remote dir did", function()
+    local _, info = assert_same_listing("I\0R\0" .. LISTING .. "E\0")
+    assert.same({ incremental = true, root_changed = true }, info)
+    _, info = assert_same_listing("I\0E\0")
+    assert.same({ incremental = true, root_changed = false }, info)
   end)
 
   it("keeps the last record of a path listed twice", function()
-    local t = assert(core.tree_parse_listing(rec("f", "644", "1", "x") .. rec("d", "700", "0", "x") .. "E\0"))
+    local t = assert(core.tree_parse_listing("F\0" .. rec("f", "644", "1", "x") .. rec("d", "700", "0", "x") .. "E\0"))
     assert.equal("dir", t:get("x").kind)
     assert.equal(448, t:get("x").mode)
   end)
 
   it("reads negative and fractionless mtimes exactly", function()
-    local t = assert(core.tree_parse_listing(rec("f", "644", "1", "a", "", "-1.25")
+    local t = assert(core.tree_parse_listing("F\0" .. rec("f", "644", "1", "a", "", "-1.25")
       .. rec("f", "644", "1", "b", "", "7")
       .. rec("f", "644", "1", "c", "", "1.1234567891") .. "E\0"))
     assert.equal(-1250000000, t:get("a").mtime_ns)
@@ -267,11 +306,10 @@ describe("core.tree_parse_listing", function()
   end)
 
   it("returns nil and why for output cut short anywhere", function()
-    local full = LISTING .. "H\0./dir/a b.txt\0" .. SUM .. "\0E\0"
+    local full = "F\0" .. LISTING .. "H\0./dir/a b.txt\0" .. SUM .. "\0E\0"
     for cut = 0, #full - 1 do
       local t, err, code = core.tree_parse_listing(full:sub(1, cut))
       assert.is_nil(t, "cut at " .. cut)
-      assert.is_nil(remote.parse_listing(full:sub(1, cut)))
       assert.matches("^listing: ", err)
       assert.equal("EINVAL", code)
     end
@@ -279,9 +317,9 @@ describe("core.tree_parse_listing", function()
   end)
 
   it("refuses malformed records, naming the byte where the record starts", function()
-    local first = rec("d", "755", "1", "ok")
+    local first = "F\0" .. rec("d", "755", "1", "ok")
     local bad = {
-      ["bad path"] = "f\0" .. "644\0" .. "1\0" .. "1.0\0" .. "plain\0" .. "\0E\0",
+      ["bad path"] = "u\0f\0" .. "644\0" .. "1\0" .. "1.0\0" .. "7\0" .. "1\0" .. "plain\0" .. "\0E\0",
       ["bad mode"] = rec("f", "rw-", "1", "x") .. "E\0",
       ["bad path "] = rec("f", "644", "1", "") .. "E\0",
       ["bad mode "] = rec("f", "8", "1", "x") .. "E\0",
@@ -290,6 +328,9 @@ describe("core.tree_parse_listing", function()
       ["bad mtime"] = rec("f", "644", "1", "x", "", "1.2.3") .. "E\0",
       ["bad mtime "] = rec("f", "644", "1", "x", "", "") .. "E\0",
       ["bad path  "] = rec("f", "644", "1", "a/../b") .. "E\0",
+      ["bad record"] = rec("f", "644", "1", "x", "", nil, "x") .. "E\0",
+      ["bad inode"] = "u\0f\0" .. "644\0" .. "1\0" .. "1.0\0" .. "-7\0" .. "1\0" .. "./x\0" .. "\0E\0",
+      ["bad device"] = "u\0f\0" .. "644\0" .. "1\0" .. "1.0\0" .. "7\0" .. "d\0" .. "./x\0" .. "\0E\0",
       ["bad path in the hashes"] = "H\0" .. "dir/a b.txt\0" .. SUM .. "\0E\0",
     }
     for what, text in pairs(bad) do
@@ -298,9 +339,10 @@ describe("core.tree_parse_listing", function()
       local at = #first + (text:sub(1, 2) == "H\0" and 2 or 0)
       assert.equal("listing: malformed record at byte " .. at .. ": " .. what:gsub(" +$", ""), err)
     end
-    assert.same({ nil, "listing: malformed record at byte " .. (#LISTING + 2) .. ": bad path in the hashes", "EINVAL" },
-      { core.tree_parse_listing(LISTING .. "H\0H\0E\0") }) -- a second hash section
-    assert.is_nil(remote.parse_listing(LISTING .. "H\0H\0E\0"))
+    assert.same({ nil, "listing: malformed record at byte " .. (#LISTING + 4) .. ": bad path in the hashes", "EINVAL" },
+      { core.tree_parse_listing("F\0" .. LISTING .. "H\0H\0E\0") }) -- a second hash section
+    assert.same({ nil, "listing: malformed record at byte 0: no header", "EINVAL" },
+      { core.tree_parse_listing(LISTING .. "E\0") })
     assert.has_error(function() core.tree_parse_listing(false) end,
       "tree_parse_listing: bytes must be a string, got boolean")
   end)
@@ -314,7 +356,7 @@ describe("core.tree_parse_listing", function()
       helpers.rmtree(tmp)
     end)
 
-    it("agrees with ferry.remote.parse_listing, hashes included", function()
+    it("reads what the listing command prints, inodes, devices and hashes included", function()
       local root = tmp .. "/remote"
       W.fill(root)
       W.write(root, ".ferry-runtime/x", "kept for ferry\n")
@@ -328,6 +370,9 @@ describe("core.tree_parse_listing", function()
       assert.matches("H%z", res.stdout)
       local t = assert_same_listing(res.stdout)
       assert.equal(core.sha256_file(root .. "/plain.txt"), t:get("plain.txt").sha256)
+      assert.equal(1, t:get("plain.txt").flags) -- changed after the marker
+      local st = assert(core.fs_lstat(root .. "/plain.txt"))
+      assert.same({ st.ino, st.dev }, { t:get("plain.txt").ino, t:get("plain.txt").dev })
       assert.equal("other", t:get("pipe").kind)
       assert.is_nil(t:get("node_modules/pkg"))
     end)

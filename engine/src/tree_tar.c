@@ -12,10 +12,12 @@
  *   dropped; the tree keeps their count, so t:get(rel).name and the iterator's `name` give the member name
  *   back). Files are hashed (sha256); modes are the archive's & 07777; directories the archive implies but
  *   does not list are added (mode 0755, implied = true).
+ *   An entry's ino is its place in the archive (1 for the first member; 0 for an implied dir).
  *   info: {entries (members read), bytes (file content), ignored (members left out: excluded, or the "."
- *   self entry), members, refused = {{name, reason}...}} in archive order, with ferry.guard's reasons: "absolute
- *   path", "'..' path component", "malformed path (empty or '.' component)", "self entry that is not a
- *   directory", "hard link", "device", "fifo", "socket", "unsupported entry type", the limits' reasons, "duplicate entry" (the
+ *   self entry), members, refused = {{name, reason, at (the member's place)}...}} in archive order, with
+ *   ferry.guard's reasons: "absolute path", "'..' path component", "malformed path (empty or '.' component)",
+ *   "self entry that is not a directory", "hard link", "device", "fifo", "socket", "unsupported entry type",
+ *   the limits' reasons, "duplicate entry" (the
  *   first member of a path stays in the tree), "parent <p> is a symlink in the archive", "parent <p> is not
  *   a directory in the archive"; and beyond the guard's: "malformed path (over 255 './' prefixes or trailing
  *   '/')", "path longer than 65535 bytes", "symlink target longer than 32767 bytes". Refused members are not
@@ -101,7 +103,7 @@ static void refuse_entry(scan *s, tree_entry *x, const char *why) {
   ferry_tree_push_name(s->L, s->t, x);
   size_t len;
   const char *name = lua_tolstring(s->L, -1, &len);
-  refuse(s, (size_t)x->ino, name, len, why);
+  refuse(s, (size_t)x->ino - 1, name, len, why);
   lua_pop(s->L, 1);
   x->dead = 1;
   s->t->dead++;
@@ -174,13 +176,14 @@ static int excluded(scan *s, const char *rel, size_t len, int is_dir) {
   return out;
 }
 
-/* The archive's index of each entry rides in its ino slot while the scan runs (tar entries have none). */
+/* The archive's index of each entry rides in its ino slot (tar entries have none): the scan keeps it there,
+ * for a caller that orders what it finds by the archive's order. */
 static void on_duplicate(ferry_tree *t, const tree_entry *x, void *ud) {
   scan *s = ud;
   ferry_tree_push_name(s->L, t, x);
   size_t len;
   const char *name = lua_tolstring(s->L, -1, &len);
-  refuse(s, (size_t)x->ino, name, len, "duplicate entry");
+  refuse(s, (size_t)x->ino - 1, name, len, "duplicate entry");
   lua_pop(s->L, 1);
 }
 
@@ -304,7 +307,7 @@ static int take_member(scan *s, struct archive_entry *e, limits *lim) {
     if (is_file) lim->total += size; /* not read: counted as declared */
     return 0;
   }
-  tree_fields f = {.kind = kind, .mode = (unsigned)(archive_entry_perm(e) & 07777), .ino = at,
+  tree_fields f = {.kind = kind, .mode = (unsigned)(archive_entry_perm(e) & 07777), .ino = at + 1,
                    .mtime_sec = (int64_t)archive_entry_mtime(e), .nsec = (uint32_t)archive_entry_mtime_nsec(e),
                    .dots = dots, .slashes = slashes};
   unsigned char md[32];
@@ -347,11 +350,13 @@ static void push_info(lua_State *L, scan *s, const limits *lim) {
   if (s->nrefused > 1) qsort(s->refused, s->nrefused, sizeof *s->refused, by_place);
   lua_createtable(L, (int)s->nrefused, 0);
   for (size_t i = 0; i < s->nrefused; i++) {
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 3);
     lua_pushstring(L, s->names + s->refused[i].name_off);
     lua_setfield(L, -2, "name");
     lua_pushstring(L, s->names + s->refused[i].why_off);
     lua_setfield(L, -2, "reason");
+    lua_pushinteger(L, (lua_Integer)s->refused[i].at + 1);
+    lua_setfield(L, -2, "at");
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   lua_setfield(L, -2, "refused");
@@ -407,7 +412,6 @@ static int l_tar_scan_tree(lua_State *L) {
   if (ferry_tree_settle_with(s->t, 1, on_duplicate, s) < 0) return luaL_error(L, "tar_scan_tree: out of memory");
   check_parents(s);
   if (ferry_tree_fill_parents(s->t) < 0) return luaL_error(L, "tar_scan_tree: out of memory");
-  for (size_t i = 0; i < s->t->n; i++) s->t->e[i].ino = 0;
   lua_pushvalue(L, 5);
   push_info(L, s, &lim);
   return 2;

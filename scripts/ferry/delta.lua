@@ -157,8 +157,9 @@ function M.plan(t)
       changed[rel] = true
     end
   end
-  local doomed, wanted, out = {}, {}, { delete = {}, changed = 0, bytes = 0, files = {} }
+  local doomed, wanted, counted, out = {}, {}, {}, { delete = {}, changed = 0, bytes = 0, files = {} }
   local function send(rel, l)
+    counted[rel] = true
     out.changed, out.bytes = out.changed + 1, out.bytes + (l.size or 0)
     if l.kind == "file" then out.files[#out.files + 1] = rel end
     local p = rel
@@ -183,7 +184,7 @@ function M.plan(t)
     doomed[dir] = true
     for rel, kind, size in loc:iter(dir, "kind size") do
       if rel ~= dir and rel:sub(1, #dir + 1) ~= dir .. "/" then break end
-      if not wanted[rel] then send(rel, { kind = kind, size = size }) end
+      if not counted[rel] then send(rel, { kind = kind, size = size }) end
     end
   end
   local tops = {}

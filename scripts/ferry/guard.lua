@@ -200,15 +200,18 @@ local function name_of(tree, rel)
   return e and e.name or rel
 end
 
+-- Refuse the entry at rel (its place in the archive is its ino) for `why`.
+local function refuse(ctx, rel, at, why)
+  ctx.refused[#ctx.refused + 1] = { name = name_of(ctx.tree, rel), reason = why, at = at }
+end
+
 -- Refuse every entry strictly below rel, for `why`.
 local function refuse_below(ctx, rel, why)
   local prefix = rel .. "/"
-  for p in ctx.tree:iter(prefix, "") do
+  for p, at in ctx.tree:iter(prefix, "ino") do
     if p:sub(1, #prefix) ~= prefix then break end
     ctx.steps = ctx.steps + 1
-    if not ctx.tree:get(p).implied then
-      ctx.refused[#ctx.refused + 1] = { name = name_of(ctx.tree, p), reason = why }
-    end
+    if at > 0 then refuse(ctx, p, at, why) end -- (an implied directory is no entry)
   end
 end
 
@@ -220,10 +223,10 @@ local function check_dirs(ctx)
     if not (last and rel:sub(1, #last + 1) == last .. "/") then
       ctx.steps = ctx.steps + 1
       local why
-      if implied then
-        why = "parent " .. rel .. " is not in the archive"
-      elseif disk(ctx, rel) == "symlink" then
+      if disk(ctx, rel) == "symlink" then
         why = "parent " .. rel .. " is a symlink in the workspace"
+      elseif implied then
+        why = "parent " .. rel .. " is not in the archive"
       end
       if why then
         bad[rel], last = true, rel
@@ -244,14 +247,20 @@ end
 ---@param info table  the scan's info (its refusals come first in the result)
 ---@param opts table  workspace (absolute path, for the on-disk checks), baseline (a tree: its own symlinks
 ---                   pass), allow_outside_symlinks
----@return table result  {refused = {{name, reason}...}, steps (the work done: linear in the archive's size)}
+---@return table result  {refused = {{name, reason}...}: what the names, limits and kinds refuse, then what
+---                       the parents and symlink targets do, each in archive order; steps (the work done:
+---                       linear in the archive's size)}
 function M.check(tree, info, opts)
   local ctx = { tree = tree, workspace = opts.workspace, refused = {}, disk = {}, targets = {}, steps = 0,
     max_steps = 64 * tree:bytes() + 100000 }
-  for _, r in ipairs(info.refused) do ctx.refused[#ctx.refused + 1] = r end
+  local first = {}
+  for _, r in ipairs(info.refused) do
+    local list = r.reason:find("^parent ") and ctx.refused or first
+    list[#list + 1] = r
+  end
   local bad = check_dirs(ctx)
   if not opts.allow_outside_symlinks then
-    for rel, target in tree:iter(nil, "target", "symlink") do
+    for rel, target, at in tree:iter(nil, "target ino", "symlink") do
       local p, below_bad = parent_of(rel), false
       while p ~= "" and not below_bad do
         below_bad = bad[p] == true
@@ -260,14 +269,14 @@ function M.check(tree, info, opts)
       end
       if not below_bad and not unchanged_symlink(opts.baseline, rel, target) then
         local ok, reason = symlink_inside(ctx, rel, target or "")
-        if not ok then
-          ctx.refused[#ctx.refused + 1] = { name = name_of(tree, rel),
-            reason = "symlink to " .. string.format("%q", target or "") .. ": " .. reason }
-        end
+        if not ok then refuse(ctx, rel, at, "symlink to " .. string.format("%q", target or "") .. ": " .. reason) end
       end
     end
   end
-  return { refused = ctx.refused, steps = ctx.steps }
+  table.sort(ctx.refused, function(a, b) return a.at < b.at end)
+  for _, r in ipairs(ctx.refused) do first[#first + 1] = { name = r.name, reason = r.reason } end
+  for _, r in ipairs(first) do r.at = nil end
+  return { refused = first, steps = ctx.steps }
 end
 
 return M

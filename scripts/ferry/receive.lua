@@ -106,9 +106,10 @@ local function mend(tree, torn, again, still, spool)
   for _, rel in ipairs(still) do torn_still[rel] = true end
   for _, rel in ipairs(torn) do
     local e = again and not torn_still[rel] and again:get(rel)
+    local at = tree:get(rel).ino -- its place in the first archive, which ferry.guard orders by
     tree:remove(rel)
     if e and e.kind == "file" then
-      tree:add(rel, { kind = "file", mode = e.mode, size = e.size, sha256 = e.sha256, mtime_ns = e.mtime_ns })
+      tree:add(rel, { kind = "file", mode = e.mode, size = e.size, sha256 = e.sha256, mtime_ns = e.mtime_ns, ino = at })
       from[rel] = { spool = spool, name = e.name or rel }
     end
   end

@@ -1,84 +1,127 @@
---- Fuzz target: ferry.remote.parse_listing, the parser of the remote tree listing a (hostile) sandbox prints
--- for a delta prepare. Contract: any bytes give a table or nil ("cut short or malformed"), never an error;
--- a table holds rel -> {kind in file|dir|symlink|other, mode (decimal digits), size, mtime, target (strings),
--- sha256 (64 lowercase hex digits, files only)}. Checked against a second parser written from the format
--- (NUL-terminated fields: 6 per record, then optionally "H" and path/hash pairs, then "E").
+--- Fuzz target: core.tree_parse_listing, the reader of the remote tree listing a (hostile) sandbox prints for a
+-- delta prepare. Contract: any bytes give a tree and info, or nil, "listing: ...", "EINVAL"; never an error.
+-- Checked against a second reader written from the format (NUL-terminated fields: "F" or "I" ["R"], records of
+-- 9 fields, then optionally "H" and path/hash pairs, then "E"): the same entries, or nil for the same inputs.
 local DIR = debug.getinfo(1, "S").source:match("^@(.*)/")
 local common = dofile(DIR .. "/common.lua")
-local remote = require "ferry.remote"
+local core = require "ferry.core"
 
 local KINDS = { f = "file", d = "dir", l = "symlink" }
-local FIELDS = 6
+local FIELDS = 9
+local MAX_PATH, MAX_LINK, MAX_DEVS = 65535, 32767, 255
 
--- The reference: split into NUL-terminated fields (a trailing piece without its NUL is not a field).
-local function reference(text)
-  local fields = {}
-  for field in text:gmatch("([^\0]*)\0") do fields[#fields + 1] = field end
-  local entries, i, hashing = {}, 1, false
-  while true do
-    local f = fields[i]
-    if f == nil then return nil end
-    if f == "E" then return entries end
-    if f == "H" and not hashing then
-      hashing, i = true, i + 1
-    elseif hashing then
-      if fields[i + 1] == nil then return nil end
-      local rel = f:match("^%./(.+)$")
-      if not rel then return nil end
-      local sum = fields[i + 1]:match("^(%x+)")
-      local e = entries[rel]
-      if e and e.kind == "file" and sum and #sum == 64 then e.sha256 = sum:lower() end
-      i = i + 2
-    else
-      if fields[i + FIELDS - 1] == nil then return nil end
-      local kind, mode, size, mtime, path, target = table.unpack(fields, i, i + FIELDS - 1)
-      local rel = path:match("^%./(.+)$")
-      if not rel or not mode:match("^%d+$") then return nil end
-      entries[rel] = { kind = KINDS[kind] or "other", mode = mode, size = size, mtime = mtime, target = target }
-      i = i + FIELDS
-    end
-  end
+-- Digits in `base` (leading zeros allowed) as an integer at most `max`, or nil.
+local function number(s, base, max)
+  if s == "" or not s:match(base == 8 and "^[0-7]+$" or "^%d+$") then return nil end
+  local digits = s:gsub("^0+", "")
+  if digits == "" then return 0 end
+  if #digits > 22 then return nil end
+  local v = math.tointeger(tonumber(digits, base))
+  if not v or v > max then return nil end
+  return v
 end
 
-local VALID_KIND = { file = true, dir = true, symlink = true, other = true }
-
-local function check_entry(rel, e)
-  if type(rel) ~= "string" or rel == "" then common.fail("bad key %q", tostring(rel)) end
-  if type(e) ~= "table" or not VALID_KIND[e.kind] then common.fail("bad entry for %q", rel) end
-  if type(e.mode) ~= "string" or not e.mode:match("^%d+$") then common.fail("bad mode for %q", rel) end
-  for _, k in ipairs { "size", "mtime", "target" } do
-    if type(e[k]) ~= "string" then common.fail("%s of %q is a %s", k, rel, type(e[k])) end
-  end
-  if e.sha256 ~= nil and (e.kind ~= "file" or not e.sha256:match("^[0-9a-f]+$") or #e.sha256 ~= 64) then
-    common.fail("bad sha256 for %q: %q", rel, tostring(e.sha256))
-  end
+-- "[-]digits[.digits]", the whole seconds under 2^63 - 1.
+local function mtime_ok(s)
+  local whole = s:match("^%-?(%d+)$") or s:match("^%-?(%d+)%.%d+$")
+  return whole ~= nil and number(whole, 10, math.maxinteger - 1) ~= nil
 end
 
-local function same(a, b)
-  for rel, e in pairs(a) do
-    local o = b[rel]
-    if not o then return false, rel end
-    for _, k in ipairs { "kind", "mode", "size", "mtime", "target", "sha256" } do
-      if e[k] ~= o[k] then return false, rel end
-    end
-  end
-  for rel in pairs(b) do
-    if not a[rel] then return false, rel end
+local function rel_ok(rel, limit)
+  if rel == "" or (limit and #rel > MAX_PATH) then return false end
+  for comp in (rel .. "/"):gmatch("([^/]*)/") do
+    if comp == "" or comp == "." or comp == ".." then return false end
   end
   return true
 end
 
-return function(data)
-  local ok, entries = pcall(remote.parse_listing, data)
-  if not ok then common.fail("parse_listing raised: %s", tostring(entries)) end
-  local want = reference(data)
-  if (entries == nil) ~= (want == nil) then
-    common.fail("parse_listing gave %s, the format says %s", entries and "a table" or "nil",
-      want and "a table" or "nil")
+-- The reference: nil for what the format refuses, else rel -> {kind, mode, size, ino, dev, target, sha256,
+-- flags} and the info.
+local function reference(text)
+  local fields = {}
+  for field in text:gmatch("([^\0]*)\0") do fields[#fields + 1] = field end
+  local i, info = 2, { incremental = fields[1] == "I", root_changed = false }
+  if fields[1] ~= "F" and fields[1] ~= "I" then return nil end
+  if info.incremental and fields[2] == "R" then info.root_changed, i = true, 3 end
+  local entries, devs, ndevs = {}, {}, 0
+  while true do
+    local f = fields[i]
+    if f == nil then return nil end
+    if f == "E" then return entries, info end
+    if f == "H" then break end
+    if fields[i + FIELDS - 1] == nil then return nil end
+    local mark, kind, mode, size, mtime, ino, dev, path, target = table.unpack(fields, i, i + FIELDS - 1)
+    local rel = path:match("^%./(.+)$")
+    local m, sz, n, d = number(mode, 8, 4095), number(size, 10, math.maxinteger), number(ino, 10, math.maxinteger),
+      number(dev, 10, math.maxinteger)
+    if (mark ~= "c" and mark ~= "u") or not m or not sz or not mtime_ok(mtime) or not n or not d or not rel
+        or not rel_ok(rel, true) then
+      return nil
+    end
+    local k = KINDS[kind] or "other"
+    if k == "symlink" and #target > MAX_LINK then return nil end
+    if not devs[d] then
+      ndevs = ndevs + 1
+      if ndevs > MAX_DEVS then return nil end
+      devs[d] = true
+    end
+    entries[rel] = { kind = k, mode = m, size = k == "file" and sz or 0, ino = n, dev = d,
+      target = k == "symlink" and target or nil, flags = mark == "c" and 1 or 0 }
+    i = i + FIELDS
   end
-  if entries == nil then return end
-  if type(entries) ~= "table" then common.fail("parse_listing returned a %s", type(entries)) end
-  for rel, e in pairs(entries) do check_entry(rel, e) end
-  local equal, where = same(entries, want)
-  if not equal then common.fail("parse_listing and the format disagree about %q", where) end
+  i = i + 1
+  local sums = {}
+  while true do
+    local f = fields[i]
+    if f == nil then return nil end
+    if f == "E" then break end
+    if fields[i + 1] == nil then return nil end
+    local rel = f:match("^%./(.+)$")
+    if not rel or not rel_ok(rel) then return nil end
+    local sum = fields[i + 1]
+    if #sum >= 64 and sum:sub(1, 64):match("^%x+$") and not sum:sub(65, 65):match("^%x$") then
+      sums[#sums + 1] = { rel, sum:sub(1, 64):lower() }
+    end
+    i = i + 2
+  end
+  for _, s in ipairs(sums) do
+    local e = entries[s[1]]
+    if e and e.kind == "file" then e.sha256 = s[2] end
+  end
+  return entries, info
+end
+
+return function(data)
+  local ok, tree, info, code = pcall(core.tree_parse_listing, data)
+  if not ok then common.fail("tree_parse_listing raised: %s", tostring(tree)) end
+  local want, want_info = reference(data)
+  if (tree == nil) ~= (want == nil) then
+    common.fail("tree_parse_listing gave %s (%s), the format says %s", tree and "a tree" or "nil",
+      tostring(info), want and "a tree" or "nil")
+  end
+  if tree == nil then
+    if type(info) ~= "string" or not info:find("^listing: ") or code ~= "EINVAL" then
+      common.fail("bad failure: %q, %q", tostring(info), tostring(code))
+    end
+    return
+  end
+  if info.incremental ~= want_info.incremental or info.root_changed ~= want_info.root_changed then
+    common.fail("the header read differently")
+  end
+  local n = 0
+  for rel, kind, mode, size, ino, dev, target, sha256, flags in
+      tree:iter(nil, "kind mode size ino dev target sha256 flags") do
+    n = n + 1
+    local e = want[rel]
+    if not e then common.fail("%q in the tree, not in the format", rel) end
+    local got = { kind, mode, size, ino, dev, target, sha256, flags }
+    local exp = { e.kind, e.mode, e.size, e.ino, e.dev, e.target, e.sha256, e.flags }
+    for k = 1, #exp do
+      if got[k] ~= exp[k] then common.fail("%q: field %d is %s, the format says %s", rel, k, tostring(got[k]),
+        tostring(exp[k])) end
+    end
+  end
+  local m = 0
+  for _ in pairs(want) do m = m + 1 end
+  if m ~= n then common.fail("%d entries in the tree, %d in the format", n, m) end
 end

@@ -96,16 +96,20 @@ def tar_seeds():
 
 
 def listing_seeds():
-    def rec(kind, mode, size, mtime, path, target=""):
-        return f"{kind}\0{mode}\0{size}\0{mtime}\0{path}\0{target}\0"
+    def rec(kind, mode, size, mtime, path, target="", mark="u", ino=12, dev=2049):
+        return f"{mark}\0{kind}\0{mode}\0{size}\0{mtime}\0{ino}\0{dev}\0{path}\0{target}\0"
 
-    body = (rec("d", 755, 4096, "1700000000.5", "./src") + rec("f", 644, 13, "1700000000.0", "./src/m.c")
-            + rec("l", 777, 5, "1700000000.0", "./link", "a.txt") + rec("f", 600, 3, "1700000001.0", "./a.txt"))
-    put("listing", "plain", body + "E\0")
+    body = (rec("d", 755, 4096, "1700000000.5", "./src") + rec("f", 644, 13, "1700000000.0", "./src/m.c", ino=13)
+            + rec("l", 777, 5, "1700000000.0", "./link", "a.txt", ino=14)
+            + rec("f", 600, 3, "1700000001.0", "./a.txt", mark="c", ino=15))
+    put("listing", "plain", "F\0" + body + "E\0")
     digest = "98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4"
-    put("listing", "hashed", body + "H\0" + f"./a.txt\0{digest}  -\0./src/m.c\0\0" + "E\0")
-    put("listing", "cut-short", body[:-7])
-    put("listing", "odd-names", rec("f", 644, 1, "0", "./with\nnewline") + rec("p", 644, 0, "0", "./fifo") + "E\0")
+    put("listing", "hashed", "F\0" + body + "H\0" + f"./a.txt\0{digest}  -\0./src/m.c\0\0" + "E\0")
+    put("listing", "cut-short", "F\0" + body[:-7])
+    put("listing", "odd-names", "F\0" + rec("f", 644, 1, "0", "./with\nnewline") + rec("p", 644, 0, "0", "./fifo")
+        + "E\0")
+    put("listing", "incremental", "I\0R\0" + rec("d", 755, 4096, "1700000000.5", "./src", mark="c")
+        + rec("f", 644, 13, "1700000000.0", "./src/m.c", ino=13) + "H\0E\0")
 
 
 def status_seeds():
@@ -139,6 +143,9 @@ def state_seeds():
     state["pending_removals"] = ["a.txt"]
     state["local_stat"] = {"a.txt": "420 3 1234 1796084866.0 98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4"}
     put("state", "pending", json.dumps(state))
+    v2 = {k: v for k, v in state.items() if k not in ("baseline", "local_stat", "remote_stat")}
+    v2.update({"version": 2, "trees": {"baseline": "ab" * 32, "remote": "cd" * 32}, "sync": {"id": "0123456789abcdef"}})
+    put("state", "version-2", json.dumps(v2))
     put("state", "old-version", json.dumps({"version": 0, "provider": "local"}))
     put("state", "not-json", "{\"version\": 1, \"provider\": ")
     put("state", "wrong-types", json.dumps({"version": 1, "provider": "local", "remote_dir": "/r", "workspace": "/w",

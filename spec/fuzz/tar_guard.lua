@@ -1,11 +1,11 @@
---- Fuzz target: what restore does with the bytes a hostile sandbox sends, up to the write: core.tar_scan (C,
--- libarchive) on the archive, ferry.guard.check on its entries, and, when the guard refuses nothing,
--- core.tar_extract of every accepted entry into a workspace. Contract:
---   tar_scan: a list of {name, kind, mode, size, mtime, linkname, sha256} or nil, "bad archive: ..." EINVAL /
---     "archive exceeds ..." EFBIG; never an error;
+--- Fuzz target: what restore does with the bytes a hostile sandbox sends, up to the write: core.tar_scan_tree
+-- (C, libarchive) on the archive with ferry.guard's options, ferry.guard.check on its tree, and, when the guard
+-- refuses nothing, core.tar_extract of every entry into a workspace. Contract:
+--   tar_scan_tree: a tree and info or nil, "bad archive: ..." EINVAL / "archive exceeds ..." EFBIG; never an
+--     error;
 --   guard.check: never an error; an accepted entry is a safe relative path (no '/', '..', '.' or empty
 --     component), a file, dir or symlink, below no symlink or non-dir (in the archive or on disk), its
---     symlink target inside the workspace; guard.snapshot of them is a tree merge.check accepts;
+--     symlink target inside the workspace; the tree has no entry whose parent is not a dir of it;
 --   tar_extract: count or nil, message, code; never an error; and afterwards nothing exists outside the
 --     workspace that was not there before, and every symlink in it (but the one the workspace had) resolves,
 --     as far as it exists, inside it.
@@ -16,17 +16,13 @@ local common = dofile(DIR .. "/common.lua")
 local core = require "ferry.core"
 local excludes = require "ferry.excludes"
 local guard = require "ferry.guard"
-local merge = require "ferry.merge"
 
 local MAX_BYTES = 1024 * 1024
 local MAX_HOPS = 40
 
 local scratch, remove = common.scratch()
 local archive, ws, outside = scratch .. "/in.tar", scratch .. "/ws", scratch .. "/outside"
-local matcher = excludes.compile(excludes.DEFAULT)
-local skip_top = { [".ferry-runtime"] = true }
-local KINDS = { file = true, dir = true, symlink = true, hardlink = true, char = true, block = true, fifo = true,
-  socket = true, other = true }
+local matcher = guard.ignore_matcher(excludes.DEFAULT, { ".ferry-runtime" })
 
 local function reset_workspace()
   assert(core.fs_remove_tree(ws))
@@ -46,13 +42,13 @@ local function write_archive(data)
   f:close()
 end
 
-local function check_entries(entries)
-  for i, e in ipairs(entries) do
-    if type(e.name) ~= "string" or not KINDS[e.kind] then common.fail("entry %d: bad name or kind", i) end
-    if math.type(e.mode) ~= "integer" or e.mode < 0 or e.mode > 4095 then common.fail("entry %d: bad mode", i) end
-    if math.type(e.size) ~= "integer" or e.size < 0 then common.fail("entry %d: bad size %s", i, tostring(e.size)) end
-    if e.kind == "file" and not (type(e.sha256) == "string" and e.sha256:match("^%x+$") and #e.sha256 == 64) then
-      common.fail("entry %d: a file without its sha256", i)
+local function check_entries(tree)
+  for rel, kind, mode, size, sha256 in tree:iter(nil, "kind mode size sha256") do
+    if kind ~= "file" and kind ~= "dir" and kind ~= "symlink" then common.fail("%q: kind %s", rel, kind) end
+    if mode < 0 or mode > 4095 then common.fail("%q: bad mode", rel) end
+    if size < 0 then common.fail("%q: bad size %s", rel, tostring(size)) end
+    if kind == "file" and not (type(sha256) == "string" and sha256:match("^%x+$") and #sha256 == 64) then
+      common.fail("%q: a file without its sha256", rel)
     end
   end
 end
@@ -126,29 +122,28 @@ local function check_disk()
   end)
 end
 
-local function check_accepted(checked)
-  for _, rel in ipairs(checked.order) do
-    local e = checked.entries[rel]
-    if not common.safe_rel(rel) then common.fail("accepted unsafe path %q (%q)", rel, e.name) end
-    if not (e.kind == "file" or e.kind == "dir" or e.kind == "symlink") then
-      common.fail("accepted a %s: %q", e.kind, rel)
-    end
+local function check_accepted(tree)
+  for rel, kind in tree:iter(nil, "kind") do
+    if not common.safe_rel(rel) then common.fail("accepted unsafe path %q", rel) end
+    if not (kind == "file" or kind == "dir" or kind == "symlink") then common.fail("accepted a %s: %q", kind, rel) end
     local parent = rel:match("^(.*)/[^/]*$")
     while parent do
-      local p = checked.entries[parent]
-      if p and p.kind ~= "dir" then common.fail("accepted %q below the %s %q", rel, p.kind, parent) end
+      local p = tree:get(parent)
+      if not p or p.kind ~= "dir" or p.implied then
+        common.fail("accepted %q below %q, no dir of the archive", rel, parent)
+      end
       local st = core.fs_lstat(ws .. "/" .. parent)
       if st and st.kind == "symlink" then common.fail("accepted %q below the disk symlink %q", rel, parent) end
       parent = parent:match("^(.*)/[^/]*$")
     end
   end
+  if tree:orphan() then common.fail("the guard accepted what is not a tree: %q", tree:orphan()) end
 end
 
-local function extract(checked)
+local function extract(tree)
   local plan = {}
-  for _, rel in ipairs(checked.order) do
-    local e = checked.entries[rel]
-    plan[e.name] = { dest = rel, mode = e.mode & 511, sha256 = e.sha256 }
+  for rel, mode, sha256, name in tree:iter(nil, "mode sha256 name") do
+    plan[name or rel] = { dest = rel, mode = mode & 511, sha256 = sha256 }
   end
   local ok, count, err, code = pcall(core.tar_extract, archive, ws, plan, { max_bytes = MAX_BYTES })
   if not ok then common.fail("tar_extract raised: %s", tostring(count)) end
@@ -161,18 +156,19 @@ end
 
 local function check(data)
   write_archive(data)
-  local ok, entries, err, code = pcall(core.tar_scan, archive, { max_bytes = MAX_BYTES, max_entries = 4096 })
-  if not ok then common.fail("tar_scan raised: %s", tostring(entries)) end
-  if not entries then
-    local bad = code == "EINVAL" and err:find("^bad archive: ")
-    if not (bad or (code == "EFBIG" and err:find("^archive exceeds "))) then
-      common.fail("tar_scan failed with %q, %q", tostring(err), tostring(code))
+  local opts = guard.scan_options(ws, matcher, MAX_BYTES)
+  opts.max_entries = 4096
+  local ok, tree, info, code = pcall(core.tar_scan_tree, archive, opts)
+  if not ok then common.fail("tar_scan_tree raised: %s", tostring(tree)) end
+  if not tree then
+    local bad = code == "EINVAL" and info:find("^bad archive: ")
+    if not (bad or (code == "EFBIG" and info:find("^archive exceeds "))) then
+      common.fail("tar_scan_tree failed with %q, %q", tostring(info), tostring(code))
     end
     return
   end
-  check_entries(entries)
-  local cok, checked = pcall(guard.check, entries, { workspace = ws, matcher = matcher, skip_top = skip_top,
-    baseline = {} })
+  check_entries(tree)
+  local cok, checked = pcall(guard.check, tree, info, { workspace = ws })
   if not cok then common.fail("guard.check raised: %s", tostring(checked)) end
   if #checked.refused > 0 then
     for _, r in ipairs(checked.refused) do
@@ -180,12 +176,8 @@ local function check(data)
     end
     return
   end
-  check_accepted(checked)
-  local sok, snap = pcall(guard.snapshot, checked)
-  if not sok then common.fail("guard.snapshot raised: %s", tostring(snap)) end
-  local well_formed, why = merge.check("remote", snap)
-  if not well_formed then common.fail("the guard accepted what is not a tree: %s", why) end
-  extract(checked)
+  check_accepted(tree)
+  extract(tree)
 end
 
 return { check = check, close = remove }

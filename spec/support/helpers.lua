@@ -29,6 +29,14 @@ function M.pids_with(text)
   return out
 end
 
+--- The baseline of the state file at `path`, as a lookup: baseline[rel] is its entry ({kind, mode & 0777,
+--- size, sha256, target}) or nil.
+function M.baseline(path)
+  local state = require "ferry.state"
+  local st = assert(state.read(path))
+  return require("ferry.snapshot").view(assert(state.tree(path, st, "baseline")))
+end
+
 --- A fresh temporary directory.
 function M.tmpdir()
   local p = io.popen("mktemp -d /tmp/ferry-spec.XXXXXX")
