@@ -84,12 +84,11 @@ function M.run(sb, job, gj)
   if gj then before[#before + 1] = git_remote.adopt_lines(job.keep_out) end
   local script = (job.first_line and job.first_line .. "\n" or "")
     .. remote.list_script(job.remote_dir, job.keep, job.patterns, { all = true, before = table.concat(before, "\n") })
-  local parts = {}
-  local res, err, code = sb:pipe_out(script, function(chunk) parts[#parts + 1] = chunk end,
-    { what = "adopting " .. job.remote_dir })
+  local on_chunk, finish = remote.listing_reader(false)
+  local res, err, code = sb:pipe_out(script, on_chunk, { what = "adopting " .. job.remote_dir })
   if not res then return nil, "prepare: " .. err, code end
   if res.code ~= 0 or res.timed_out then return failure(res, job.remote_dir) end
-  local listed = core.tree_parse_listing(table.concat(parts))
+  local listed = finish()
   if not listed then return nil, "prepare: adopting " .. job.remote_dir .. ": malformed listing", "EIO" end
   local adopted = { warnings = {}, stderr = res.stderr, recorded = listed, sync_id = id }
   adopted.baseline = baseline_of(listed, job.base_matcher, adopted.warnings)

@@ -142,7 +142,9 @@ end
 --- The delta from the sandbox's tree to the local one. Flags (M.SEND) the entries of `loc` to send, their
 --- parent dirs included.
 ---@param t table  {loc (the local tree, every file hashed), base (the baseline), recorded (the remote tree
----                at the marker), now (M.current's), unknown (M.current's), listed (the listing)}
+---                at the marker), now (M.current's), unknown (M.current's), listed (the listing)}; when the
+---                sandbox did not change since the marker it holds the baseline: recorded and now may then
+---                both be the baseline itself
 ---@return table  {delete = paths to delete in path order, topmost only; changed = the local entries the
 ---               sandbox does not hold; files = the files among them; bytes = their content (for progress)}
 function M.plan(t)

@@ -66,12 +66,18 @@ local function delta_base(path, want)
   return delta.usable_base(st, want)
 end
 
--- The trees of the delta base: {baseline, remote}, or nil and why not.
+-- The trees of the delta base: {baseline, remote = function() -> the remote tree or nil, why}, or nil and why
+-- not. The remote tree is read when the delta needs it (after the walk: the listing runs meanwhile).
 local function base_trees(path, st)
-  local baseline, remote_tree = state_file.trees(path, st)
-  if not baseline then return nil, remote_tree end
-  if not remote_tree then return nil, "the earlier sync did not list the sandbox" end
-  return { baseline = baseline, remote = remote_tree }
+  local baseline, err = state_file.tree(path, st, "baseline")
+  if not baseline then return nil, err end
+  local trees = { baseline = baseline }
+  function trees.load_remote()
+    local remote_tree, rerr = state_file.tree(path, st, "remote")
+    trees.remote = remote_tree
+    return remote_tree, rerr
+  end
+  return trees
 end
 
 -- Walk the workspace into the local tree: with a delta base every file hashed (those whose lstat did not move
@@ -145,13 +151,17 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
     job.base, job.fallback = delta_base(job.state, { provider = provider_string, remote_dir = remote_dir,
       excludes = job.patterns, preserve = job.keep })
   end
-  if job.base then
-    job.base_trees, job.fallback = base_trees(job.state, job.base)
-    if not job.base_trees then job.base = nil end
-  end
-  -- the sandbox lists its tree while the host walks: one command, at once (with the install check)
+  -- the sandbox lists its tree while the host reads the baseline and walks: one command, at once (with the
+  -- install check)
   job.first_line = install.check_line(adapter, job.runtime_dir)
   if job.base then sync.start_listing(sb, job, job.base) end
+  if job.base then
+    job.base_trees, job.fallback = base_trees(job.state, job.base)
+    if not job.base_trees then
+      sync.settle(job) -- its listing is of no use now
+      job.base = nil
+    end
+  end
   local walked, werr, wcode = walk(job, inputs.lock.temp_tokens)
   if not walked then return nil, werr, wcode end
   if job.git then

@@ -44,8 +44,8 @@ end
 
 -- The sandbox's listing after the sync, as a tree (the recorded one overlaid with what changed when the
 -- listing is incremental), or nil when the sandbox could not list or the listing cannot be read.
-local function listed_after(out, recorded)
-  local listed, info = core.tree_parse_listing(out)
+local function listed_after(finish, recorded)
+  local listed, info = finish()
   if not listed then return nil end
   if not info.incremental then return listed end
   if not recorded then return nil end
@@ -74,8 +74,10 @@ local function send_tree(sb, job, opts)
     since = opts.since })
   local stream = read and transfer.guarded(read)
   local sent = 0
+  local on_stdout, finish = remote.listing_reader(not binary)
   local res, err, code = sb:pipe_in(script, stream and stream.read or "", {
     what = "sync to " .. job.remote_dir,
+    on_stdout = on_stdout,
     on_progress = function(n)
       job.progress:advance(n - sent)
       sent = n
@@ -92,24 +94,21 @@ local function send_tree(sb, job, opts)
     return nil, "prepare: " .. remote.failure("sync to " .. job.remote_dir, res), "EIO"
   end
   if writer then drop_unsent(job.tree, opts.files) end
-  local out = res.stdout or ""
   -- a listing that does not decode or parse is left out: the next prepare is a full sync
-  if not binary then out = core.b64_decode(out) or "" end
-  synced.recorded = listed_after(out, opts.since and job.base_trees.remote)
+  synced.recorded = listed_after(finish, opts.since and job.base_trees and job.base_trees.remote)
   synced.sync_id = synced.recorded and id
   return synced
 end
 
 -- The listing command: its tree and info, and its stderr (the install check's report); or nil and why not.
 local function list_remote(sb, job, since)
-  local parts = {}
   local script = remote.list_script(job.remote_dir, job.keep, job.patterns, { since = since,
     first = job.first_line, before = job.refs_clear })
-  local res, err = sb:pipe_out(script, function(chunk) parts[#parts + 1] = chunk end,
-    { what = "listing " .. job.remote_dir })
+  local on_chunk, finish = remote.listing_reader(false)
+  local res, err = sb:pipe_out(script, on_chunk, { what = "listing " .. job.remote_dir })
   if not res then return nil, err end
   if res.code ~= 0 or res.timed_out then return nil, remote.failure("listing " .. job.remote_dir, res) end
-  local listed, info = core.tree_parse_listing(table.concat(parts))
+  local listed, info = finish()
   if not listed then return nil, "listing " .. job.remote_dir .. ": malformed output (" .. info .. ")" end
   return { listed = listed, info = info, stderr = res.stderr }
 end
@@ -130,6 +129,21 @@ function M.settle(job)
   job.listing = nil
 end
 
+-- The delta's plan from the listing (ferry.delta), or nil and why not.
+local function plan_delta(job, got)
+  local trees, listed, info = job.base_trees, got.listed, got.info
+  if info.incremental and listed:count() == 0 and not info.root_changed then
+    -- the sandbox did not change since the marker: it holds the baseline (the remote tree is not read)
+    return delta.plan { loc = job.tree, base = trees.baseline, recorded = trees.baseline, now = trees.baseline,
+      unknown = {}, listed = listed }
+  end
+  local recorded, rerr = trees.load_remote()
+  if not recorded then return nil, rerr or "the earlier sync did not list the sandbox" end
+  local now, unknown = delta.current(recorded, listed, info)
+  return delta.plan { loc = job.tree, base = trees.baseline, recorded = recorded, now = now, unknown = unknown,
+    listed = listed }
+end
+
 -- A delta sync, or nil and why it cannot be done (then the full sync runs); errors after the sandbox
 -- changed are returned as nil, nil, message, code.
 local function delta_sync(sb, job)
@@ -139,21 +153,30 @@ local function delta_sync(sb, job)
   if not got then return nil, why end
   job.stderr_before = got.stderr
   local trees = job.base_trees
-  local now, unknown = delta.current(trees.remote, got.listed, got.info)
-  local plan = delta.plan { loc = job.tree, base = trees.baseline, recorded = trees.remote, now = now,
-    unknown = unknown, listed = got.listed }
+  local plan, perr = plan_delta(job, got)
+  if not plan then return nil, perr end
   local head = remote.delete_lines(plan.delete)
   if #head > MAX_DELTA_SCRIPT then return nil, #plan.delete .. " paths to delete (the script would be too long)" end
   if plan.changed == 0 and #plan.delete == 0 and not job.inputs then
     -- the sandbox holds the workspace already: no second command, and the marker stays the one recorded
     job.progress:phase("sync", 0)
-    return { bytes = 0, warnings = {}, stderr = got.stderr, recorded = trees.remote, sync_id = job.base.sync.id,
-      same_marker = true, delta = true, delta_files = 0, delta_deleted = 0 }
+    return { bytes = 0, warnings = {}, stderr = got.stderr, sync_id = job.base.sync.id, same_marker = true,
+      delta = true, delta_files = 0, delta_deleted = 0 }
   end
+  -- the listing after the sync says what changed since the marker: on top of the recorded tree; the
+  -- baseline and the sandbox's tree before the sync are done with (their memory goes back now)
+  if not trees.remote then
+    local recorded, rerr = trees.load_remote()
+    if not recorded then return nil, rerr or "the earlier sync did not list the sandbox" end
+  end
+  trees.baseline, got.listed = nil, nil
+  collectgarbage()
   if job.git_head then head = head .. "\n" .. job.git_head end
   local synced, err, code = send_tree(sb, job, { head = head, flagged = true, files = plan.files,
     bytes = plan.changed > 0 and plan.bytes + TAR_HEADER * plan.changed, since = job.base.sync.id })
   if not synced then return nil, nil, err, code end
+  trees.remote = nil
+  collectgarbage()
   synced.stderr = (got.stderr or "") .. (synced.stderr or "")
   -- the listing taken after the delta must show the local tree (a race with the sandbox, or a bug, would
   -- not): else the full sync puts it right
