@@ -279,6 +279,7 @@ describe("delta.disagreement", function()
   local loc, after
 
   before_each(function()
+    local _
     loc, _, after = in_step(TREE)
   end)
 

@@ -8,6 +8,7 @@
 local ferry = require "ferry"
 local core = require "ferry.core"
 local delta = require "ferry.delta"
+local listing = require "ferry.listing"
 local remote = require "ferry.remote"
 local helpers = require "support.helpers"
 local W = require "support.workspaces"
@@ -35,14 +36,14 @@ describe("the sandbox's listing", function()
 
   -- The listing command: its tree and info.
   local function list(since)
-    return assert(core.tree_parse_listing(run(remote.list_script(root, KEEP, EXCLUDES, { since = since }))))
+    return assert(core.tree_parse_listing(run(listing.list_script(root, KEEP, EXCLUDES, { since = since }))))
   end
 
   -- What a sync command leaves: the marker with `id`, and its listing as the tree it records (the recorded
   -- tree overlaid with what changed since `since`, when the marker still held it).
   local function record(id, since, recorded)
-    local out = run(remote.sync_script(root, { head = ":", keep = KEEP, patterns = EXCLUDES, binary = true, id = id,
-      since = since }))
+    local out = run(remote.sync_script(root, { head = ":",
+      tail = listing.record_lines(KEEP, EXCLUDES, true, id, since) }))
     local listed, info = assert(core.tree_parse_listing(out))
     if not info.incremental then return listed end
     local now, unknown = delta.current(recorded, listed, info)

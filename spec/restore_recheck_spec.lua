@@ -55,6 +55,51 @@ describe("restore's check right before each write", function()
     assert.equal("the host's edit, during the restore\n", W.read(ws, "a.txt"))
   end)
 
+  -- The soak's "host edit during restore lost" (seed 8802, bwrap cycles 98 and 264): the user wrote, in place,
+  -- bytes equal to the baseline's ("\n" over "\n"). Before restore looks, that is no change: the sandbox's
+  -- version lands, as for any file the host left as it was. After restore looked, the rewrite moved the
+  -- file's key: the host's version stays and the sandbox's becomes a conflict copy.
+  it("takes a host rewrite of the baseline's own bytes, made before it looks, for no change", function()
+    W.write(remote, "a.txt", "the agent's a\n")
+    W.write(remote, "b.txt", "the agent's b\n")
+    assert(os.remove(remote .. "/b.txt"))
+    local f = assert(io.open(ws .. "/a.txt", "wb")) -- in place, the same bytes
+    f:write("base a\n")
+    f:close()
+    f = assert(io.open(ws .. "/b.txt", "wb"))
+    f:write("base b\n")
+    f:close()
+    local got = assert(ferry.restore { state = state })
+    assert.same({ "a.txt" }, got.changed)
+    assert.same({ "b.txt" }, got.deleted)
+    assert.same({}, got.conflicts)
+    assert.equal("the agent's a\n", W.read(ws, "a.txt"))
+    assert.is_nil(W.read(ws, "b.txt"))
+  end)
+
+  it("keeps a host rewrite of the baseline's own bytes made after it looked, as any edit", function()
+    W.write(remote, "a.txt", "the agent's a\n")
+    assert(os.remove(remote .. "/b.txt"))
+    local function rewrite(rel, data)
+      return function()
+        os.execute("sleep 0.01") -- a later clock tick than the snapshot's
+        local f = assert(io.open(ws .. "/" .. rel, "wb"))
+        f:write(data)
+        f:close()
+      end
+    end
+    local a, b = rewrite("a.txt", "base a\n"), rewrite("b.txt", "base b\n")
+    local got = assert(ferry.restore { state = state, before_write = function(path, op)
+      if path == "a.txt" and op == "write" then a() end
+      if path == "b.txt" and op == "remove" then b() end
+    end })
+    assert.equal("base a\n", W.read(ws, "a.txt"))
+    assert.equal("the agent's a\n", W.read(ws, "a.txt.ferry-remote"))
+    assert.same({ "a.txt" }, got.conflicts)
+    assert.equal("base b\n", W.read(ws, "b.txt"))
+    assert.same({ "b.txt" }, got.kept)
+  end)
+
   it("notices an edit that keeps the size, inode and mtime, by the content hash", function()
     W.write(remote, "same.txt", "the agent!\n")
     local st = assert(core.fs_lstat(ws .. "/same.txt"))

@@ -4,7 +4,7 @@
 -- listings and on what a `local` sandbox prints.
 local ferry = require "ferry"
 local core = require "ferry.core"
-local remote = require "ferry.remote"
+local listing = require "ferry.listing"
 local helpers = require "support.helpers"
 local trees = require "support.trees"
 local W = require "support.workspaces"
@@ -274,7 +274,8 @@ end
 describe("core.tree_parse_listing", function()
   it("reads a full listing: every field, the changed marks, the hashes", function()
     local t, info = assert_same_listing("F\0" .. LISTING .. "H\0./dir/a b.txt\0" .. SUM:upper() .. "  -\n\0"
-      .. "./new\nline\0\0./dir\0" .. SUM .. "\0./unlisted\0" .. SUM .. "\0./fifo\0" .. SUM:sub(1, 40) .. "\0E\0trailing")
+      .. "./new\nline\0\0./dir\0" .. SUM .. "\0./unlisted\0" .. SUM .. "\0./fifo\0" .. SUM:sub(1, 40)
+      .. "\0E\0trailing")
     assert.same({ incremental = false, root_changed = false }, info)
     assert.equal(SUM, t:get("dir/a b.txt").sha256)
     assert.equal(1, t:get("dir/a b.txt").flags)
@@ -364,7 +365,7 @@ describe("core.tree_parse_listing", function()
       helpers.sh("touch -d '-1 hour' " .. core.sh_quote(root .. "/.ferry-runtime/sync.mark"))
       helpers.sh("mkfifo " .. core.sh_quote(root .. "/pipe"))
       local sb = assert(ferry.open("local"))
-      local res = assert(sb:exec(remote.list_script(root, { ".ferry-runtime" }, { "node_modules/" })))
+      local res = assert(sb:exec(listing.list_script(root, { ".ferry-runtime" }, { "node_modules/" })))
       sb:close()
       assert.equal(0, res.code, res.stderr)
       assert.matches("H%z", res.stdout)

@@ -242,3 +242,91 @@ describe("tree misuse", function()
     assert.has_error(function() u:add("d256", { kind = "dir", dev = 256 }) end, "tree: more than 255 devices")
   end)
 end)
+
+describe("tree edits by subtree (what a delta and a merge look at)", function()
+  -- a tree whose paths ending in '/' are dirs
+  local function made(list)
+    local u = core.tree_new()
+    for _, p in ipairs(list) do
+      local dir = p:sub(-1) == "/"
+      u:add(dir and p:sub(1, -2) or p, { kind = dir and "dir" or "file", mode = dir and 493 or 420 })
+    end
+    return u
+  end
+  local t
+  before_each(function()
+    t = made { "a/", "a/b/", "a/b/c", "a/b.txt", "a/x", "ab", "z" }
+    t:add("a/b/c", { kind = "file", mode = 420, size = 3, sha256 = SUM, mtime_ns = 7, ino = 9, dev = 4 })
+    t:taken_at(1700000000.5)
+  end)
+
+  it("copies every entry and when it was taken; the copy is a tree of its own", function()
+    local c = t:copy()
+    assert.same(paths(t), paths(c))
+    assert.same(t:get("a/b/c"), c:get("a/b/c"))
+    assert.equal(t:taken_at(), c:taken_at())
+    c:remove("z")
+    assert.is_not_nil(t:get("z"))
+    assert.equal(0, core.tree_new():copy():count())
+  end)
+
+  it("prunes a path and everything below it, not its neighbours that share a prefix", function()
+    assert.equal(3, t:prune("a/b") + t:prune("a/b.txt"))
+    assert.same({ "a", "a/x", "ab", "z" }, paths(t))
+    assert.equal(0, t:prune("nothing/here"))
+    assert.has_error(function() t:prune("") end, "tree: prune: rel must not be empty")
+  end)
+
+  it("lists the children of a path in path order, the top level for \"\"", function()
+    assert.same({ "a", "ab", "z" }, t:children(""))
+    assert.same({ "a/b", "a/b.txt", "a/x" }, t:children("a"))
+    assert.same({ "a/b/c" }, t:children("a/b"))
+    assert.same({}, t:children("a/x"))
+    assert.same({}, t:children("absent"))
+    t:remove("a/b.txt")
+    assert.same({ "a/b", "a/x" }, t:children("a"))
+  end)
+
+  it("iterates only the kinds asked for", function()
+    local u = made { "a/", "a/f" }
+    u:add("l", { kind = "symlink", target = "a" })
+    local dirs, links = {}, {}
+    for rel in u:iter(nil, "", "dir") do dirs[#dirs + 1] = rel end
+    for rel, target in u:iter(nil, "target", "symlink") do links[#links + 1] = rel .. " -> " .. target end
+    assert.same({ "a" }, dirs)
+    assert.same({ "l -> a" }, links)
+    assert.has_error(function() u:iter(nil, "", "fifo") end, "tree: iter: unknown kind 'fifo'")
+  end)
+
+  it("finds an entry whose parent is not a directory of the tree", function()
+    assert.is_nil(t:orphan())
+    local u = made { "a/" }
+    u:add("a/b/c", { kind = "file" })
+    assert.equal("a/b/c", u:orphan())
+    u:add("a/b", { kind = "file" })
+    assert.equal("a/b/c", u:orphan())
+    u:add("a/b", { kind = "dir" })
+    assert.is_nil(u:orphan())
+    u:add("z/y", { kind = "dir" })
+    assert.equal("z/y", u:orphan())
+  end)
+
+  it("takes the lstat of the entries another tree holds alike, and clears the others'", function()
+    local remote = made { "a/", "a/b/" }
+    remote:add("f", { kind = "file", mode = 420, size = 3, sha256 = SUM, mtime_ns = 1, ino = 100 })
+    remote:add("g", { kind = "file", mode = 420, size = 3, sha256 = SUM, mtime_ns = 1, ino = 101 })
+    remote:add("l", { kind = "symlink", target = "f", mtime_ns = 1, ino = 102 })
+    local loc = made { "a/", "a/b/" }
+    loc:add("f", { kind = "file", mode = 33188 & 4095, size = 3, sha256 = SUM, mtime_ns = 5000000000, ino = 7,
+      dev = 2049 })
+    loc:add("g", { kind = "file", mode = 420, size = 3, sha256 = SUM2, mtime_ns = 6000000000, ino = 8 })
+    loc:add("l", { kind = "symlink", target = "elsewhere", mtime_ns = 7, ino = 9 })
+    loc:taken_at(1700000000)
+    assert.equal(3, remote:stat_from(loc)) -- a, a/b, f
+    assert.same({ 5000000000, 7, 2049 }, { remote:get("f").mtime_ns, remote:get("f").ino, remote:get("f").dev })
+    assert.same({ 0, 0 }, { remote:get("g").mtime_ns, remote:get("g").ino }) -- other content
+    assert.same({ 0, 0 }, { remote:get("l").mtime_ns, remote:get("l").ino }) -- other target
+    assert.equal(SUM, remote:get("g").sha256) -- the content stays the remote's
+    assert.equal(1700000000, remote:taken_at())
+  end)
+end)

@@ -123,6 +123,38 @@ describe("core.tar_scan_tree", function()
     end)
   end
 
+  it("refuses as ferry.guard words them the paths too long or too deep to write again, excluded or not", function()
+    python_tar(tmp .. "/l.tar", "  add_file(tar, 'ok.txt')\n  add_file(tar, 'c' * 300)\n"
+      .. "  add_dir(tar, '/'.join(['d'] * 257))\n  add_file(tar, 'p' * 200 + '/q')\n"
+      .. "  add_file(tar, 'node_modules/' + 'x' * 240)\n  add_file(tar, 'node_modules/' + 'y' * 180)\n")
+    local ignore = guard.ignore_matcher(excludes.DEFAULT, {})
+    local _, info = assert(core.tar_scan_tree(tmp .. "/l.tar", { exclude = ignore, max_path = 200 }))
+    local want = {
+      { name = ("c"):rep(300), reason = "path longer than 200 bytes", at = 2 },
+      { name = ("d/"):rep(257), reason = "path longer than 200 bytes", at = 3 }, -- a dir's name ends with '/'
+      { name = ("p"):rep(200) .. "/q", reason = "path longer than 200 bytes", at = 4 },
+      { name = "node_modules/" .. ("x"):rep(240), reason = "path longer than 200 bytes", at = 5 },
+    }
+    assert.same(want, info.refused) -- an excluded name only when it is over the limit by 16 bytes
+    local _, wide = assert(core.tar_scan_tree(tmp .. "/l.tar", { exclude = ignore, max_path = 4000 }))
+    assert.same({ { name = ("c"):rep(300), reason = "path component longer than 255 bytes", at = 2 },
+      { name = want[2].name, reason = "path deeper than 256 components", at = 3 } }, wide.refused)
+  end)
+
+  it("reports ferry's own members and leaves them out of the tree, whatever the excludes", function()
+    python_tar(tmp .. "/m.tar", "  add_file(tar, './.ferry-runtime/git/out.fields', b'fields')\n"
+      .. "  add_file(tar, './a.txt')\n  add_dir(tar, './.ferry-runtime/other')\n")
+    local ignore = guard.ignore_matcher(excludes.DEFAULT, { ".ferry-runtime" })
+    local t, info = assert(core.tar_scan_tree(tmp .. "/m.tar", { exclude = ignore,
+      members = { ".ferry-runtime/git/out.fields", ".ferry-runtime/git/out.bundle" } }))
+    assert.same({ [".ferry-runtime/git/out.fields"] = { name = "./.ferry-runtime/git/out.fields", kind = "file",
+      size = 6 } }, info.members)
+    assert.same({ "a.txt" }, paths(t))
+    assert.equal(1, info.ignored) -- the other entry of the runtime dir
+    assert.has_error(function() core.tar_scan_tree(tmp .. "/m.tar", { members = "x" }) end,
+      "tar_scan_tree: opts.members must be a list of paths")
+  end)
+
   it("refuses what no tree can hold: a symlink below a file, a member named with over 255 './'", function()
     python_tar(tmp .. "/p.tar", "  add_file(tar, 'f')\n  add_file(tar, 'f/g')\n  add_link(tar, 'l', 'x')\n"
       .. "  add_dir(tar, 'l/d')\n  add_file(tar, 'l/d/e')\n  add_file(tar, './' * 256 + 'deep')\n"

@@ -7,6 +7,7 @@
 local core = require "ferry.core"
 local git = require "ferry.git"
 local git_remote = require "ferry.git_remote"
+local listing = require "ferry.listing"
 local remote = require "ferry.remote"
 local util = require "ferry.util"
 
@@ -79,12 +80,12 @@ function M.run(sb, job, gj)
   job.progress:phase("sync")
   local id = util.unique_hex(16)
   local before = { 'mkdir -p "$ferry_r/' .. remote.RUNTIME_DIR .. '" || exit 1',
-    "printf '%s' " .. core.sh_quote(id) .. ' > "$ferry_r/' .. remote.MARK_FILE .. '" || exit 1' }
+    "printf '%s' " .. core.sh_quote(id) .. ' > "$ferry_r/' .. listing.MARK_FILE .. '" || exit 1' }
   if job.refs_clear then before[#before + 1] = job.refs_clear end
   if gj then before[#before + 1] = git_remote.adopt_lines(job.keep_out) end
   local script = (job.first_line and job.first_line .. "\n" or "")
-    .. remote.list_script(job.remote_dir, job.keep, job.patterns, { all = true, before = table.concat(before, "\n") })
-  local on_chunk, finish = remote.listing_reader(false)
+    .. listing.list_script(job.remote_dir, job.keep, job.patterns, { all = true, before = table.concat(before, "\n") })
+  local on_chunk, finish = listing.reader(false)
   local res, err, code = sb:pipe_out(script, on_chunk, { what = "adopting " .. job.remote_dir })
   if not res then return nil, "prepare: " .. err, code end
   if res.code ~= 0 or res.timed_out then return failure(res, job.remote_dir) end

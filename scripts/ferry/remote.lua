@@ -1,18 +1,10 @@
 --- ferry.remote: the shell that prepare and restore run in the sandbox on the remote dir, and what it prints:
 -- clearing the remote dir but the preserved names, deleting paths, the sync command (clear or delete,
--- extract, then the marker and the listing), the listing of the remote tree (NUL-separated records read by
--- core.tree_parse_listing, with the SHA-256 of the files changed since the marker), the tar stream restore
--- receives, and the exclude patterns the sandbox can apply itself (as `case` and find -name patterns).
+-- extract, then ferry.listing's lines: the marker and the listing), the tar stream restore receives (and the
+-- reports of its tar), and the exclude patterns the sandbox can apply itself (as `case` and find -name
+-- patterns).
 --
--- The marker, `.ferry-runtime/sync.mark`, holds the id of the sync that left it (a random id the state
--- records). A listing marks each entry whose status changed after the marker's mtime (find -cnewer: a write,
--- a chmod, a rename, a utime all set the ctime to the clock, which nothing but the clock sets), and when the
--- marker is the one the state recorded it lists only those entries and the children of the directories
--- among them (a creation, removal or rename in a directory changes the directory too): the rest of the tree
--- is as the state recorded it (README "Delta re-sync"). Otherwise it lists everything.
---
--- Every snippet works on "$ferry_r", the remote dir, and needs only a POSIX shell and tar; the listing needs
--- GNU find (-printf), which the sync command checks before it lists (a sandbox without it gets full syncs).
+-- Every snippet works on "$ferry_r", the remote dir, and needs only a POSIX shell and tar.
 local core = require "ferry.core"
 local util = require "ferry.util"
 
@@ -22,12 +14,6 @@ local M = {}
 --- the sync marker); prepare never clears it and restore never brings it back.
 M.RUNTIME_DIR = ".ferry-runtime"
 
-local MARK_FILE = M.RUNTIME_DIR .. "/sync.mark"
--- kind, mode, size, mtime, inode, device, ./path, link target; after "c" (changed since the marker) or "u"
-local LIST_FORMAT = "%y\\0%m\\0%s\\0%T@\\0%i\\0%D\\0%p\\0%l\\0"
-local HAS_GNU_FIND = "find . -maxdepth 0 -printf '' >/dev/null 2>&1"
--- prints "<path>\0<sha256sum output>\0" for each argument; an unreadable file gets an empty hash
-local HASH_LOOP = 'for f do printf "%s\\0" "$f"; h=$(sha256sum < "$f" 2>/dev/null) || h=; printf "%s\\0" "$h"; done'
 local RESTORE_MISSING = "ferry-restore: missing"
 local q = core.sh_quote
 
@@ -103,19 +89,6 @@ local function prune_condition(x)
   return "\\( " .. table.concat(prune, " -o ") .. " \\)"
 end
 
-local REGEX = { ["."] = "\\.", ["+"] = "\\+", ["*"] = "[^/]*", ["?"] = "[^/]" }
-
--- GNU find's test for the excluded names of M.excludes in a listing: one regular expression for all of them
--- (a -name per pattern costs a match per pattern and entry: a third of a listing's time for the defaults).
--- A directory-only name is tested on files too: the listing only leaves out of its hashes a file it prunes.
--- Follows "-regextype posix-extended" right after the start points. Nil when there is no name.
-local function listing_prune(x)
-  if #x.names == 0 then return nil end
-  local alts = {}
-  for i, n in ipairs(x.names) do alts[i] = n:gsub("[%.%+%*%?]", REGEX) end
-  return "-regex " .. q(".*/(" .. table.concat(alts, "|") .. ")")
-end
-
 -- find's expression that prunes the excluded names at any depth, then prints the rest NUL-terminated.
 local function find_expression(x)
   local cond = prune_condition(x)
@@ -168,214 +141,27 @@ local function top_entries(keep)
   }, "\n")
 end
 
--- find's expression printing an entry as a record: "c" when `test` (a change after the marker) holds, else "u".
-local function print_expr(test)
-  return "\\( " .. test .. " -printf " .. q("c\\0" .. LIST_FORMAT) .. " -o -printf " .. q("u\\0" .. LIST_FORMAT)
-    .. " \\)"
-end
-
--- Shell lines (in "$ferry_r", "$@" the top-level entries) setting $ferry_m to the marker, $ferry_new to the
--- find test of a change after it (-false when there is none), and $ferry_l to a scratch file prefix.
-local function listing_setup()
-  return table.concat({
-    -- names are bytes (as ferry's matcher reads them), and the byte locale's matching is the faster
-    "LC_ALL=C; export LC_ALL",
-    "ferry_m=" .. q(MARK_FILE) .. " ferry_l=" .. q(M.RUNTIME_DIR .. "/listing.") .. "$$",
-    'if [ -f "$ferry_m" ]; then ferry_new="-cnewer $ferry_m"; else ferry_new=-false; fi',
-  }, "\n")
-end
-
--- The sha256sum lines for the files named NUL-separated in "$ferry_l.f": "H", then path and digest pairs.
-local function hash_lines()
-  return table.concat({
-    "printf 'H\\0'",
-    'if [ -s "$ferry_l.f" ] && command -v sha256sum >/dev/null 2>&1; then',
-    "  xargs -0 sh -c " .. q(HASH_LOOP) .. ' sh < "$ferry_l.f" || exit 1',
-    "fi",
-  }, "\n")
-end
-
--- Every entry under "$ferry_r" but the kept names ("F"; an excluded name the sandbox can match is listed,
--- not entered), each marked changed after the marker or not; with `hashes` "H" and the SHA-256 of each file
--- changed after the marker (of every file when `hashes` is "all").
-local function full_lines(cond, hashes)
-  local parts = {}
-  if cond then parts[#parts + 1] = cond .. " -prune" end
-  if hashes then
-    parts[#parts + 1] = (hashes == "all" and "-type f" or "-type f $ferry_new") .. ' -fprint0 "$ferry_l.f"'
-  end
-  local select = #parts > 0 and " \\( " .. table.concat(parts, " -o ") .. " -o -true \\)" or ""
-  local lines = {
-    ': > "$ferry_l.f" || exit 1',
-    "printf 'F\\0'",
-    'if [ $# -gt 0 ]; then find "$@" -regextype posix-extended ' .. print_expr("$ferry_new") .. select
-      .. " || exit 1; fi",
-  }
-  if hashes then lines[#lines + 1] = hash_lines() end
-  return table.concat(lines, "\n")
-end
-
--- Only what changed after the marker "$ferry_m" ("I"): "R" and the top-level entries when the remote dir
--- itself did, each changed entry, every entry of each changed directory (not of a pruned one), then "H" and
--- the SHA-256 of each changed file.
-local function incremental_lines(cond)
-  local changed = '-cnewer "$ferry_m"'
-  local children = 'c=$1 u=$2; shift 2; find "$@" -mindepth 1 -maxdepth 1 \\( -cnewer "$0" -printf "$c" -o '
-    .. '-printf "$u" \\)'
-  return table.concat({
-    ': > "$ferry_l.d" && : > "$ferry_l.f" || exit 1',
-    "printf 'I\\0'",
-    -- (one find each: when the remote dir changed, "R" and then its top-level entries)
-    'if [ $# -gt 0 ]; then find . -maxdepth 0 ' .. changed .. " -printf 'R\\0' -exec find \"$@\" -maxdepth 0 "
-      .. print_expr(changed) .. " \\; || exit 1",
-    "else find . -maxdepth 0 " .. changed .. " -printf 'R\\0' || exit 1; fi",
-    'if [ $# -gt 0 ]; then',
-    '  find "$@" -regextype posix-extended \\( ' .. changed .. " -printf " .. q("c\\0" .. LIST_FORMAT)
-      .. " -o -true \\) \\( "
-      .. (cond and cond .. " -prune -o " or "") .. changed .. ' \\( -type d -fprint0 "$ferry_l.d" -o -type f -fprint0 '
-      .. '"$ferry_l.f" \\) -o -true \\) || exit 1',
-    "fi",
-    'if [ -s "$ferry_l.d" ]; then',
-    "  xargs -0 sh -c " .. q(children) .. ' "$ferry_m" ' .. q("c\\0" .. LIST_FORMAT) .. " "
-      .. q("u\\0" .. LIST_FORMAT) .. ' < "$ferry_l.d" || exit 1',
-    "fi",
-    hash_lines(),
-  }, "\n")
-end
-
--- Shell lines printing the listing (cwd anywhere, "$ferry_r" set): with `since` (the id the marker must
--- hold) only what changed after the marker when it holds it, else everything; `hashes` as full_lines'.
--- Then "E". Needs GNU find; exits 1 when find fails.
-local function list_lines(keep, patterns, hashes, since)
-  local cond = listing_prune(M.excludes(patterns))
-  local lines = {
-    'cd "$ferry_r" || exit 1',
-    top_entries(keep),
-    listing_setup(),
-  }
-  if since then
-    lines[#lines + 1] = 'ferry_id=; if [ -f "$ferry_m" ]; then { IFS= read -r ferry_id || :; } < "$ferry_m"; fi'
-    lines[#lines + 1] = 'if [ "$ferry_id" = ' .. q(since) .. " ]; then"
-    lines[#lines + 1] = incremental_lines(cond)
-    lines[#lines + 1] = "else"
-    lines[#lines + 1] = full_lines(cond, hashes)
-    lines[#lines + 1] = "fi"
-  else
-    lines[#lines + 1] = full_lines(cond, hashes)
-  end
-  lines[#lines + 1] = 'rm -f "$ferry_l.d" "$ferry_l.f"'
-  lines[#lines + 1] = "printf 'E\\0'"
-  return table.concat(lines, "\n")
-end
-
--- Shell lines (in "$ferry_r") that wait, at most ~2 s, until the sandbox's clock has moved past the marker's
--- mtime, so that nothing changed after this command can carry the marker's time (and go unseen).
-local function tick_lines()
-  return table.concat({
-    "ferry_i=0",
-    "while [ $ferry_i -lt 200 ]; do",
-    '  : > "$ferry_l.t" || break',
-    '  [ -n "$(find "$ferry_l.t" -newer "$ferry_m" 2>/dev/null)" ] && break',
-    "  ferry_i=$((ferry_i + 1)); sleep 0.01 2>/dev/null || sleep 1",
-    "done",
-    'rm -f "$ferry_l.t"',
-  }, "\n")
-end
-
--- Shell lines ending a sync: leave the marker with the id `id` (in a new file renamed over the old one), list
--- the tree (only what changed after the earlier marker when it held `since`; everything else), wait for the
--- clock to pass the marker; base64 for a channel that is not 8-bit clean. A failure here only leaves the
--- listing out (the next prepare is a full sync), never the sync.
-local function record_lines(keep, patterns, binary, id, since)
-  local cond = listing_prune(M.excludes(patterns))
-  local body = {
-    'cd "$ferry_r" || exit 1',
-    top_entries(keep),
-    listing_setup(),
-    'ferry_old=; if [ -f "$ferry_m" ]; then { IFS= read -r ferry_old || :; } < "$ferry_m"; fi',
-    'if [ -f "$ferry_m" ]; then mv -f "$ferry_m" "$ferry_m.prev" || exit 1; fi',
-    "printf '%s' " .. q(id) .. ' > "$ferry_m.new" && mv -f "$ferry_m.new" "$ferry_m" || exit 1',
-  }
-  if since then
-    body[#body + 1] = 'if [ "$ferry_old" = ' .. q(since) .. ' ] && [ -f "$ferry_m.prev" ]; then'
-    body[#body + 1] = 'ferry_m="$ferry_m.prev"'
-    body[#body + 1] = incremental_lines(cond)
-    body[#body + 1] = "ferry_m=" .. q(MARK_FILE)
-    body[#body + 1] = "else"
-    body[#body + 1] = full_lines(cond, false)
-    body[#body + 1] = "fi"
-  else
-    body[#body + 1] = full_lines(cond, false)
-  end
-  for _, line in ipairs { 'rm -f "$ferry_m.prev" "$ferry_l.d" "$ferry_l.f"', "printf 'E\\0'", tick_lines() } do
-    body[#body + 1] = line
-  end
-  return "if " .. HAS_GNU_FIND .. "; then\n(\n" .. table.concat(body, "\n") .. "\n)" .. (binary and "" or " | base64")
-    .. "\nfi\nexit 0"
-end
-
 --- The sync command: `first` (a line to run before anything, e.g. the install check, or nil), create the
 --- remote dir and its runtime dir, `head` (clear_lines or delete_lines), extract the tar stream on stdin
---- (when `extract`), run `after` (lines run in a subshell, or nil), then leave the marker with the id `id`
---- and print the listing on stdout (base64 unless `binary`): what changed since the marker that held `since`
---- when it still held it (a delta), else everything.
+--- (when `extract`), run `after` (lines run in a subshell, or nil), then `tail` (ferry.listing's record
+--- lines: the marker and the listing; what it prints on stdout is the command's stdout).
 ---@param remote_dir string
----@param opts table  first, head, extract, after, keep (preserved names), patterns (excludes), binary, id, since
+---@param opts table  first, head, extract, after, tail
 ---@return string
 function M.sync_script(remote_dir, opts)
   return (opts.first and opts.first .. "\n" or "")
     .. "ferry_r=" .. q(remote_dir) .. "\nmkdir -p \"$ferry_r/" .. M.RUNTIME_DIR .. "\" || exit 1\n"
     .. opts.head .. "\n" .. (opts.extract and 'tar -x -f - -C "$ferry_r" || exit $?\n' or "")
     .. (opts.after and "(\n" .. opts.after .. "\n)\n" or "")
-    .. record_lines(opts.keep, opts.patterns, opts.binary, opts.id, opts.since)
+    .. (opts.tail or "exit 0")
 end
 
---- The listing command of a delta: the tree under the remote dir but the `keep` names, with the SHA-256 of
---- each file changed after the last sync's marker; only what changed after it when the marker holds
---- opts.since (the id the state recorded). Exits 3 when the remote dir is missing, 4 without GNU find.
---- opts (for an adopted workspace): all (hash every file), before (lines run first once the checks passed,
---- with "$ferry_r" set), first (a line run before anything, e.g. the install check).
----@param remote_dir string
+--- Shell lines (cwd "$ferry_r") that set "$@" to "./<name>" for each top-level entry but the `keep` names.
 ---@param keep string[]
----@param patterns string[]
----@param opts table|nil
 ---@return string
-function M.list_script(remote_dir, keep, patterns, opts)
-  opts = opts or {}
-  return (opts.first and opts.first .. "\n" or "") .. "ferry_r=" .. q(remote_dir) .. "\n"
-    .. 'if [ ! -d "$ferry_r" ]; then echo "ferry-delta: $ferry_r is missing" >&2; exit 3; fi\n'
-    .. "if ! " .. HAS_GNU_FIND .. '; then echo "ferry-delta: find cannot -printf" >&2; exit 4; fi\n'
-    .. (opts.before and opts.before .. "\n" or "")
-    .. list_lines(keep, patterns, opts.all and "all" or true, opts.since)
+function M.top_entries(keep)
+  return top_entries(keep)
 end
-
---- A consumer of a command's stdout that reads the listing in it as it arrives (core.tree_listing_reader,
---- through a base64 decoder when `b64`): on_stdout(chunk), and finish() -> the listing's tree and info, or
---- nil and why.
----@param b64 boolean
----@return function on_stdout, function finish
-function M.listing_reader(b64)
-  local reader, decoder, failure = core.tree_listing_reader(), b64 and core.b64_decoder(), nil
-  local function on_stdout(chunk)
-    if failure then return end
-    local bytes, err = chunk, nil
-    if decoder then bytes, err = decoder:update(chunk) end
-    if bytes then bytes, err = reader:feed(bytes) end
-    if not bytes then failure = err end
-  end
-  local function finish()
-    if failure then return nil, failure end
-    if decoder then
-      local ok, err = pcall(decoder.finish, decoder)
-      if not ok then return nil, tostring(err) end
-    end
-    return reader:finish()
-  end
-  return on_stdout, finish
-end
-
---- The marker file's path relative to the remote dir.
-M.MARK_FILE = MARK_FILE
 
 -- ---- restore ----
 

@@ -217,8 +217,9 @@ function M.read(path)
   local ok, state = pcall(cjson.decode, text)
   if not ok or type(state) ~= "table" then return not_state(path, tostring(ok and "not an object" or state)) end
   if state.version ~= 1 and state.version ~= M.VERSION then
-    return nil, string.format("state: %s has version %s, this ferry reads 1 and %d", path, tostring(state.version),
-      M.VERSION), "EINVAL"
+    local v = math.type(state.version) == "float" and math.tointeger(state.version) or state.version
+    return nil, string.format("state: %s has version %s, this ferry reads 1 and %d", path, tostring(v), M.VERSION),
+      "EINVAL"
   end
   for _, k in ipairs { "provider", "remote_dir", "workspace" } do
     if type(state[k]) ~= "string" then return not_state(path, "no " .. k) end

@@ -7,6 +7,7 @@
 -- sandbox changes.
 local core = require "ferry.core"
 local delta = require "ferry.delta"
+local listing = require "ferry.listing"
 local remote = require "ferry.remote"
 local task = require "ferry.task"
 local transfer = require "ferry.transfer"
@@ -70,11 +71,11 @@ local function send_tree(sb, job, opts)
   local read, input_bytes = stdin_reader(job, writer)
   local id = util.unique_hex(16)
   local script = remote.sync_script(job.remote_dir, { first = opts.first, head = opts.head, extract = read ~= nil,
-    after = inputs and inputs.after, keep = job.keep, patterns = job.patterns, binary = binary, id = id,
-    since = opts.since })
+    after = inputs and inputs.after,
+    tail = listing.record_lines(job.keep, job.patterns, binary, id, opts.since) })
   local stream = read and transfer.guarded(read)
   local sent = 0
-  local on_stdout, finish = remote.listing_reader(not binary)
+  local on_stdout, finish = listing.reader(not binary)
   local res, err, code = sb:pipe_in(script, stream and stream.read or "", {
     what = "sync to " .. job.remote_dir,
     on_stdout = on_stdout,
@@ -102,9 +103,9 @@ end
 
 -- The listing command: its tree and info, and its stderr (the install check's report); or nil and why not.
 local function list_remote(sb, job, since)
-  local script = remote.list_script(job.remote_dir, job.keep, job.patterns, { since = since,
+  local script = listing.list_script(job.remote_dir, job.keep, job.patterns, { since = since,
     first = job.first_line, before = job.refs_clear })
-  local on_chunk, finish = remote.listing_reader(false)
+  local on_chunk, finish = listing.reader(false)
   local res, err = sb:pipe_out(script, on_chunk, { what = "listing " .. job.remote_dir })
   if not res then return nil, err end
   if res.code ~= 0 or res.timed_out then return nil, remote.failure("listing " .. job.remote_dir, res) end

@@ -9,7 +9,7 @@ local function machine()
 end
 
 print(string.format("ferry bench, %s, %s", os.date("!%Y-%m-%d %H:%M UTC"), machine()))
-for _, name in ipairs { "proc", "b64", "transport", "git", "bridge", "tree" } do
+for _, name in ipairs { "proc", "b64", "transport", "git", "bridge", "tree", "scale" } do
   local ok, mod = pcall(require, "bench." .. name)
   if ok then
     print(string.format("\n== %s ==", name))

@@ -125,7 +125,9 @@ function M.run()
     op(f.restore10, rest, function(i) touch_ten(remote, 100 + i) end)
     local st = require("ferry.state").read(state)
     local files = { state }
-    for which, sum in pairs(st and st.trees or {}) do files[#files + 1] = require("ferry.state").tree_path(state, which, sum) end
+    for which, sum in pairs(st and st.trees or {}) do
+      files[#files + 1] = require("ferry.state").tree_path(state, which, sum)
+    end
     f.state_bytes = du(files)
     return f
   end)
@@ -160,8 +162,8 @@ function M.report(f)
     print(string.format("| %s | %s | %s | %.2f | %s | %s | %s |", r[1], secs(ms), secs(raw), ratio, mib(kib),
       string.format("%d", r[2][#r[2]].res.commands or 0), goal))
   end
-  print(string.format("\nstate: %.1f MB (JSON and its two trees); warm prepare, 10 changed: %s entries sent; "
-    .. "restore, 10 changed: %d changed", f.state_bytes / 1e6, string.format("%d", f.warm10[#f.warm10].res.delta_files or 0),
+  print(string.format("\nstate: %.1f MB (JSON and its two trees); warm prepare, 10 changed: %d entries sent; "
+    .. "restore, 10 changed: %d changed", f.state_bytes / 1e6, f.warm10[#f.warm10].res.delta_files or 0,
     #(f.restore10[#f.restore10].res.changed or {})))
 end
 

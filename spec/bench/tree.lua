@@ -1,7 +1,6 @@
---- Bench: the compact tree (core.tree_*) on a 100,000-file workspace (small files, in /dev/shm), next to what
--- ferry does today with one Lua table per entry (ferry.snapshot, cjson, ferry.remote.parse_listing,
--- core.tar_scan). Not part of `make test`; part of `make bench`, or standalone: `build/ferry run
--- spec/bench/tree.lua`.
+--- Bench: the compact tree (core.tree_*) on a 100,000-file workspace (small files, in /dev/shm): the
+-- building blocks prepare and restore use (README "Large trees"); bench/scale.lua measures the operations.
+-- Not part of `make test`; part of `make bench`, or standalone: `build/ferry run spec/bench/tree.lua`.
 --
 -- Every row runs in a child `ferry` process of its own, so its peak RSS (VmHWM) is that operation's alone
 -- (with whatever it needs loaded first, e.g. the known tree of a warm walk); times are medians of REPS runs.
@@ -44,23 +43,10 @@ CASES.walk_cold = { run = function(dir)
   local _, info = assert(core.tree_walk(dir .. "/ws", { hash = true, exclude = matcher() }))
   return "hashed " .. info.hashed
 end }
-CASES.snapshot_cold = { run = function(dir)
-  local _, _, info = assert(require("ferry.snapshot").take(dir .. "/ws", { hash = true, matcher = matcher(),
-    stats = true }))
-  return "hashed " .. info.hashed
-end }
 CASES.walk_warm = {
   prepare = function(dir) return assert(core.tree_read(dir .. "/base.tree")) end,
   run = function(dir, known)
     local _, info = assert(core.tree_walk(dir .. "/ws", { hash = true, exclude = matcher(), known = known }))
-    return "hashed " .. info.hashed
-  end,
-}
-CASES.snapshot_warm = {
-  prepare = function(dir) return require("cjson").decode(slurp(dir .. "/base.json")).local_stat end,
-  run = function(dir, known)
-    local _, _, info = assert(require("ferry.snapshot").take(dir .. "/ws", { hash = true, matcher = matcher(),
-      known = known, stats = true }))
     return "hashed " .. info.hashed
   end,
 }
@@ -72,21 +58,6 @@ CASES.diff3 = {
   run = function(_, t)
     local paths = core.tree_diff(t[1], t[2], t[3])
     return #paths .. " paths differ"
-  end,
-}
-CASES.merge_sets_lua = {
-  prepare = function(dir)
-    local cjson = require "cjson"
-    return { cjson.decode(slurp(dir .. "/base.json")).baseline, cjson.decode(slurp(dir .. "/base.json")).baseline,
-      cjson.decode(slurp(dir .. "/changed.json")).baseline }
-  end,
-  run = function(_, s) -- what merge.plan does first: every path of the three, sorted, compared
-    local merge = require "ferry.merge"
-    local n = 0
-    for _, rel in ipairs(trees.union_sorted(s, function(a, b) return a < b end)) do
-      if not (merge.same(s[1][rel], s[2][rel]) and merge.same(s[1][rel], s[3][rel])) then n = n + 1 end
-    end
-    return n .. " paths differ"
   end,
 }
 CASES.dump_load = {
@@ -104,51 +75,30 @@ CASES.write_read = {
     return assert(core.tree_read(dir .. "/tmp.tree")):count() .. " entries"
   end,
 }
-CASES.json_state = {
-  prepare = function(dir) return require("cjson").decode(slurp(dir .. "/base.json")) end,
-  run = function(_, st)
-    local cjson = require "cjson"
-    local s = cjson.encode(st)
-    local back = cjson.decode(s)
-    return #s .. " bytes, " .. (back.version and "ok" or "?")
-  end,
-}
 CASES.listing_tree = {
   prepare = function(dir) return slurp(dir .. "/listing.bin") end,
   run = function(_, text) return assert(core.tree_parse_listing(text)):count() .. " entries" end,
 }
-CASES.listing_lua = {
+CASES.listing_stream = {
   prepare = function(dir) return slurp(dir .. "/listing.bin") end,
   run = function(_, text)
-    local n = 0
-    for _ in pairs(assert(require("ferry.remote").parse_listing(text))) do n = n + 1 end
-    return n .. " entries"
+    local reader = core.tree_listing_reader()
+    for i = 1, #text, 65536 do assert(reader:feed(text:sub(i, i + 65535))) end
+    return assert(reader:finish()):count() .. " entries"
   end,
 }
-CASES.scan_tree = { run = function(dir)
-  local t, info = assert(core.tar_scan_tree(dir .. "/ws.tar", { exclude = matcher() }))
-  return t:count() .. " entries, " .. #info.refused .. " refused"
-end }
-CASES.scan_lua = { run = function(dir) -- today's restore: tar_scan, then guard's pass and snapshot
+CASES.scan_tree = { run = function(dir) -- restore's scan and guard
   local guard = require "ferry.guard"
-  local checked = guard.check(assert(core.tar_scan(dir .. "/ws.tar")), { workspace = dir .. "/ws",
-    matcher = matcher(), skip_top = {} })
-  local n = 0
-  for _ in pairs(guard.snapshot(checked)) do n = n + 1 end
-  return n .. " entries, " .. #checked.refused .. " refused"
+  local excludes = require "ferry.excludes"
+  local ws = dir .. "/ws"
+  local t, info = assert(core.tar_scan_tree(dir .. "/ws.tar", guard.scan_options(ws,
+    guard.ignore_matcher(excludes.DEFAULT, { ".ferry-runtime" }))))
+  local checked = guard.check(t, info, { workspace = ws })
+  return t:count() .. " entries, " .. #checked.refused .. " refused"
 end }
 CASES.writer_tree = {
   prepare = function(dir) return assert(core.tree_walk(dir .. "/ws", {})) end,
   run = function(dir, t) return drain(assert(core.tar_writer(dir .. "/ws", t, { hash = true }))) .. " bytes" end,
-}
-CASES.writer_list = {
-  prepare = function(dir)
-    local _, names = assert(require("ferry.snapshot").take(dir .. "/ws", { hash = false }))
-    return names
-  end,
-  run = function(dir, names)
-    return drain(assert(core.tar_writer(dir .. "/ws", names, { hash = true }))) .. " bytes"
-  end,
 }
 
 local function run_case(name, dir)
@@ -202,18 +152,12 @@ local function setup(dir)
     .. "  for f in range(" .. M.PER_DIR .. "):\n    q = '%s/file%03d.txt' % (p, f)\n"
     .. "    open(q, 'w').write('x' * ((d * 7 + f) % 400) + '\\n')\n    os.utime(q, (old, old))\n\"")
   local made_ms = core.time_ms() - t0
-  local snapshot = require "ferry.snapshot"
-  local cjson = require "cjson"
   local ws = dir .. "/ws"
-  local taken = os.time()
-  local snap, _, info = assert(snapshot.take(ws, { hash = true, stats = true }))
   local function write(path, text)
     local f = assert(io.open(path, "wb"))
     f:write(text)
     f:close()
   end
-  write(dir .. "/base.json", cjson.encode({ version = 1, baseline = snap,
-    local_stat = snapshot.quick_records(snap, info.stats, taken) }))
   local base = assert(core.tree_walk(ws, { hash = true }))
   assert(base:write(dir .. "/base.tree"))
   local changed = assert(core.tree_load(base:dump()))
@@ -221,23 +165,18 @@ local function setup(dir)
   for rel, kind in base:iter(nil, "kind") do
     if kind == "file" then
       n = n + 1
-      if n % 1000 == 0 then
-        changed:set_sha256(rel, string.format("%064x", n))
-        snap[rel].sha256 = string.format("%064x", n)
-      end
+      if n % 1000 == 0 then changed:set_sha256(rel, string.format("%064x", n)) end
     end
   end
   assert(changed:write(dir .. "/changed.tree"))
-  write(dir .. "/changed.json", cjson.encode({ version = 1, baseline = snap }))
-  local remote = require "ferry.remote"
-  local script = remote.list_script(ws, { ".ferry-runtime" }, {})
+  local script = require("ferry.listing").list_script(ws, { ".ferry-runtime" }, {})
   local res = assert(require("ferry").proc.run { argv = { "sh", "-c", script }, max_output = 1 << 30 })
   assert(res.code == 0, res.stderr)
   write(dir .. "/listing.bin", res.stdout)
   write(dir .. "/list.sh", script)
   sh("tar -C " .. core.sh_quote(ws) .. " -cf " .. core.sh_quote(dir .. "/ws.tar") .. " .")
-  return { made_ms = made_ms, listing_bytes = #res.stdout, json_bytes = #slurp(dir .. "/base.json"),
-    tree_bytes = #slurp(dir .. "/base.tree"), entries = base:count(), tree_mem = base:bytes() }
+  return { made_ms = made_ms, listing_bytes = #res.stdout, tree_bytes = #slurp(dir .. "/base.tree"),
+    entries = base:count(), tree_mem = base:bytes() }
 end
 
 function M.run()
@@ -266,28 +205,28 @@ function M.report(f)
   print(string.format("tree: %d files in %d dirs (%d entries; made in %.1f s); medians of %d runs, each in a "
     .. "process of its own; raw `tar -c | tar -x` %.0f ms, `tar -c > /dev/null` %.0f ms", M.FILES,
     M.FILES // M.PER_DIR, f.entries, f.made_ms / 1000, M.REPS, f.pipe_ms, f.tar_c_ms))
-  print(string.format("memory of one tree: %.1f MiB (%.0f bytes an entry, paths included); state as a tree file "
-    .. "%.1f MB, as JSON (baseline + quick records) %.1f MB; the listing %.1f MB", f.tree_mem / 1048576,
-    f.tree_mem / f.entries, f.tree_bytes / 1e6, f.json_bytes / 1e6, f.listing_bytes / 1e6))
-  print("\n| what | tree | today (Lua tables) | time ratio | peak RSS tree / today |")
-  print("|---|---|---|---|---|")
+  print(string.format("memory of one tree: %.1f MiB (%.0f bytes an entry, paths included); as a tree file %.1f MB; "
+    .. "the sandbox's full listing %.1f MB", f.tree_mem / 1048576, f.tree_mem / f.entries, f.tree_bytes / 1e6,
+    f.listing_bytes / 1e6))
+  print("\n| what | time | peak RSS |")
+  print("|---|---|---|")
   local rows = {
-    { "walk, cold (hashing every file)", "walk_cold", "snapshot_cold" },
-    { "walk, warm (known digests, nothing read)", "walk_warm", "snapshot_warm" },
-    { "3-way compare of 100k entries (1% changed)", "diff3", "merge_sets_lua" },
-    { "state: dump + load (string) / JSON encode + decode", "dump_load", "json_state" },
-    { "state: write + read (file) / JSON encode + decode", "write_read", "json_state" },
-    { "parse the sandbox's listing", "listing_tree", "listing_lua" },
-    { "restore's scan of a tar of the workspace (+ guard's pass)", "scan_tree", "scan_lua" },
-    { "tar stream of the workspace, hashing (from a tree / a name list)", "writer_tree", "writer_list" },
+    { "walk, cold (hashing every file)", "walk_cold" },
+    { "walk, warm (known digests, nothing read)", "walk_warm" },
+    { "3-way compare of 100k entries (1% changed)", "diff3" },
+    { "dump + load (string)", "dump_load" },
+    { "write + read (file)", "write_read" },
+    { "parse the sandbox's full listing (one string)", "listing_tree" },
+    { "the same, read as it arrives (64 KiB pieces)", "listing_stream" },
+    { "restore's scan of a tar of the workspace and the guard", "scan_tree" },
+    { "tar stream of the workspace from a tree, hashing", "writer_tree" },
   }
   for _, r in ipairs(rows) do
-    local a, b = f[r[2]], f[r[3]]
-    print(string.format("| %s | %.0f ms (%s) | %.0f ms (%s) | %.2f | %s / %s |", r[1], a.ms, a.note, b.ms, b.note,
-      a.ms / b.ms, mib(a.kib), mib(b.kib)))
+    local a = f[r[2]]
+    print(string.format("| %s | %.0f ms (%s) | %s |", r[1], a.ms, a.note, mib(a.kib)))
   end
   print(string.format("\nwalk warm / raw pipe: %.2f; walk cold / raw pipe: %.2f; writer from a tree / `tar -c`: %.2f; "
-    .. "the sandbox's listing command (find -printf, run locally): %.0f ms", f.walk_warm.ms / f.pipe_ms,
+    .. "the sandbox's full listing command (run locally): %.0f ms", f.walk_warm.ms / f.pipe_ms,
     f.walk_cold.ms / f.pipe_ms, f.writer_tree.ms / f.tar_c_ms, f.list_cmd_ms))
 end
 

@@ -177,7 +177,9 @@ end
 -- Host edits while a restore runs (SOAK_RACES): each of a few files (most of them ones the sandbox changed too)
 -- is rewritten once at its own random moment within the restore, and one other is deleted. A write before the
 -- restore's snapshot makes a conflict, one after the restore's own write simply wins; one in between must not
--- be overwritten either (issue 8, item 8). Returns what each path must be afterwards (false: deleted).
+-- be overwritten either (issue 8, item 8). A rewrite is never of the baseline's own bytes: made before the
+-- restore's snapshot, that is no change at all, and the sandbox's version rightly lands (the finding of seed
+-- 8802). Returns what each path must be afterwards (false: deleted).
 local function race_edits(lane, H, S, B, running)
   local changed, others = {}, {}
   for _, rel in ipairs(tree.sorted_keys(tree.files(H))) do
@@ -205,7 +207,8 @@ local function race_edits(lane, H, S, B, running)
       os.remove(lane.ws .. "/" .. e.path)
       race[e.path] = false
     else
-      local data = tree.content()
+      local data
+      repeat data = tree.content() until not (B[e.path] and B[e.path].data == data)
       tree.write(lane.ws, e.path, data, 420)
       race[e.path] = { kind = "file", data = data, mode = 420 }
     end
