@@ -133,6 +133,7 @@ function Bridge:signed(method, path, body, opts)
     body_sha256 = core.sha256(opts.sign_body or text), chain = opts.chain }))
   local headers = { "Host: " .. host, "X-Ferry-Key: " .. key, "X-Ferry-Time: " .. time, "X-Ferry-Nonce: " .. nonce,
     "X-Ferry-Signature: " .. (opts.signature or sig_hex), "Content-Type: application/json" }
+  if opts.chain then headers[#headers + 1] = "X-Ferry-Chain: " .. opts.chain end
   local expect = "Expect:"
   for _, h in ipairs(opts.headers or {}) do
     if h:lower():match("^expect:") then expect = h else headers[#headers + 1] = h end

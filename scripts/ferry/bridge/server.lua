@@ -207,7 +207,8 @@ function H.stdin(self, ctx, route)
   local seq = tonumber(route.query:match("seq=(%d+)"))
   if not seq then return fail(ctx, 400, "bad_request", "the stdin route needs ?seq=N") end
   local eof = route.query:match("eof=1") ~= nil
-  local status, body = exec:stdin_chunk(seq, eof, ctx.req.body, ctx.auth.sig_hex)
+  local status, body = exec:stdin_chunk(seq, eof, ctx.req.body, ctx.auth.sig_hex,
+    ctx.req.headers["x-ferry-chain"] or "")
   ctx.bytes_in = #ctx.req.body
   respond(ctx, status, body)
 end
@@ -273,11 +274,9 @@ function Server:dispatch(ctx)
     return fail(ctx, 413, "too_large", string.format("the request's headers are over %d bytes", self.max_header))
   end
   local route, why = self:route(req)
-  local chain = ""
-  if route and route.name == "stdin" then
-    local exec = self.execs[route.exec_id]
-    chain = exec and exec.chain or req.headers["x-ferry-chain"] or ""
-  end
+  -- a stdin chunk is signed over the signature it follows (X-Ferry-Chain); the exec checks that link when
+  -- the chunk's turn comes, since a chunk may arrive before its predecessor
+  local chain = route and route.name == "stdin" and req.headers["x-ferry-chain"] or ""
   local a, status, code, message = self.verifier:verify(req, chain)
   if not a then return fail(ctx, status, code, message) end
   ctx.auth = a
