@@ -2,7 +2,7 @@
  *
  * core.http_listen(opts, on_request) -> server | nil, msg, code
  *   opts.host, opts.port (0: a free port), tls_cert + tls_key (PEM files: HTTPS), max_body (bytes; a bigger
- *   request body gets 413 from h2o), idle_timeout_ms (reading one request, headers and body, and the wait for
+ *   request body gets 413 from h2o, with a JSON body like h2o's other early errors: see json_errors), idle_timeout_ms (reading one request, headers and body, and the wait for
  *   the next one on a kept-alive connection: a slow or idle client is disconnected), max_connections (more
  *   are accepted and closed at once)
  *   on_request(req, res) for each request: req = {method, path (as sent, with the query), host (the Host
@@ -413,6 +413,58 @@ static int l_server_index(lua_State *L) {
   return 1;
 }
 
+/* ---- h2o's own errors as JSON ----
+ * h2o answers some requests itself, before any handler runs: a body over max_body (413), a malformed request
+ * (400), an unknown Expect (417). It does so in plain text, through the host's fallback path (every request
+ * that reaches a handler goes through the "/" path instead). A filter on the fallback path turns those answers
+ * into the JSON envelope {"error": code, "message": text} the bridge's clients read. */
+
+typedef struct json_errors {
+  h2o_filter_t super;
+  size_t max_body;
+} json_errors;
+
+typedef struct json_error_body {
+  h2o_ostream_t super;
+  h2o_iovec_t body;
+} json_error_body;
+
+static void json_error_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
+                            h2o_send_state_t state) {
+  json_error_body *os = (json_error_body *)self;
+  if (bufcnt > 0) { /* the plain text h2o wrote (none for HEAD) */
+    bufs = &os->body;
+    bufcnt = 1;
+  }
+  h2o_ostream_send_next(&os->super, req, bufs, bufcnt, state);
+}
+
+static void json_errors_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot) {
+  int status = req->res.status;
+  if (status >= 400) {
+    const char *code = status == 413 ? "too_large" : status == 404 ? "not_found" : status >= 500 ? "internal"
+                                                                                             : "bad_request";
+    char msg[160];
+    if (status == 413)
+      snprintf(msg, sizeof msg, "the request's body is over %zu bytes", ((json_errors *)self)->max_body);
+    else
+      snprintf(msg, sizeof msg, "%s", req->res.reason ? req->res.reason : "refused by the HTTP layer");
+    char text[256];
+    int n = snprintf(text, sizeof text, "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
+    json_error_body *os = (json_error_body *)h2o_add_ostream(req, sizeof *os, slot);
+    os->super.do_send = json_error_send;
+    os->body = h2o_strdup(&req->pool, text, (size_t)n);
+    req->res.content_length = (size_t)n;
+    ssize_t i = h2o_find_header(&req->res.headers, H2O_TOKEN_CONTENT_TYPE, -1);
+    if (i != -1)
+      req->res.headers.entries[i].value = h2o_iovec_init(H2O_STRLIT("application/json"));
+    else
+      h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    slot = &os->super.next;
+  }
+  h2o_setup_next_ostream(req, slot);
+}
+
 /* ---- core.http_listen ---- */
 
 static void listener_free_cb(uv_handle_t *h) { free(h->data); }
@@ -532,6 +584,9 @@ static int l_http_listen(lua_State *L) {
   s->config.http1.upgrade_to_http2 = 0;
   s->config.handshake_timeout = (uint64_t)idle;
   h2o_hostconf_t *hc = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+  json_errors *je = (json_errors *)h2o_create_filter(&hc->fallback_path, sizeof *je);
+  je->super.on_setup_ostream = json_errors_setup;
+  je->max_body = (size_t)max_body;
   h2o_pathconf_t *pc = h2o_config_register_path(hc, "/", 0);
   server_handler *h = (server_handler *)h2o_create_handler(pc, sizeof *h);
   h->super.on_req = on_req;

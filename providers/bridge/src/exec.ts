@@ -195,7 +195,8 @@ export class Exec {
   private async signalGroup(): Promise<void> {
     const pid = this.pid;
     if (pid === undefined) return;
-    await this.sandbox.exec(`kill -KILL -- -${pid} 2>/dev/null; kill -KILL ${pid} 2>/dev/null; true`).catch(() => undefined);
+    // the group first (the runner made the command its leader); "kill -9 -PID": dash has no "kill --"
+    await this.sandbox.exec(`kill -9 -${pid} 2>/dev/null; kill -9 ${pid} 2>/dev/null; true`).catch(() => undefined);
   }
 
   /** Kill the command (the client asked, went away, or the lease ended). */

@@ -72,12 +72,31 @@ const sandboxFor = (_env, lease) => new LocalSandbox(path.join(root, "sb", lease
 env.FERRY_LEASE = new MemoryNamespace("lease", (state) => new FerryLeaseObject(state, env, { sandboxFor }));
 env.FERRY_COORDINATOR = new MemoryNamespace("coordinator", (state) => new FerryCoordinatorObject(state, env), o.state);
 
-const server = http.createServer({ maxHeaderSize: 64 * 1024, keepAliveTimeout: 10000 }, async (req, res) => {
+// The request body as a stream that asks for it (100 Continue) only when the Worker reads it, as an edge
+// does: a body the Worker refuses unread (413) never travels.
+function bodyOf(req, res, expectsContinue) {
+  const source = Readable.toWeb(req).getReader();
+  let asked = !expectsContinue;
+  return new ReadableStream({
+    async pull(controller) {
+      if (!asked) {
+        asked = true;
+        res.writeContinue();
+      }
+      const { done, value } = await source.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel: () => source.cancel(),
+  });
+}
+
+async function serve(req, res, expectsContinue) {
   const hasBody = req.method !== "GET" && req.method !== "HEAD";
   const request = new Request(`http://${req.headers.host ?? o.listen}${req.url}`, {
     method: req.method,
     headers: Object.entries(req.headers).flatMap(([k, v]) => (Array.isArray(v) ? v.map((x) => [k, x]) : [[k, v]])),
-    body: hasBody ? Readable.toWeb(req) : undefined,
+    body: hasBody ? bodyOf(req, res, expectsContinue) : undefined,
     duplex: hasBody ? "half" : undefined,
   });
   let response;
@@ -86,7 +105,9 @@ const server = http.createServer({ maxHeaderSize: 64 * 1024, keepAliveTimeout: 1
   } catch (e) {
     response = new Response(JSON.stringify({ error: "internal", message: String(e) }), { status: 500 });
   }
-  res.writeHead(response.status, Object.fromEntries(response.headers));
+  const headers = Object.fromEntries(response.headers);
+  if (response.status === 413) headers.connection = "close"; // its body may be unread
+  res.writeHead(response.status, headers);
   if (!response.body) return res.end();
   const reader = response.body.getReader();
   res.on("close", () => {
@@ -101,11 +122,10 @@ const server = http.createServer({ maxHeaderSize: 64 * 1024, keepAliveTimeout: 1
     }
   } catch {}
   res.end();
-});
-server.on("checkContinue", (req, res) => {
-  res.writeContinue();
-  server.emit("request", req, res);
-});
+}
+
+const server = http.createServer({ maxHeaderSize: 64 * 1024, keepAliveTimeout: 10000 }, (req, res) => serve(req, res, false));
+server.on("checkContinue", (req, res) => serve(req, res, true));
 server.headersTimeout = 10000;
 server.requestTimeout = 0;
 server.listen(Number(portText), host, () => {
