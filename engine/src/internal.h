@@ -23,6 +23,7 @@ void ferry_open_search(lua_State *L);     /* search.c: search_dirs */
 void ferry_open_hmac(lua_State *L);       /* hmac.c: hmac_sha256/hmac_equal/random_bytes */
 void ferry_open_http_client(lua_State *L); /* http_client.c: http_request (libcurl on the loop) */
 void ferry_open_http_server(lua_State *L); /* http_server.c: http_listen (libh2o on the loop) */
+void ferry_open_signal(lua_State *L);      /* signal.c: signal_watch */
 
 /* util.c: helpers shared by every file. */
 /* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */

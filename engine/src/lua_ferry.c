@@ -53,6 +53,7 @@ int luaopen_ferry_core(lua_State *L) {
   ferry_open_hmac(L);
   ferry_open_http_client(L);
   ferry_open_http_server(L);
+  ferry_open_signal(L);
   lua_pushcfunction(L, l_log);
   lua_setfield(L, -2, "log");
   lua_pushstring(L, FERRY_VERSION);

@@ -223,6 +223,7 @@ function Exec:stream(res, secret, seed)
     elseif self.finished then
       local ok = res:write(writer:frame(protocol.EXIT, protocol.encode(self.result)))
       if ok then res:finish() end
+      self.streamed = true
       return ok ~= nil
     else
       self:wait_output()
@@ -230,6 +231,7 @@ function Exec:stream(res, secret, seed)
     end
     if data and not res:write(data) then
       self:kill("the client went away")
+      self.streamed = true
       return false
     end
   end
