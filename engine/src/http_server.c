@@ -96,13 +96,8 @@ static const char *reason_of(int status) {
  * callback) and asserts on timers a just-closed connection may still hold. A server is closed once per
  * process in practice, so the few kilobytes are the better trade. */
 
-static void unref(lua_State *L, int *ref) {
-  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
-  *ref = LUA_NOREF;
-}
-
 static void maybe_release(http_server *s) {
-  if (s->closing && s->connections == 0) unref(s->L, &s->on_request_ref);
+  if (s->closing && s->connections == 0) ferry_unref(s->L, &s->on_request_ref);
 }
 
 static void server_close(http_server *s) {
@@ -148,7 +143,7 @@ static void on_accept(uv_stream_t *listener, int status) {
 
 static void call_write_cb(sreq *r, const char *err) {
   lua_State *L = ferry_loop_thread(r->srv->L);
-  unref(L, &r->chunk_ref);
+  ferry_unref(L, &r->chunk_ref);
   int cb = r->write_cb_ref;
   r->write_cb_ref = LUA_NOREF;
   r->sending = 0;
@@ -188,9 +183,9 @@ static void sreq_dispose(void *p) {
       luaL_unref(L, LUA_REGISTRYINDEX, fn);
     }
   }
-  unref(L, &r->chunk_ref);
-  unref(L, &r->write_cb_ref);
-  unref(L, &r->on_close_ref);
+  ferry_unref(L, &r->chunk_ref);
+  ferry_unref(L, &r->write_cb_ref);
+  ferry_unref(L, &r->on_close_ref);
 }
 
 static void push_lower(lua_State *L, const char *s, size_t n) {
@@ -248,10 +243,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
   r->gen.stop = gen_stop;
   lua_State *L = ferry_loop_thread(s->L);
   push_request(L, req);
-  sreq **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = r;
-  r->owner = ud;
-  luaL_setmetatable(L, RES_MT);
+  r->owner = (sreq **)ferry_push_handle(L, r, RES_MT);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->on_request_ref);
   int fn = luaL_ref(L, LUA_REGISTRYINDEX); /* the server may close (and drop its ref) inside the call */
   ferry_loop_call(L, fn, 2);
@@ -356,7 +348,7 @@ static int l_on_close(lua_State *L) {
   sreq *r = check_res(L);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   if (!r) return 0;
-  unref(L, &r->on_close_ref);
+  ferry_unref(L, &r->on_close_ref);
   lua_pushvalue(L, 2);
   r->on_close_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
@@ -369,9 +361,7 @@ static int l_res_index(lua_State *L) {
     lua_pushboolean(L, *ud == NULL || (*ud)->closed || (*ud)->req == NULL);
     return 1;
   }
-  luaL_getmetafield(L, 1, "methods");
-  lua_getfield(L, -1, k);
-  return 1;
+  return ferry_push_method(L, k);
 }
 
 static int l_res_gc(lua_State *L) {
@@ -408,9 +398,7 @@ static int l_server_index(lua_State *L) {
     else lua_pushnil(L);
     return 1;
   }
-  luaL_getmetafield(L, 1, "methods");
-  lua_getfield(L, -1, k);
-  return 1;
+  return ferry_push_method(L, k);
 }
 
 /* ---- h2o's own errors as JSON ----
@@ -500,14 +488,6 @@ static lua_Integer opt_int(lua_State *L, int opts, const char *field, lua_Intege
   return v;
 }
 
-static const char *opt_str(lua_State *L, int opts, const char *field) {
-  int t = lua_getfield(L, opts, field);
-  const char *s = NULL;
-  if (t == LUA_TSTRING) s = lua_tostring(L, -1);
-  else if (t != LUA_TNIL) luaL_error(L, "http_listen: opts.%s must be a string", field);
-  lua_pop(L, 1); /* opts keeps the string alive for this call */
-  return s;
-}
 
 static SSL_CTX *tls_context(const char *cert, const char *key, char *err, size_t errlen) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -533,14 +513,15 @@ static SSL_CTX *tls_context(const char *cert, const char *key, char *err, size_t
 static int l_http_listen(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  const char *host = opt_str(L, 1, "host");
+  const char *host = ferry_opt_string(L, 1, "http_listen", "host");
   if (!host) host = "127.0.0.1";
   lua_Integer port = opt_int(L, 1, "port", 0, 0);
   if (port > 65535) return luaL_error(L, "http_listen: opts.port must be between 0 and 65535");
   lua_Integer max_body = opt_int(L, 1, "max_body", 1024 * 1024, 0);
   lua_Integer idle = opt_int(L, 1, "idle_timeout_ms", 10000, 1);
   lua_Integer max_conn = opt_int(L, 1, "max_connections", 256, 1);
-  const char *cert = opt_str(L, 1, "tls_cert"), *key = opt_str(L, 1, "tls_key");
+  const char *cert = ferry_opt_string(L, 1, "http_listen", "tls_cert");
+  const char *key = ferry_opt_string(L, 1, "http_listen", "tls_key");
   if ((cert == NULL) != (key == NULL)) return luaL_error(L, "http_listen: opts.tls_cert and opts.tls_key go together");
 
   struct sockaddr_storage addr;
@@ -602,10 +583,7 @@ static int l_http_listen(lua_State *L) {
   lua_pushvalue(L, 2);
   s->on_request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
-  http_server **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = s;
-  s->owner = ud;
-  luaL_setmetatable(L, SERVER_MT);
+  s->owner = (http_server **)ferry_push_handle(L, s, SERVER_MT);
   return 1;
 }
 
@@ -621,25 +599,11 @@ static int l_server_gc(lua_State *L) {
 void ferry_open_http_server(lua_State *L) {
   static const luaL_Reg res_methods[] = {{"respond", l_respond}, {"start", l_start},       {"write", l_write},
                                          {"finish", l_finish},   {"on_close", l_on_close}, {NULL, NULL}};
-  if (luaL_newmetatable(L, RES_MT)) {
-    lua_pushcfunction(L, l_res_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_res_gc);
-    lua_setfield(L, -2, "__gc");
-    luaL_newlib(L, res_methods);
-    lua_setfield(L, -2, "methods");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg res_meta[] = {{"__index", l_res_index}, {"__gc", l_res_gc}, {NULL, NULL}};
+  ferry_new_handle_class(L, RES_MT, res_meta, res_methods);
   static const luaL_Reg server_methods[] = {{"close", l_close}, {"connections", l_connections}, {NULL, NULL}};
-  if (luaL_newmetatable(L, SERVER_MT)) {
-    lua_pushcfunction(L, l_server_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_server_gc);
-    lua_setfield(L, -2, "__gc");
-    luaL_newlib(L, server_methods);
-    lua_setfield(L, -2, "methods");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg server_meta[] = {{"__index", l_server_index}, {"__gc", l_server_gc}, {NULL, NULL}};
+  ferry_new_handle_class(L, SERVER_MT, server_meta, server_methods);
   lua_pushcfunction(L, l_http_listen);
   lua_setfield(L, -2, "http_listen");
 }

@@ -38,8 +38,7 @@ static void close_cb(uv_handle_t *h) {
 
 static void watcher_close(watcher *w) {
   if (uv_is_closing((uv_handle_t *)&w->handle)) return;
-  if (w->fn_ref != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, w->fn_ref);
-  w->fn_ref = LUA_NOREF;
+  ferry_unref(w->L, &w->fn_ref);
   uv_close((uv_handle_t *)&w->handle, close_cb);
 }
 
@@ -69,7 +68,8 @@ static int l_signal_watch(lua_State *L) {
   int found = -1;
   for (size_t i = 0; i < sizeof SIGNALS / sizeof SIGNALS[0]; i++)
     if (strcmp(SIGNALS[i].name, name) == 0 || strcmp(SIGNALS[i].name + 3, name) == 0) found = (int)i;
-  if (found < 0) return luaL_error(L, "signal_watch: unknown signal '%s' (SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2)", name);
+  if (found < 0)
+    return luaL_error(L, "signal_watch: unknown signal '%s' (SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2)", name);
   watcher **ud = lua_newuserdatauv(L, sizeof *ud, 0); /* first: raising later leaks nothing */
   *ud = NULL;
   luaL_setmetatable(L, SIGNAL_MT);
