@@ -2,9 +2,9 @@
  *
  * core.http_listen(opts, on_request) -> server | nil, msg, code
  *   opts.host, opts.port (0: a free port), tls_cert + tls_key (PEM files: HTTPS), max_body (bytes; a bigger
- *   request body gets 413 from h2o, with a JSON body like h2o's other early errors: see json_errors), idle_timeout_ms (reading one request, headers and body, and the wait for
- *   the next one on a kept-alive connection: a slow or idle client is disconnected), max_connections (more
- *   are accepted and closed at once)
+ *   request body gets 413 from h2o, with a JSON body like h2o's other early errors: see json_errors),
+ *   idle_timeout_ms (reading one request, headers and body, and the wait for the next one on a kept-alive
+ *   connection: a slow or idle client is disconnected), max_connections (more are accepted and closed at once)
  *   on_request(req, res) for each request: req = {method, path (as sent, with the query), host (the Host
  *   header), headers = {lowercase name = value}, header_bytes, body}; res is the response:
  *     res:respond(status, headers, body)   the whole response (headers: {name = value})
