@@ -44,6 +44,9 @@ function keysJson(list) {
   return JSON.stringify(keys);
 }
 
+// Node 18 has WebCrypto, but not yet as a global (Workers and Node 20 do)
+if (!globalThis.crypto) globalThis.crypto = (await import("node:crypto")).webcrypto;
+
 const o = parseArgs(process.argv.slice(2));
 const dist = path.resolve(o.dist);
 const load = (name) => import(pathToFileURL(path.join(dist, name)).href);
