@@ -11,15 +11,7 @@ local function alive(pid)
   return ferry.proc.run({ argv = { "kill", "-0", tostring(pid) } }).code == 0
 end
 
--- Poll `fn` every 50 ms until it returns true or `ms` passed; returns whether it did.
-local function eventually(ms, fn)
-  local deadline = core.now_ms() + ms
-  while core.now_ms() < deadline do
-    if fn() then return true end
-    ferry.sleep(50)
-  end
-  return fn()
-end
+local eventually = bridge.eventually
 
 for _, server in ipairs(bridge.servers()) do
 describe("bridge faults on " .. server.name, function()

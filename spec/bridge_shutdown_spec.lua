@@ -7,14 +7,7 @@ local protocol = require "ferry.bridge.protocol"
 local bridge = require "support.bridge"
 local helpers = require "support.helpers"
 
-local function eventually(ms, fn)
-  local deadline = core.now_ms() + ms
-  while core.now_ms() < deadline do
-    if fn() then return true end
-    ferry.sleep(20)
-  end
-  return fn()
-end
+local eventually = bridge.eventually
 
 describe("ferry bridge serve on SIGTERM and SIGINT", function()
   it("finishes running commands, refuses new work, records its leases and flushes the audit log", function()

@@ -188,6 +188,16 @@ end
 
 M.Bridge = Bridge
 
+--- Poll `fn` every 20 ms until it returns true or `ms` passed; returns whether it did.
+function M.eventually(ms, fn)
+  local deadline = core.now_ms() + ms
+  while core.now_ms() < deadline do
+    if fn() then return true end
+    ferry.sleep(20)
+  end
+  return fn()
+end
+
 --- Close an in-process server with no connection left behind (later specs count descriptors).
 function M.close_server(srv)
   http.close_idle()

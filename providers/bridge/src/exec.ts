@@ -4,7 +4,8 @@
 // (runner.ts) as base64 lines, decoded into stdout/stderr frames with chained MACs; the stream is pulled by
 // the client, and the runner's stream is read only while less than HIGH_WATER bytes wait (backpressure).
 import {
-  EXIT, FrameWriter, KEEPALIVE, MAX_FRAME, STDERR, STDIN_WINDOW, STDOUT, base64Decode, base64Encode, encoder, signalName,
+  EXIT, FrameWriter, KEEPALIVE, MAX_FRAME, STDERR, STDIN_WINDOW, STDOUT, base64Decode, base64Encode, concat, encoder,
+  signalName,
   type FrameKind,
 } from "./protocol.js";
 import { parseRunnerLine, runnerCommand } from "./runner.js";
@@ -276,14 +277,7 @@ export class Exec {
       size += frame.length;
     }
     if (this.queued <= HIGH_WATER) this.drained.notify();
-    if (parts.length === 1) return parts[0];
-    const out = new Uint8Array(size);
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    return out;
+    return parts.length === 1 ? parts[0] : concat(parts);
   }
 
   /** The output stream: frames chained on `seed` (the raw signature of the output request), pulled by the

@@ -3,7 +3,7 @@
 // routed; lease and exec routes go to the lease's object (lease.ts); JSON answers carry the response
 // signature. One JSON audit line per request goes to the log (console.log: Workers Logs / Logpush).
 import { loadConfig, refused, verify, type Config, type Verified } from "./auth.js";
-import { MAX_CHUNK, MAX_HEADER, VERSION, errorBody, signResponse } from "./protocol.js";
+import { MAX_CHUNK, MAX_HEADER, VERSION, concat, errorBody, signResponse } from "./protocol.js";
 import type { Env, ExecSpec, PublicLease } from "./types.js";
 
 const ROUTES: Array<[string, RegExp, string]> = [
@@ -98,13 +98,7 @@ async function readBody(request: Request): Promise<Uint8Array | null> {
     }
     parts.push(value);
   }
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concat(parts);
 }
 
 function coordinator(env: Env) {
