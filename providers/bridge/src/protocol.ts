@@ -112,53 +112,26 @@ export function errorBody(code: string, message: string): { error: string; messa
   return { error: code, message };
 }
 
-const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const B64_VALUE = new Int16Array(128).fill(-1);
-for (let i = 0; i < B64.length; i++) B64_VALUE[B64.charCodeAt(i)] = i;
-
+/** Base64 of bytes, through the platform's btoa (native in Workers and Node) a slice at a time. */
 export function base64Encode(bytes: Uint8Array): string {
+  const SLICE = 3 * 8192; // a multiple of 3: no padding inside
   const parts: string[] = [];
-  let line = "";
-  let i = 0;
-  for (; i + 2 < bytes.length; i += 3) {
-    const n = (bytes[i] << 16) | (bytes[i + 1] << 8) | bytes[i + 2];
-    line += B64[n >> 18] + B64[(n >> 12) & 63] + B64[(n >> 6) & 63] + B64[n & 63];
-    if (line.length >= 8192) {
-      parts.push(line);
-      line = "";
-    }
+  for (let at = 0; at < bytes.length; at += SLICE) {
+    parts.push(btoa(String.fromCharCode.apply(null, bytes.subarray(at, at + SLICE) as unknown as number[])));
   }
-  const rest = bytes.length - i;
-  if (rest === 1) {
-    const n = bytes[i] << 16;
-    line += B64[n >> 18] + B64[(n >> 12) & 63] + "==";
-  } else if (rest === 2) {
-    const n = (bytes[i] << 16) | (bytes[i + 1] << 8);
-    line += B64[n >> 18] + B64[(n >> 12) & 63] + B64[(n >> 6) & 63] + "=";
-  }
-  parts.push(line);
   return parts.join("");
 }
 
 /** Bytes of base64 (padding optional); null when `s` is not base64. */
 export function base64Decode(s: string): Uint8Array | null {
-  const clean = s.replace(/=+$/, "");
-  if (clean.length % 4 === 1) return null;
-  const out = new Uint8Array(Math.floor((clean.length * 3) / 4));
-  let bits = 0;
-  let acc = 0;
-  let at = 0;
-  for (let i = 0; i < clean.length; i++) {
-    const c = clean.charCodeAt(i);
-    const v = c < 128 ? B64_VALUE[c] : -1;
-    if (v < 0) return null;
-    acc = (acc << 6) | v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[at++] = (acc >> bits) & 255;
-    }
+  let bin: string;
+  try {
+    bin = atob(s);
+  } catch {
+    return null;
   }
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
   return out;
 }
 
