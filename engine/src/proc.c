@@ -348,8 +348,7 @@ static int l_index(lua_State *L) {
   } else if (p && strcmp(k, "started_at") == 0) {
     lua_pushinteger(L, p->started_at);
   } else {
-    luaL_getmetafield(L, 1, "methods");
-    lua_getfield(L, -1, k);
+    return ferry_push_method(L, k);
   }
   return 1;
 }
@@ -488,19 +487,6 @@ static char **build_env(lua_State *L, int opts) {
   return arr;
 }
 
-static uint64_t opt_ms(lua_State *L, int opts, const char *field, uint64_t dflt) {
-  int t = lua_getfield(L, opts, field);
-  uint64_t v = dflt;
-  if (t != LUA_TNIL) {
-    int isnum;
-    lua_Number n = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || n < 0 || n != n)
-      luaL_error(L, "proc.run: opts.%s must be a number >= 0", field);
-    v = (uint64_t)n;
-  }
-  lua_pop(L, 1);
-  return v;
-}
 
 /* Push opts[field], a function or nil; misuse raises. Returns the stack index. */
 static int opt_fn(lua_State *L, int opts, const char *field) {
@@ -540,9 +526,9 @@ static int l_proc_start(lua_State *L) {
     cwd = lua_tostring(L, -1);
   else if (t != LUA_TNIL)
     luaL_error(L, "proc.run: opts.cwd must be a string");
-  uint64_t timeout = opt_ms(L, 1, "timeout_ms", 0);
-  uint64_t grace = opt_ms(L, 1, "kill_grace_ms", DEFAULT_GRACE_MS);
-  uint64_t max_output = opt_ms(L, 1, "max_output", DEFAULT_MAX_OUTPUT);
+  uint64_t timeout = ferry_opt_uint(L, 1, "proc.run", "timeout_ms", 0);
+  uint64_t grace = ferry_opt_uint(L, 1, "proc.run", "kill_grace_ms", DEFAULT_GRACE_MS);
+  uint64_t max_output = ferry_opt_uint(L, 1, "proc.run", "max_output", DEFAULT_MAX_OUTPUT);
   lua_getfield(L, 1, "stdin");
   int want_stdin = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -623,15 +609,8 @@ void ferry_open_proc(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"write", l_write},           {"close_stdin", l_close_stdin},     {"kill", l_kill},
       {"pause_output", l_pause_output}, {"resume_output", l_resume_output}, {NULL, NULL}};
-  if (luaL_newmetatable(L, PROC_MT)) {
-    lua_pushcfunction(L, l_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "methods");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg meta[] = {{"__index", l_index}, {"__gc", l_gc}, {NULL, NULL}};
+  ferry_new_handle_class(L, PROC_MT, meta, methods);
   lua_pushcfunction(L, l_proc_start);
   lua_setfield(L, -2, "proc_start");
 }
