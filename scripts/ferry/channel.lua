@@ -155,8 +155,11 @@ end
 -- dash, bash and busybox sh, so no command line shows it).
 local function ascii_assignment(name, value)
   if not value:find("[^\32-\126]") then return "export " .. name .. "=" .. q(value) end
-  local escaped = value:gsub("[^\32-\38\40-\91\93-\126]", function(c) return string.format("\\%03o", c:byte()) end)
-  escaped = escaped:gsub("%%", "%%%%")
+  local escaped = value:gsub(".", function(c)
+    local b = c:byte()
+    if c == "%" then return "%%" end
+    if b < 32 or b > 126 or c == "'" or c == "\\" then return string.format("\\%03o", b) end
+  end)
   return name .. "=$(printf '" .. escaped .. "x') && " .. name .. "=${" .. name .. "%x} && export " .. name
 end
 

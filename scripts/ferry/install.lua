@@ -117,8 +117,9 @@ local function outcome(adapter, res, output, timeout_ms, wait_s)
   local marker = output:match("ferry%-install: ([%w=%-]+)%s*$")
   if marker == "present" then return { status = "present" } end
   if marker == "undetected" then
-    return { installed = false, status = "failed", warning = string.format("install exited 0 but %s is still "
-      .. "not in the sandbox: %s", adapter.detect, remote.tail((output:gsub("ferry%-install: undetected%s*$", "")))) }
+    local why = remote.tail((output:gsub("ferry%-install: undetected%s*$", "")))
+    return { installed = false, status = "failed", warning = "install exited 0 but " .. adapter.detect
+      .. " is still not in the sandbox" .. (why ~= "" and ": " .. why or "") }
   end
   if marker == "missing" then return { status = "missing", warning = missing_warning(adapter) } end
   if marker == "lock-timeout" then
