@@ -38,7 +38,8 @@ describe("ferry.printable", function()
   end)
 
   it("json escapes control bytes, C1 controls and bytes that are not UTF-8 as \\u escapes", function()
-    assert.equal('q\\"\\\\/\\n\\u0001\\u007f\\u001b é \\u009b \\u009b', printable.json("q\"\\/\n\1\127\27 é \194\155 \155"))
+    assert.equal('q\\"\\\\/\\n\\u0001\\u007f\\u001b é \\u009b \\u009b',
+      printable.json("q\"\\/\n\1\127\27 é \194\155 \155"))
     assert.same("\27 é \194\155", cjson.decode('"' .. printable.json("\27 é \194\155") .. '"'))
   end)
 end)
