@@ -34,8 +34,44 @@ local q = core.sh_quote
 -- it comes in the variable ferry_x of the command's environment, which the shell drops before the command).
 M.APPLY_ENV = '[ -z "${ferry_x:+x}" ] || { eval "$ferry_x" || exit 125; }; unset ferry_x\n'
 
+--- Shell text defining ferry_stop GRACE: stop the command this shell ($$) runs in the foreground: TERM to its
+--- process group (found in /proc: the child of $$ that leads a group of its own, which setsid made; without
+--- setsid, each child but the caller), then, if something of it is still there, KILL after GRACE tenths of a
+--- second. Called from a subshell of $$ (the watcher), which it never signals.
+M.STOP_FUNCTION = [[
+ferry_stop() {
+  ferry_gt=$1 ferry_me= ferry_t= ferry_o=
+  read -r ferry_me ferry_l < /proc/self/stat 2>/dev/null
+  for ferry_s in /proc/[0-9]*/stat; do
+    read -r ferry_l < "$ferry_s" 2>/dev/null || continue
+    set -- ${ferry_l##*) }
+    [ "$2" = "$$" ] || continue
+    ferry_s=${ferry_s#/proc/} && ferry_s=${ferry_s%/stat}
+    [ "$ferry_s" = "$ferry_me" ] && continue
+    if [ "$3" = "$ferry_s" ]; then ferry_t=-$ferry_s; else ferry_o="$ferry_o $ferry_s"; fi
+  done
+  [ -n "$ferry_t" ] || ferry_t=$ferry_o
+  [ -n "$ferry_t" ] || return 0
+  kill -TERM $ferry_t 2>/dev/null
+  ferry_i=0
+  while [ "$ferry_i" -lt "$ferry_gt" ]; do
+    sleep 0.1 2>/dev/null || sleep 1
+    ferry_a=
+    for ferry_s in $ferry_t; do kill -0 "$ferry_s" 2>/dev/null && ferry_a=1; done
+    [ -n "$ferry_a" ] || return 0
+    ferry_i=$((ferry_i + 1))
+  done
+  kill -KILL $ferry_t 2>/dev/null
+}
+]]
+
 -- The wrapper. %s: the command's script (quoted), the grace in tenths of a second, the fifo path (quoted),
--- the end marker.
+-- the end marker, ferry_stop. The command runs in the foreground (an asynchronous command would start with
+-- SIGINT and SIGQUIT ignored), the watcher beside it: it relays the input frames into the fifo, then reads
+-- stdin until EOF and stops the command. The wrapper outlives TERM, HUP and INT (caught, not ignored: the
+-- command starts with its defaults), so that the watcher can still find the command as its child. Its own
+-- stderr goes to /dev/null once the command runs (a shell reports "Terminated" for a child a signal ended);
+-- the end marker goes to the saved one (fd 5).
 local WRAPPER = [[
 ferry_c=%s
 ferry_g=%d ferry_f=%s ferry_m=%s
@@ -48,46 +84,36 @@ while [ "$ferry_e" -gt 0 ]; do
 "
   ferry_e=$((ferry_e - 1))
 done
-ferry_ss= ferry_p= ferry_r=0
+%s
+trap : TERM HUP INT
+ferry_ss= ferry_in=/dev/null
 command -v setsid >/dev/null 2>&1 && ferry_ss=setsid
-trap '[ -z "$ferry_p" ] || kill -TERM -"$ferry_p" 2>/dev/null || kill -TERM "$ferry_p" 2>/dev/null' TERM HUP INT
-exec 3<&0
 if [ "$ferry_d" = 1 ]; then
   mkfifo -m 600 "$ferry_f" || exit 125
-  ferry_x=$ferry_x $ferry_ss sh -c "$ferry_c" sh < "$ferry_f" 3<&- &
-  ferry_p=$!
-  exec 4> "$ferry_f"
-  rm -f "$ferry_f"
-  while :; do
-    IFS= read -r ferry_n || { ferry_r=2; break; }
-    [ "$ferry_n" -gt 0 ] || break
-    dd bs="$ferry_n" count=1 iflag=fullblock 2>/dev/null >&4 || { ferry_r=1; break; }
-  done
-  exec 4>&-
-else
-  ferry_x=$ferry_x $ferry_ss sh -c "$ferry_c" sh < /dev/null 3<&- &
-  ferry_p=$!
+  ferry_in=$ferry_f
 fi
-ferry_x=
+exec 3<&0 </dev/null
 ( trap '' TERM HUP INT
+  ferry_r=0
+  if [ "$ferry_d" = 1 ]; then
+    exec 4> "$ferry_f"
+    rm -f "$ferry_f"
+    while :; do
+      IFS= read -r ferry_n || break
+      [ "$ferry_n" -gt 0 ] || break
+      dd bs="$ferry_n" count=1 iflag=fullblock 2>/dev/null >&4 || { ferry_r=1; break; }
+    done
+    exec 4>&-
+  fi
   if [ "$ferry_r" = 1 ]; then cat > /dev/null; else while IFS= read -r ferry_l; do :; done; fi
-  kill -TERM -"$ferry_p" || kill -TERM "$ferry_p" || exit 0
-  ferry_i=0
-  while [ "$ferry_i" -lt "$ferry_g" ]; do
-    sleep 0.1 || sleep 1
-    kill -0 -"$ferry_p" || kill -0 "$ferry_p" || exit 0
-    ferry_i=$((ferry_i + 1))
-  done
-  kill -KILL -"$ferry_p" || kill -KILL "$ferry_p"
+  ferry_stop "$ferry_g"
 ) <&3 >/dev/null 2>&1 &
 ferry_w=$!
 exec 3<&- 5>&2 2>/dev/null
-while :; do
-  wait "$ferry_p"
-  ferry_rc=$?
-  kill -0 "$ferry_p" 2>/dev/null || break
-done
+( export ferry_x; exec 2>&5 5>&- < "$ferry_in"; exec $ferry_ss sh -c "$ferry_c" sh )
+ferry_rc=$?
 kill -KILL "$ferry_w"
+wait "$ferry_w"
 printf '\n%%s\n' "$ferry_m" >&5
 exit "$ferry_rc"
 ]]
@@ -100,7 +126,7 @@ exit "$ferry_rc"
 ---@return string
 function M.wrap(script, opts)
   local tenths = math.max(1, math.floor((opts.grace_ms or DEFAULT_GRACE_MS) / 100 + 0.5))
-  return string.format(WRAPPER, q(M.APPLY_ENV .. script), tenths, q(opts.fifo), opts.marker)
+  return string.format(WRAPPER, q(M.APPLY_ENV .. script), tenths, q(opts.fifo), opts.marker, M.STOP_FUNCTION)
 end
 
 --- The command's stderr without the wrapper's end marker ("\n<marker>\n", written once the command ended):

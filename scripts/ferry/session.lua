@@ -10,13 +10,18 @@
 --   [ "<n>\n" <n bytes> ... "0\n" ]            stdin, staged in a scratch file before the command starts
 -- and the shell answers "\n<marker> <exit code> <timed out 0|1>\n" on stdout and "\n<marker>\n" on stderr
 -- after the command's own output; exactly that one newline before the marker is stripped.
--- The command runs in the background as `setsid sh -c SCRIPT` (a process group of its own) with stdin from
--- the scratch file or /dev/null; its environment comes in the variable ferry_x of its own environment and is
--- applied by its shell, so no value is on a command line in the sandbox. While it runs, a watcher reads the
--- session's stdin: a line or EOF (the host closed the session: ferry was interrupted, or died) stops the
--- command's group (TERM, then KILL after the grace period); with a timeout a watchdog inside the sandbox
--- does the same after it: a kill sent through a second provider command would not reach a bwrap sandbox,
--- whose processes live in their own pid namespace. A line that is not a header is skipped.
+-- The command runs as `setsid sh -c SCRIPT` (a process group of its own; in the foreground, so its signals
+-- are not ignored as an asynchronous command's SIGINT would be) with stdin from the scratch file or
+-- /dev/null; its environment comes in the variable ferry_x of its own environment and is applied by its
+-- shell, so no value is on a command line in the sandbox. While it runs, a watcher reads the session's
+-- stdin: a line or EOF (the host closed the session: ferry was interrupted, or died) stops the command's
+-- group (ferry.channel's ferry_stop: TERM, then KILL after the grace period); with a timeout a watchdog
+-- inside the sandbox does the same after it: a kill sent through a second provider command would not reach a
+-- bwrap sandbox, whose processes live in their own pid namespace. A line that is not a header is skipped.
+-- The shell's own stderr is /dev/null (a shell reports "Terminated" for a child a signal ended); the
+-- command and the framing have the real one (saved as fd 4). The shell outlives TERM, HUP and INT (caught:
+-- the command starts with its defaults) so that its watcher still finds the command as its child; EOF on
+-- its stdin ends it, after the command.
 local channel = require "ferry.channel"
 local core = require "ferry.core"
 local task = require "ferry.task"
@@ -36,17 +41,9 @@ ferry_tmp=%s/.ferry-session-%s
 ferry_ss=
 command -v setsid >/dev/null 2>&1 && ferry_ss=setsid
 ferry_take() { [ "$1" -gt 0 ] || return 0; dd bs="$1" count=1 iflag=fullblock 2>/dev/null; }
-ferry_stop() {
-  kill -TERM -"$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null || return 0
-  ferry_i=0
-  while [ "$ferry_i" -lt "$2" ]; do
-    sleep 0.1 2>/dev/null || sleep 1
-    kill -0 -"$1" 2>/dev/null || kill -0 "$1" 2>/dev/null || return 0
-    ferry_i=$((ferry_i + 1))
-  done
-  kill -KILL -"$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null
-}
-exec 3<&0
+%s
+trap : TERM HUP INT
+exec 3<&0 4>&2 2>/dev/null
 while IFS=' ' read -r ferry_sl ferry_in ferry_mk ferry_to ferry_gr ferry_ne; do
   case $ferry_sl in ''|*[!0-9-]*) continue ;; esac
   if [ "$ferry_sl" -lt 0 ]; then
@@ -74,30 +71,25 @@ while IFS=' ' read -r ferry_sl ferry_in ferry_mk ferry_to ferry_gr ferry_ne; do
     { while IFS= read -r ferry_n && [ "$ferry_n" -gt 0 ]; do ferry_take "$ferry_n" || exit 97; done; } \
       > "$ferry_tmp" || exit 97
   fi
-  rm -f "$ferry_tmp.to"
-  ferry_x=$ferry_x $ferry_ss sh -c "$ferry_s" sh < "$ferry_src" 3<&- &
-  ferry_p=$! ferry_x=
-  ( trap '' TERM HUP INT; IFS= read -r ferry_l; ferry_stop "$ferry_p" "$ferry_gr" ) <&3 >/dev/null 2>&1 &
+  ( trap '' TERM HUP INT; IFS= read -r ferry_l; ferry_stop "$ferry_gr" ) <&3 >/dev/null 2>&1 4>&- &
   ferry_k=$!
   ferry_w=
   if [ "$ferry_to" != 0 ]; then
-    ( sleep "$ferry_to"; : > "$ferry_tmp.to"; ferry_stop "$ferry_p" "$ferry_gr" ) </dev/null >/dev/null 2>&1 &
+    rm -f "$ferry_tmp.to"
+    ( sleep "$ferry_to"; : > "$ferry_tmp.to"; ferry_stop "$ferry_gr" ) </dev/null >/dev/null 2>&1 3<&- 4>&- &
     ferry_w=$!
   fi
-  while :; do
-    wait "$ferry_p" 2>/dev/null
-    ferry_rc=$?
-    kill -0 "$ferry_p" 2>/dev/null || break
-  done
+  ( export ferry_x; exec 2>&4 3<&- 4>&- < "$ferry_src"; exec $ferry_ss sh -c "$ferry_s" sh )
+  ferry_rc=$? ferry_x=
   kill -KILL "$ferry_k" 2>/dev/null; wait "$ferry_k" 2>/dev/null
   ferry_t=0
   if [ -n "$ferry_w" ]; then
     kill "$ferry_w" 2>/dev/null; wait "$ferry_w" 2>/dev/null
     [ -e "$ferry_tmp.to" ] && ferry_t=1
   fi
-  rm -f "$ferry_tmp" "$ferry_tmp.to"
+  if [ "$ferry_in" = 1 ] || [ -n "$ferry_w" ]; then rm -f "$ferry_tmp" "$ferry_tmp.to"; fi
   printf '\n%%s %%d %%d\n' "$ferry_mk" "$ferry_rc" "$ferry_t"
-  printf '\n%%s\n' "$ferry_mk" >&2
+  printf '\n%%s\n' "$ferry_mk" >&4
 done
 ]]
 
@@ -370,7 +362,8 @@ function M.wrap(provider, opts)
   end
   local s = setmetatable({
     provider = provider, name = provider.name or "sandbox", on_exec = opts.on_exec, queue = {}, starts = 0,
-    boot = string.format(BOOT, core.sh_quote(provider.scratch_dir or "/tmp"), util.unique_hex(16)),
+    boot = string.format(BOOT, core.sh_quote(provider.scratch_dir or "/tmp"), util.unique_hex(16),
+      channel.STOP_FUNCTION),
     binary = provider.caps == nil or provider.caps.binary ~= false,
   }, Session)
   local inner_close = provider.close
