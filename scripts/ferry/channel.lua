@@ -232,50 +232,61 @@ function M.env_lines(env, binary, what, level)
   return lines
 end
 
--- Frames of a reader: "<n>\n" then the n bytes (as two pieces), each frame at most M.FRAME bytes with small
--- chunks gathered; then "0\n".
-local function frames(read)
-  local buf, off, eof, done, body = "", 1, false, false, nil
+-- Frames of a reader: "<n>\n" then the n bytes, each frame at most M.FRAME bytes, then "0\n". The bytes go out
+-- as the pieces the reader gave (never copied into one string). With `gather`, small chunks are gathered up
+-- to M.FRAME (one `dd` in the sandbox per frame: a bulk stream); without, each chunk goes as it comes (a
+-- stream someone may be waiting on, such as exec's stdin).
+local function frames(read, gather)
+  local out, oi = {}, 1              -- what to return next: a frame's header, then its pieces
+  local held, from, size = {}, {}, 0 -- chunks not framed yet, the offset of each one's first unframed byte
+  local eof, done = false, false
   return function()
-    if body then
-      local b = body
-      body = nil
-      return b
+    local piece = out[oi]
+    if piece then
+      out[oi], oi = nil, oi + 1
+      return piece
     end
     if done then return nil end
-    local have = #buf - off + 1
-    if have < M.FRAME and not eof then
-      local parts = {}
-      if have > 0 then parts[1] = buf:sub(off) end
-      while not eof and have < M.FRAME do
-        local chunk = read()
-        if chunk == nil then
-          eof = true
-        elseif #chunk > 0 then
-          parts[#parts + 1] = chunk
-          have = have + #chunk
-        end
+    while not eof and (size == 0 or (gather and size < M.FRAME)) do
+      local chunk = read()
+      if chunk == nil then
+        eof = true
+      elseif #chunk > 0 then
+        held[#held + 1], from[#held + 1], size = chunk, 1, size + #chunk
       end
-      buf, off = #parts == 1 and parts[1] or table.concat(parts), 1
     end
-    if have == 0 then
+    if size == 0 then
       done = true
       return "0\n"
     end
-    local n = math.min(have, M.FRAME)
-    body = (off == 1 and n == #buf) and buf or buf:sub(off, off + n - 1)
-    off = off + n
+    out, oi = {}, 1
+    local n = 0
+    while n < M.FRAME and held[1] do
+      local chunk, at = held[1], from[1]
+      local take = math.min(#chunk - at + 1, M.FRAME - n)
+      out[#out + 1] = (at == 1 and take == #chunk) and chunk or chunk:sub(at, at + take - 1)
+      n = n + take
+      if at + take > #chunk then
+        table.remove(held, 1)
+        table.remove(from, 1)
+      else
+        from[1] = at + take
+      end
+    end
+    size = size - n
     return n .. "\n"
   end
 end
 
 --- The command's stdin under the wrapper, as a reader for ferry.proc.run (with keep_stdin, so that the
 --- channel stays open after it): the header, the environment lines, and the frames of `data` (a reader, a
---- string, or nil for a command without input).
+--- string, or nil for a command without input); `stream`: a reader's chunks go as they come instead of
+--- gathered into frames of up to M.FRAME bytes.
 ---@param env_lines string[]
 ---@param data function|string|nil
+---@param stream boolean|nil
 ---@return function reader
-function M.input(env_lines, data)
+function M.input(env_lines, data, stream)
   local head = VERSION .. " " .. #env_lines .. " " .. (data ~= nil and 1 or 0) .. "\n"
     .. (#env_lines > 0 and table.concat(env_lines, "\n") .. "\n" or "")
   local body
@@ -285,9 +296,9 @@ function M.input(env_lines, data)
       if given then return nil end
       given = true
       return data
-    end)
+    end, true)
   elseif data ~= nil then
-    body = frames(data)
+    body = frames(data, not stream)
   end
   local sent_head = false
   return function()
@@ -306,6 +317,7 @@ local DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 --- environment `env` travel on stdin, which stays open until the wrapper's end marker arrives on stderr (then
 --- it is closed) or the command is stopped; `binary`: the channel is 8-bit clean. Returns the argv, the
 --- wrapped script (what argv runs with `sh -c`) and a function that runs it (what ferry.proc.run returns).
+--- popts.stream_stdin: a reader's chunks go as they come (see M.input).
 ---@param provider table
 ---@param script string
 ---@param popts table  ferry.proc.run options (changed in place)
@@ -336,7 +348,7 @@ function M.prepare_run(provider, script, popts, env, binary)
     if handle then handle:close_stdin() end
   end)
   popts.on_stderr = filter.push
-  popts.stdin = M.input(M.env_lines(env, binary, "exec", 4), popts.stdin)
+  popts.stdin = M.input(M.env_lines(env, binary, "exec", 4), popts.stdin, popts.stream_stdin)
   popts.keep_stdin = true
   popts.argv = argv
   return argv, wrapped, function()

@@ -143,7 +143,7 @@ function Sandbox:exec(cmd, opts)
     })
   end
   return self:run_script(prelude(opts) .. script,
-    run_opts(opts, { stdin = opts.stdin, on_stdout = opts.on_stdout }))
+    run_opts(opts, { stdin = opts.stdin, on_stdout = opts.on_stdout, stream_stdin = true }))
 end
 
 -- Run a wrapped script with the status line parsed off its stdout. Returns the result (code = the script's

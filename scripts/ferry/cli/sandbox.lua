@@ -28,7 +28,7 @@ local function read_stdin_option(value)
   local f, err = io.open(value, "rb")
   if not f then fail("--stdin: " .. err) end
   return function()
-    local chunk = f:read(65536)
+    local chunk = f:read(1024 * 1024) -- each chunk is one frame (one `dd`) in the sandbox: read big ones
     if not chunk then f:close() end
     return chunk
   end
