@@ -6,10 +6,9 @@
  * handle:write(chunk, cb)  cb(err_or_nil) once the chunk is in the pipe (backpressure)
  * handle:close_stdin()
  * handle:kill(signame)     signals the whole process group
- * handle:stop()            the timeout's sequence now (see below), without marking the result timed out
  * handle.pid, handle.started_at (ms since the epoch)
  *
- * Stopping a child (a timeout, handle:stop(), an interrupt): TERM to the group, KILL after the grace period.
+ * Stopping a child (a timeout, an interrupt): TERM to the group, KILL after the grace period.
  * With opts.eof_first the child is first told through its stdin: stdin is closed and the group is signalled only
  * if the child is still there after the grace period (a sandbox command's wrapper takes that EOF as the order to
  * stop the command, also where a signal from this host cannot reach it: over ssh, in a container). Such a
@@ -375,13 +374,6 @@ static int l_gc(lua_State *L) {
   return 0;
 }
 
-/* handle:stop(): begin the stop sequence (see the top of the file). */
-static int l_stop(lua_State *L) {
-  proc *p = check_proc(L);
-  if (p) begin_stop(p);
-  return 0;
-}
-
 void ferry_proc_kill_all(lua_State *L, int hard) {
   for (ferry_node *n = *ferry_loop_registry(L, FERRY_PROCS); n; n = n->next) {
     proc *p = (proc *)n;
@@ -399,7 +391,8 @@ void ferry_proc_close_all(ferry_node **procs) {
     proc *p = (proc *)*procs;
     ferry_node_unlink(&p->node);
     /* A child stopped through its stdin gets its EOF (the state is going: no grace period to wait out) and
-     * TERM, which its wrapper turns into stopping its command; KILL would end the wrapper first. */
+     * TERM, which a sandbox command's wrapper outlives while its watcher stops the command; KILL would end the
+     * watcher first. */
     signal_group(p, p->eof_first ? SIGTERM : SIGKILL);
     p->L = NULL;
     p->finished = 1;
@@ -645,7 +638,7 @@ static int l_proc_start(lua_State *L) {
 
 void ferry_open_proc(lua_State *L) {
   static const luaL_Reg methods[] = {
-      {"write", l_write}, {"close_stdin", l_close_stdin}, {"kill", l_kill}, {"stop", l_stop}, {NULL, NULL}};
+      {"write", l_write}, {"close_stdin", l_close_stdin}, {"kill", l_kill}, {NULL, NULL}};
   if (luaL_newmetatable(L, PROC_MT)) {
     lua_pushcfunction(L, l_index);
     lua_setfield(L, -2, "__index");
