@@ -60,11 +60,21 @@ function Exec:read_stdin()
   end
 end
 
+-- Stop a running command: close its stdin, which its wrapper in the sandbox (or the session's shell) takes as
+-- the order to stop it (TERM to its process group, KILL after the grace); SIGKILL to the local process only
+-- when that has not ended it STOP_BACKSTOP_MS later. A kill alone would miss the command: it runs in a
+-- process group of its own inside the sandbox.
+local STOP_BACKSTOP_MS = 5000
+local function stop(self, handle)
+  handle:close_stdin()
+  self.backstop = self.backstop or core.timer(STOP_BACKSTOP_MS, function() pcall(handle.kill, handle, "SIGKILL") end)
+end
+
 --- Kill the command (the client went away, the lease ended, the client asked).
 function Exec:kill(why)
   if self.finished then return end
   self.kill_reason = self.kill_reason or why
-  if self.handle then self.handle:kill("SIGKILL") end
+  if self.handle then stop(self, self.handle) end
   self.stdin_eof = true
   wake_all(self, "reader_waiters")
 end
@@ -78,7 +88,7 @@ function Exec:run(live)
     kill_grace_ms = self.spec.kill_grace_ms,
     on_spawn = function(_, _, handle)
       self.handle = handle
-      if self.kill_reason then handle:kill("SIGKILL") end
+      if self.kill_reason then stop(self, handle) end
       if self.paused then handle:pause_output() end
     end,
     on_stdout = function(c) self:push(protocol.STDOUT, c) end,
@@ -87,6 +97,7 @@ function Exec:run(live)
   if is_session then live.session_busy = false end
   if self.paused and self.handle then self.handle:resume_output() end
   self.handle = nil
+  if self.backstop then self.backstop:stop() end
   if res then
     self.result = { code = res.code, signal = res.signal or protocol.null, timed_out = res.timed_out and true or false,
       duration_ms = res.duration_ms }
