@@ -24,7 +24,7 @@ HEADERS := $(wildcard engine/src/*.h) engine/include/ferry.h
 # the path a Lua file is looked up by: scripts/ferry/x.lua -> ferry/x.lua, scripts/adapters/a.lua -> adapters/a.lua
 embed_rel = $(patsubst scripts/%,%,$(1))
 
-.PHONY: all test check bench demo install clean lint fuzz soak
+.PHONY: all test check bench demo install clean lint fuzz soak worker
 all: $(B)/ferry $(B)/lua/ferry/core.so $(B)/libferry.a $(B)/libferry.so $(B)/ferry.pc
 
 $(B)/obj/%.o: engine/src/%.c $(HEADERS)
@@ -59,14 +59,39 @@ make_pc = sed -e 's|@PREFIX@|$(1)|g' -e 's|@VERSION@|$(VERSION)|g' engine/tools/
 $(B)/ferry.pc: engine/tools/ferry.pc.in engine/include/ferry.h
 	$(call make_pc,$(PREFIX)) > $@
 
-test: all
+# The Cloudflare Worker (providers/bridge), compiled by tsc for its Node harness, which the bridge specs run
+# next to `ferry bridge serve`. TypeScript, the Sandbox SDK and the Workers types (for tsc to check index.ts
+# against them), at the versions providers/bridge/package.json pins, go into build/npm. Without node or npm
+# the Worker specs are pending.
+NPM_DIR := $(B)/npm
+WORKER_DIR := $(B)/worker
+WORKER_SRC := $(wildcard providers/bridge/src/*.ts)
+worker:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory $(WORKER_DIR)/dist/worker.js || \
+	  echo "worker: WARNING: the Worker did not build (see above): its conformance specs will be pending" >&2; \
+	else echo "worker: node or npm is missing: the Cloudflare Worker specs will be pending"; fi
+
+$(NPM_DIR)/.installed: providers/bridge/package.json
+	npm install --prefix $(NPM_DIR) --no-audit --no-fund --ignore-scripts --no-save $$(node -e \
+	  'const p = require("./providers/bridge/package.json"), d = {...p.dependencies, ...p.devDependencies}; \
+	   console.log(["typescript", "@cloudflare/sandbox", "@cloudflare/workers-types"].map(n => n + "@" + d[n]).join(" "))')
+	touch $@
+
+$(WORKER_DIR)/dist/worker.js: $(WORKER_SRC) providers/bridge/tsconfig.json $(NPM_DIR)/.installed
+	rm -rf $(WORKER_DIR) && mkdir -p $(WORKER_DIR)
+	cp -r providers/bridge/src providers/bridge/tsconfig.json $(WORKER_DIR)/
+	ln -s ../npm/node_modules $(WORKER_DIR)/node_modules
+	$(NPM_DIR)/node_modules/.bin/tsc -p $(WORKER_DIR)
+
+test: all worker
 	$(BUSTED)
 
 # Sanitizers: the specs run inside a ferry binary built with ASan/UBSan (busted is a Lua script), so the
 # instrumented core is the one they load and child processes stay uninstrumented. Then the binary under
 # valgrind, then luacheck.
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-check: all lint
+check: all lint worker
 	$(MAKE) --no-print-directory B=$(B)/asan CFLAGS="-O1 -g $(ASAN_FLAGS)" $(B)/asan/ferry
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  FERRY_SANITIZED=1 $(B)/asan/ferry run $$(command -v busted)
@@ -105,7 +130,7 @@ soak: all
 lint:
 	luacheck --quiet scripts providers spec engine/tools
 
-bench: all
+bench: all worker
 	$(B)/ferry run spec/bench/run.lua
 
 demo: all

@@ -186,7 +186,8 @@ end
 --- End the shared connection and remove its socket directory. Safe to call twice.
 function Ssh:close()
   if not self.control_dir then return end
-  proc.run { argv = util.with(self.argv, "-O", "exit", "--", self.host), timeout_ms = 10000 }
+  -- cleanup: it runs on the way out of an interrupted ferry too
+  proc.run { argv = util.with(self.argv, "-O", "exit", "--", self.host), timeout_ms = 10000, cleanup = true }
   core.fs_remove_tree(self.control_dir)
   self.control_dir = nil
 end

@@ -153,10 +153,17 @@ describe("ferry.http", function()
     finish(srv)
   end)
 
-  it("answers 413 to a body over max_body", function()
+  it("answers 413 to a body over max_body, and h2o's other early errors, with a JSON body", function()
     local srv, base = serve({ ["/up"] = function(_, res) res:respond(200, {}, "ok") end }, { max_body = 1000 })
     assert.equal(200, assert(http.request { url = base .. "/up", body = string.rep("a", 1000) }).status)
-    assert.equal(413, assert(http.request { url = base .. "/up", body = string.rep("a", 1001) }).status)
+    local res = assert(http.request { url = base .. "/up", body = string.rep("a", 1001) })
+    assert.same({ 413, "application/json", '{"error":"too_large","message":"the request\'s body is over 1000 bytes"}' },
+      { res.status, res.headers["content-type"], res.body })
+    local odd = assert(http.request { url = base .. "/up", body = "x", headers = { "Expect: something-else" } })
+    assert.same({ 417, "application/json", "bad_request" }, { odd.status, odd.headers["content-type"],
+      require("cjson").decode(odd.body).error })
+    local mine = assert(http.request { url = base .. "/nowhere" }) -- a handler's own answer is left alone
+    assert.same({ 404, "text/plain", "no route\n" }, { mine.status, mine.headers["content-type"], mine.body })
     finish(srv)
   end)
 

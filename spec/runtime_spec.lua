@@ -358,9 +358,16 @@ describe("runtime install", function()
     assert.matches("^install timed out after 1 s: starting", res.install_warning)
   end)
 
+  -- An install that makes the command its detect probe looks for (an absolute path: `command -v` finds it).
+  local function installing(extra)
+    local tool = tmp .. "/bin/tool"
+    return "mkdir -p " .. tmp .. "/bin && " .. (extra or "true") .. " && printf '#!/bin/sh\\n' > " .. tool
+      .. " && chmod +x " .. tool, tool
+  end
+
   it("installs once when two prepares race on one sandbox", function()
-    local adapter = shell_adapter { detect = "ferry-no-such-command",
-      install = "echo ran >> " .. tmp .. "/ran; sleep 1" }
+    local install, tool = installing("echo ran >> " .. tmp .. "/ran; sleep 1")
+    local adapter = shell_adapter { detect = tool, install = install }
     W.mkdir(tmp, "ws2") -- two workspaces: prepares of one workspace take turns (the workspace lock)
     local results = ferry.wait {
       ferry.spawn(function() return assert(prepare(adapter, { state = tmp .. "/s1.json" })) end),
@@ -376,7 +383,8 @@ describe("runtime install", function()
 
   it("breaks a lock left by a prepare that died", function()
     W.write(box.root, ".ferry-runtime/install.lock/pid", "999999\n")
-    local res = assert(prepare(shell_adapter { detect = "ferry-no-such-command", install = "true" }))
+    local install, tool = installing()
+    local res = assert(prepare(shell_adapter { detect = tool, install = install }))
     assert.equal("installed", res.install_status)
   end)
 end)

@@ -92,11 +92,6 @@ static int append(bytes *b, const char *p, size_t n) {
   return 0;
 }
 
-static void unref(lua_State *L, int *ref) {
-  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
-  *ref = LUA_NOREF;
-}
-
 static void req_free(http_req *r) {
   lua_State *L = r->m->L;
   if (r->easy) {
@@ -105,10 +100,10 @@ static void req_free(http_req *r) {
   }
   curl_slist_free_all(r->headers);
   if (!r->m->closing) {
-    unref(L, &r->body_ref);
-    unref(L, &r->on_data_ref);
-    unref(L, &r->on_headers_ref);
-    unref(L, &r->on_done_ref);
+    ferry_unref(L, &r->body_ref);
+    ferry_unref(L, &r->on_data_ref);
+    ferry_unref(L, &r->on_headers_ref);
+    ferry_unref(L, &r->on_done_ref);
   }
   if (r->owner) *r->owner = NULL;
   if (r->counted && --r->m->inflight == 0 && !r->m->closing) uv_unref((uv_handle_t *)&r->m->timer);
@@ -452,13 +447,9 @@ static http_multi *get_multi(lua_State *L) {
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
-  http_multi **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = m;
-  if (luaL_newmetatable(L, MULTI_MT)) {
-    lua_pushcfunction(L, multi_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  static const luaL_Reg meta[] = {{"__gc", multi_gc}, {NULL, NULL}};
+  ferry_new_class(L, MULTI_MT, meta, NULL);
+  ferry_push_handle(L, m, MULTI_MT);
   lua_setfield(L, LUA_REGISTRYINDEX, MULTI_KEY);
   return m;
 }
@@ -476,29 +467,6 @@ static int opt_ref(lua_State *L, int opts, const char *field, int type) {
   return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static const char *opt_string(lua_State *L, int opts, const char *field) {
-  int t = lua_getfield(L, opts, field);
-  const char *s = NULL;
-  if (t == LUA_TSTRING)
-    s = lua_tostring(L, -1); /* kept alive by opts until curl copied it */
-  else if (t != LUA_TNIL)
-    luaL_error(L, "http_request: opts.%s must be a string, got %s", field, luaL_typename(L, -1));
-  lua_pop(L, 1);
-  return s;
-}
-
-static long opt_ms(lua_State *L, int opts, const char *field, long dflt) {
-  int t = lua_getfield(L, opts, field);
-  long v = dflt;
-  if (t != LUA_TNIL) {
-    int isnum;
-    lua_Number n = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || n < 0 || n != n || n > 1e12) luaL_error(L, "http_request: opts.%s must be a number >= 0", field);
-    v = (long)n;
-  }
-  lua_pop(L, 1);
-  return v;
-}
 
 static struct curl_slist *opt_headers(lua_State *L, int opts) {
   int t = lua_getfield(L, opts, "headers");
@@ -535,14 +503,14 @@ static struct curl_slist *opt_headers(lua_State *L, int opts) {
 static int l_http_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  const char *url = opt_string(L, 1, "url");
+  const char *url = ferry_opt_string(L, 1, "http_request", "url");
   if (!url) return luaL_error(L, "http_request: opts.url must be a string");
-  const char *method = opt_string(L, 1, "method");
-  const char *cainfo = opt_string(L, 1, "cainfo");
-  long timeout = opt_ms(L, 1, "timeout_ms", 0);
-  long connect_timeout = opt_ms(L, 1, "connect_timeout_ms", 10000);
-  long stall = opt_ms(L, 1, "stall_timeout_ms", 0);
-  long max_body = opt_ms(L, 1, "max_body", DEFAULT_MAX_BODY);
+  const char *method = ferry_opt_string(L, 1, "http_request", "method");
+  const char *cainfo = ferry_opt_string(L, 1, "http_request", "cainfo");
+  long timeout = (long)ferry_opt_uint(L, 1, "http_request", "timeout_ms", 0);
+  long connect_timeout = (long)ferry_opt_uint(L, 1, "http_request", "connect_timeout_ms", 10000);
+  long stall = (long)ferry_opt_uint(L, 1, "http_request", "stall_timeout_ms", 0);
+  long max_body = (long)ferry_opt_uint(L, 1, "http_request", "max_body", DEFAULT_MAX_BODY);
   int t = lua_getfield(L, 1, "body");
   if (t != LUA_TNIL && t != LUA_TSTRING) return luaL_error(L, "http_request: opts.body must be a string");
   lua_pop(L, 1);
@@ -609,10 +577,7 @@ static int l_http_request(lua_State *L) {
   }
   r->counted = 1;
   if (m->inflight++ == 0) uv_ref((uv_handle_t *)&m->timer); /* a request in flight keeps the loop alive */
-  http_req **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = r;
-  r->owner = ud;
-  luaL_setmetatable(L, REQ_MT);
+  r->owner = (http_req **)ferry_push_handle(L, r, REQ_MT);
   return 1;
 }
 
@@ -639,13 +604,8 @@ static int l_req_gc(lua_State *L) {
 
 void ferry_open_http_client(lua_State *L) {
   static const luaL_Reg methods[] = {{"abort", l_abort}, {NULL, NULL}};
-  if (luaL_newmetatable(L, REQ_MT)) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_req_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg meta[] = {{"__gc", l_req_gc}, {NULL, NULL}};
+  ferry_new_class(L, REQ_MT, meta, methods);
   lua_pushcfunction(L, l_http_request);
   lua_setfield(L, -2, "http_request");
   lua_pushcfunction(L, l_http_close_idle);

@@ -2,9 +2,9 @@
  *
  * core.http_listen(opts, on_request) -> server | nil, msg, code
  *   opts.host, opts.port (0: a free port), tls_cert + tls_key (PEM files: HTTPS), max_body (bytes; a bigger
- *   request body gets 413 from h2o), idle_timeout_ms (reading one request, headers and body, and the wait for
- *   the next one on a kept-alive connection: a slow or idle client is disconnected), max_connections (more
- *   are accepted and closed at once)
+ *   request body gets 413 from h2o, with a JSON body like h2o's other early errors: see json_errors),
+ *   idle_timeout_ms (reading one request, headers and body, and the wait for the next one on a kept-alive
+ *   connection: a slow or idle client is disconnected), max_connections (more are accepted and closed at once)
  *   on_request(req, res) for each request: req = {method, path (as sent, with the query), host (the Host
  *   header), headers = {lowercase name = value}, header_bytes, body}; res is the response:
  *     res:respond(status, headers, body)   the whole response (headers: {name = value})
@@ -96,13 +96,8 @@ static const char *reason_of(int status) {
  * callback) and asserts on timers a just-closed connection may still hold. A server is closed once per
  * process in practice, so the few kilobytes are the better trade. */
 
-static void unref(lua_State *L, int *ref) {
-  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
-  *ref = LUA_NOREF;
-}
-
 static void maybe_release(http_server *s) {
-  if (s->closing && s->connections == 0) unref(s->L, &s->on_request_ref);
+  if (s->closing && s->connections == 0) ferry_unref(s->L, &s->on_request_ref);
 }
 
 static void server_close(http_server *s) {
@@ -148,7 +143,7 @@ static void on_accept(uv_stream_t *listener, int status) {
 
 static void call_write_cb(sreq *r, const char *err) {
   lua_State *L = ferry_loop_thread(r->srv->L);
-  unref(L, &r->chunk_ref);
+  ferry_unref(L, &r->chunk_ref);
   int cb = r->write_cb_ref;
   r->write_cb_ref = LUA_NOREF;
   r->sending = 0;
@@ -188,9 +183,9 @@ static void sreq_dispose(void *p) {
       luaL_unref(L, LUA_REGISTRYINDEX, fn);
     }
   }
-  unref(L, &r->chunk_ref);
-  unref(L, &r->write_cb_ref);
-  unref(L, &r->on_close_ref);
+  ferry_unref(L, &r->chunk_ref);
+  ferry_unref(L, &r->write_cb_ref);
+  ferry_unref(L, &r->on_close_ref);
 }
 
 static void push_lower(lua_State *L, const char *s, size_t n) {
@@ -248,10 +243,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
   r->gen.stop = gen_stop;
   lua_State *L = ferry_loop_thread(s->L);
   push_request(L, req);
-  sreq **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = r;
-  r->owner = ud;
-  luaL_setmetatable(L, RES_MT);
+  r->owner = (sreq **)ferry_push_handle(L, r, RES_MT);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->on_request_ref);
   int fn = luaL_ref(L, LUA_REGISTRYINDEX); /* the server may close (and drop its ref) inside the call */
   ferry_loop_call(L, fn, 2);
@@ -356,7 +348,7 @@ static int l_on_close(lua_State *L) {
   sreq *r = check_res(L);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   if (!r) return 0;
-  unref(L, &r->on_close_ref);
+  ferry_unref(L, &r->on_close_ref);
   lua_pushvalue(L, 2);
   r->on_close_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
@@ -369,9 +361,7 @@ static int l_res_index(lua_State *L) {
     lua_pushboolean(L, *ud == NULL || (*ud)->closed || (*ud)->req == NULL);
     return 1;
   }
-  luaL_getmetafield(L, 1, "methods");
-  lua_getfield(L, -1, k);
-  return 1;
+  return ferry_push_method(L, k);
 }
 
 static int l_res_gc(lua_State *L) {
@@ -408,9 +398,59 @@ static int l_server_index(lua_State *L) {
     else lua_pushnil(L);
     return 1;
   }
-  luaL_getmetafield(L, 1, "methods");
-  lua_getfield(L, -1, k);
-  return 1;
+  return ferry_push_method(L, k);
+}
+
+/* ---- h2o's own errors as JSON ----
+ * h2o answers some requests itself, before any handler runs: a body over max_body (413), a malformed request
+ * (400), an unknown Expect (417). It does so in plain text, through the host's fallback path (every request
+ * that reaches a handler goes through the "/" path instead). A filter on the fallback path turns those answers
+ * into the JSON envelope {"error": code, "message": text} the bridge's clients read. */
+
+typedef struct json_errors {
+  h2o_filter_t super;
+  size_t max_body;
+} json_errors;
+
+typedef struct json_error_body {
+  h2o_ostream_t super;
+  h2o_iovec_t body;
+} json_error_body;
+
+static void json_error_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
+                            h2o_send_state_t state) {
+  json_error_body *os = (json_error_body *)self;
+  if (bufcnt > 0) { /* the plain text h2o wrote (none for HEAD) */
+    bufs = &os->body;
+    bufcnt = 1;
+  }
+  h2o_ostream_send_next(&os->super, req, bufs, bufcnt, state);
+}
+
+static void json_errors_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot) {
+  int status = req->res.status;
+  if (status >= 400) {
+    const char *code = status == 413 ? "too_large" : status == 404 ? "not_found" : status >= 500 ? "internal"
+                                                                                             : "bad_request";
+    char msg[160];
+    if (status == 413)
+      snprintf(msg, sizeof msg, "the request's body is over %zu bytes", ((json_errors *)self)->max_body);
+    else
+      snprintf(msg, sizeof msg, "%s", req->res.reason ? req->res.reason : "refused by the HTTP layer");
+    char text[256];
+    int n = snprintf(text, sizeof text, "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
+    json_error_body *os = (json_error_body *)h2o_add_ostream(req, sizeof *os, slot);
+    os->super.do_send = json_error_send;
+    os->body = h2o_strdup(&req->pool, text, (size_t)n);
+    req->res.content_length = (size_t)n;
+    ssize_t i = h2o_find_header(&req->res.headers, H2O_TOKEN_CONTENT_TYPE, -1);
+    if (i != -1)
+      req->res.headers.entries[i].value = h2o_iovec_init(H2O_STRLIT("application/json"));
+    else
+      h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    slot = &os->super.next;
+  }
+  h2o_setup_next_ostream(req, slot);
 }
 
 /* ---- core.http_listen ---- */
@@ -448,14 +488,6 @@ static lua_Integer opt_int(lua_State *L, int opts, const char *field, lua_Intege
   return v;
 }
 
-static const char *opt_str(lua_State *L, int opts, const char *field) {
-  int t = lua_getfield(L, opts, field);
-  const char *s = NULL;
-  if (t == LUA_TSTRING) s = lua_tostring(L, -1);
-  else if (t != LUA_TNIL) luaL_error(L, "http_listen: opts.%s must be a string", field);
-  lua_pop(L, 1); /* opts keeps the string alive for this call */
-  return s;
-}
 
 static SSL_CTX *tls_context(const char *cert, const char *key, char *err, size_t errlen) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -481,14 +513,15 @@ static SSL_CTX *tls_context(const char *cert, const char *key, char *err, size_t
 static int l_http_listen(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  const char *host = opt_str(L, 1, "host");
+  const char *host = ferry_opt_string(L, 1, "http_listen", "host");
   if (!host) host = "127.0.0.1";
   lua_Integer port = opt_int(L, 1, "port", 0, 0);
   if (port > 65535) return luaL_error(L, "http_listen: opts.port must be between 0 and 65535");
   lua_Integer max_body = opt_int(L, 1, "max_body", 1024 * 1024, 0);
   lua_Integer idle = opt_int(L, 1, "idle_timeout_ms", 10000, 1);
   lua_Integer max_conn = opt_int(L, 1, "max_connections", 256, 1);
-  const char *cert = opt_str(L, 1, "tls_cert"), *key = opt_str(L, 1, "tls_key");
+  const char *cert = ferry_opt_string(L, 1, "http_listen", "tls_cert");
+  const char *key = ferry_opt_string(L, 1, "http_listen", "tls_key");
   if ((cert == NULL) != (key == NULL)) return luaL_error(L, "http_listen: opts.tls_cert and opts.tls_key go together");
 
   struct sockaddr_storage addr;
@@ -532,6 +565,9 @@ static int l_http_listen(lua_State *L) {
   s->config.http1.upgrade_to_http2 = 0;
   s->config.handshake_timeout = (uint64_t)idle;
   h2o_hostconf_t *hc = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+  json_errors *je = (json_errors *)h2o_create_filter(&hc->fallback_path, sizeof *je);
+  je->super.on_setup_ostream = json_errors_setup;
+  je->max_body = (size_t)max_body;
   h2o_pathconf_t *pc = h2o_config_register_path(hc, "/", 0);
   server_handler *h = (server_handler *)h2o_create_handler(pc, sizeof *h);
   h->super.on_req = on_req;
@@ -547,10 +583,7 @@ static int l_http_listen(lua_State *L) {
   lua_pushvalue(L, 2);
   s->on_request_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
-  http_server **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = s;
-  s->owner = ud;
-  luaL_setmetatable(L, SERVER_MT);
+  s->owner = (http_server **)ferry_push_handle(L, s, SERVER_MT);
   return 1;
 }
 
@@ -566,25 +599,11 @@ static int l_server_gc(lua_State *L) {
 void ferry_open_http_server(lua_State *L) {
   static const luaL_Reg res_methods[] = {{"respond", l_respond}, {"start", l_start},       {"write", l_write},
                                          {"finish", l_finish},   {"on_close", l_on_close}, {NULL, NULL}};
-  if (luaL_newmetatable(L, RES_MT)) {
-    lua_pushcfunction(L, l_res_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_res_gc);
-    lua_setfield(L, -2, "__gc");
-    luaL_newlib(L, res_methods);
-    lua_setfield(L, -2, "methods");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg res_meta[] = {{"__index", l_res_index}, {"__gc", l_res_gc}, {NULL, NULL}};
+  ferry_new_handle_class(L, RES_MT, res_meta, res_methods);
   static const luaL_Reg server_methods[] = {{"close", l_close}, {"connections", l_connections}, {NULL, NULL}};
-  if (luaL_newmetatable(L, SERVER_MT)) {
-    lua_pushcfunction(L, l_server_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_server_gc);
-    lua_setfield(L, -2, "__gc");
-    luaL_newlib(L, server_methods);
-    lua_setfield(L, -2, "methods");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg server_meta[] = {{"__index", l_server_index}, {"__gc", l_server_gc}, {NULL, NULL}};
+  ferry_new_handle_class(L, SERVER_MT, server_meta, server_methods);
   lua_pushcfunction(L, l_http_listen);
   lua_setfield(L, -2, "http_listen");
 }

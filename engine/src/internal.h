@@ -31,6 +31,7 @@ void ferry_open_tree_io(lua_State *L);    /* tree_io.c: tree:dump/tree:write/tre
 void ferry_open_tree_listing(lua_State *L); /* tree_listing.c: tree_parse_listing */
 void ferry_open_tree_tar(lua_State *L);   /* tree_tar.c: tar_scan_tree */
 void ferry_open_exclude(lua_State *L);    /* exclude.c: exclude_matcher */
+void ferry_open_signal(lua_State *L);      /* signal.c: signal_watch */
 
 /* util.c: helpers shared by every file. */
 /* Runtime failure in luv's convention: pushes nil, message, code and returns 3. */
@@ -51,6 +52,20 @@ void ferry_hex(const unsigned char *in, size_t n, char *out);
 /* Register metatable `name` (once): the `meta` functions (__gc, __close, ...) and, unless NULL, `methods` as
  * its __index table. */
 void ferry_new_class(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
+/* Register metatable `name` (once) for handles with fields: the `meta` functions (an __index function,
+ * __gc, ...) and `methods` as its "methods" table, which the __index function reaches with ferry_push_method. */
+void ferry_new_handle_class(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
+/* From an __index function: push the method `k` of the handle at index 1 (nil when none); returns 1. */
+int ferry_push_method(lua_State *L, const char *k);
+/* Push the Lua handle of a C object: a userdata holding `p`, with metatable `mt`. Returns its slot, which
+ * the object keeps (its owner pointer) to clear when it goes before the handle. */
+void **ferry_push_handle(lua_State *L, void *p, const char *mt);
+/* Release a registry reference (LUA_NOREF: nothing) and set it to LUA_NOREF. */
+void ferry_unref(lua_State *L, int *ref);
+/* Options of a table at index `opts`; fn names the caller in errors ("<fn>: opts.<field> must be ..."). A string
+ * (NULL when absent; the table keeps it alive), a number >= 0 such as milliseconds or bytes (dflt when absent). */
+const char *ferry_opt_string(lua_State *L, int opts, const char *fn, const char *field);
+uint64_t ferry_opt_uint(lua_State *L, int opts, const char *fn, const char *field, uint64_t dflt);
 /* The main thread of L's state: callbacks keep it, since a coroutine may be gone when they run. */
 lua_State *ferry_main_thread(lua_State *L);
 /* A C.UTF-8 LC_CTYPE locale for uselocale, or (locale_t)0. */

@@ -1,11 +1,16 @@
-/* Line editing (libedit) and Ctrl-C for the REPL.
+/* Line editing (libedit), Ctrl-C for the REPL, and SIGINT/SIGTERM/SIGHUP for the command line's verbs.
  *
  * Ctrl-C is handled as the standalone lua does: the SIGINT handler only sets a flag and, while code runs under
  * core.interrupt_pcall, installs a hook that raises "interrupted!" at the next Lua call, return, line or
  * instruction. When that code is waiting in the loop for a process, an async handle wakes the loop and every
  * child of the engine is stopped (TERM, then KILL after its grace period). The handler is installed without
  * SA_RESTART, so at the prompt libedit's read() fails with EINTR and readline() returns (libedit puts the
- * terminal back): the line is abandoned. Nothing jumps out of the signal handler. */
+ * terminal back): the line is abandoned. Nothing jumps out of the signal handler.
+ *
+ * The verbs (exec, prepare, restore, ...) use core.signals_install(fn) instead: the first SIGINT, SIGTERM or
+ * SIGHUP wakes the loop, which tells every child to stop (through its stdin first when it was started so, then
+ * TERM and KILL, each after its grace period) and calls fn(signal name); Lua then unwinds its tasks once their
+ * processes have ended (ferry.task.interrupt). A second signal takes its default action at once. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +63,112 @@ static void wakeup_cb(uv_async_t *h) {
 }
 
 static void free_handle(uv_handle_t *h) { free(h); }
+
+/* ---- SIGINT/SIGTERM/SIGHUP for the verbs ---- */
+
+#define SIGNALS_MT "ferry.signals"
+#define SIGNALS_KEY "ferry.signals.one"
+
+static volatile sig_atomic_t term_signal;    /* the first signal that came, once installed */
+static uv_async_t *volatile term_wakeup;     /* wakes the loop to handle it */
+static const int term_signals[] = {SIGINT, SIGTERM, SIGHUP};
+#define N_TERM_SIGNALS (sizeof term_signals / sizeof term_signals[0])
+
+typedef struct signals {
+  uv_async_t *wakeup; /* malloc'd, as the interrupt's */
+  struct sigaction old[N_TERM_SIGNALS];
+  int fn_ref;
+  int installed;
+} signals;
+
+static const char *term_signal_name(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "SIGNAL";
+}
+
+static void on_term_signal(int sig) {
+  if (term_signal != 0) { /* the second one: its default action, now */
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
+  term_signal = sig;
+  uv_async_t *w = term_wakeup;
+  if (w) uv_async_send(w);
+}
+
+/* On the loop, after the first signal: stop every child, then tell Lua. */
+static void term_wakeup_cb(uv_async_t *h) {
+  lua_State *L = h->data;
+  if (L == NULL || term_signal == 0) return;
+  ferry_proc_kill_all(L, 0);
+  lua_getfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY);
+  signals *s = luaL_testudata(L, -1, SIGNALS_MT);
+  lua_pop(L, 1);
+  if (s == NULL || s->fn_ref == LUA_NOREF) return;
+  lua_State *T = ferry_loop_thread(L);
+  lua_pushstring(T, term_signal_name(term_signal));
+  ferry_loop_call(T, s->fn_ref, 1);
+}
+
+static int signals_gc(lua_State *L) {
+  signals *s = luaL_checkudata(L, 1, SIGNALS_MT);
+  if (s->installed)
+    for (size_t i = 0; i < N_TERM_SIGNALS; i++) sigaction(term_signals[i], &s->old[i], NULL);
+  s->installed = 0;
+  if (term_wakeup == s->wakeup) term_wakeup = NULL;
+  if (s->wakeup) {
+    s->wakeup->data = NULL;
+    if (!uv_is_closing((uv_handle_t *)s->wakeup)) uv_close((uv_handle_t *)s->wakeup, free_handle);
+  }
+  s->wakeup = NULL;
+  return 0;
+}
+
+/* core.signals_install(fn): SIGINT, SIGTERM and SIGHUP stop this state's children and call fn(signal name) on
+ * the loop (once; a second signal kills the process). Installing again replaces fn. */
+static int l_signals_install(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  signals *s;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY) == LUA_TUSERDATA) {
+    s = lua_touserdata(L, -1);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->fn_ref);
+    lua_pushvalue(L, 1);
+    s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+  }
+  lua_pop(L, 1);
+  uv_loop_t *loop = ferry_loop_get(L);
+  s = lua_newuserdatauv(L, sizeof *s, 0);
+  memset(s, 0, sizeof *s);
+  s->fn_ref = LUA_NOREF;
+  luaL_setmetatable(L, SIGNALS_MT);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY); /* lives as long as the state */
+  s->wakeup = malloc(sizeof *s->wakeup);
+  if (!s->wakeup) return luaL_error(L, "ferry: out of memory");
+  uv_async_init(loop, s->wakeup, term_wakeup_cb);
+  s->wakeup->data = ferry_main_thread(L);
+  uv_unref((uv_handle_t *)s->wakeup);
+  lua_pushvalue(L, 1);
+  s->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  term_signal = 0;
+  term_wakeup = s->wakeup;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_term_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (size_t i = 0; i < N_TERM_SIGNALS; i++) sigaction(term_signals[i], &sa, &s->old[i]);
+  s->installed = 1;
+  return 0;
+}
+
+/* core.signal_pending() -> "SIGINT"|"SIGTERM"|"SIGHUP" when one came since signals_install, else nil. */
+static int l_signal_pending(lua_State *L) {
+  if (term_signal == 0) return 0;
+  lua_pushstring(L, term_signal_name(term_signal));
+  return 1;
+}
 
 /* The state closes: SIGINT goes back to what it was, the wakeup handle is closed. */
 static int interrupt_gc(lua_State *L) {
@@ -170,8 +281,12 @@ void ferry_open_lineedit(lua_State *L) {
                                  {"history_save", l_history_save},
                                  {"interrupt_install", l_interrupt_install},
                                  {"interrupt_pcall", l_interrupt_pcall},
+                                 {"signals_install", l_signals_install},
+                                 {"signal_pending", l_signal_pending},
                                  {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", interrupt_gc}, {NULL, NULL}};
+  static const luaL_Reg signals_meta[] = {{"__gc", signals_gc}, {NULL, NULL}};
   ferry_new_class(L, INTERRUPT_MT, meta, NULL);
+  ferry_new_class(L, SIGNALS_MT, signals_meta, NULL);
   luaL_setfuncs(L, fns, 0);
 }

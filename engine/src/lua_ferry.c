@@ -60,6 +60,7 @@ int luaopen_ferry_core(lua_State *L) {
   ferry_open_tree_listing(L);
   ferry_open_tree_tar(L);
   ferry_open_exclude(L);
+  ferry_open_signal(L);
   lua_pushcfunction(L, l_log);
   lua_setfield(L, -2, "log");
   lua_pushstring(L, FERRY_VERSION);

@@ -10,6 +10,12 @@
  *                          blocks once the pipes are full): a consumer slower than the child bounds its memory
  * handle.pid, handle.started_at (ms since the epoch)
  *
+ * Stopping a child (a timeout, an interrupt): TERM to the group, KILL after the grace period.
+ * With opts.eof_first the child is first told through its stdin: stdin is closed and the group is signalled only
+ * if the child is still there after the grace period (a sandbox command's wrapper takes that EOF as the order to
+ * stop the command, also where a signal from this host cannot reach it: over ssh, in a container). Such a
+ * child's stdin is otherwise closed once both its outputs reached EOF (Lua keeps it open until then).
+ *
  * Options are all checked before anything is spawned. A running child is in its state's process registry
  * (loop.c), so an interrupt stops this state's children only, and closing the state kills them and closes their
  * handles. The struct is freed by the last handle's close callback; the Lua handle and the struct point at each
@@ -49,7 +55,9 @@ typedef struct proc {
   int exited, finished, in_closed;
   int64_t exit_status;
   int term_signal;
-  int timed_out, killed;
+  int timed_out;
+  int stage;     /* how far stopping went: 0 running, 1 stdin closed (eof_first), 2 TERM sent, 3 KILL sent */
+  int eof_first; /* stop by closing stdin first */
   uint64_t timeout_ms, grace_ms;
   uint64_t start_hr;
   int64_t started_at;
@@ -84,6 +92,8 @@ static void close_handles(proc *p) {
                             (uv_handle_t *)&p->timer, (uv_handle_t *)&p->process};
   for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++) close_handle(p, handles[i]);
 }
+
+static void stop_timer_cb(uv_timer_t *h);
 
 static void signal_group(proc *p, int sig) {
   if (p->pid > 0) {
@@ -176,16 +186,38 @@ static void exit_cb(uv_process_t *h, int64_t status, int sig) {
   maybe_finish(p);
 }
 
+static void close_stdin(proc *p);
+
+/* One step of stopping the child; the timer brings the next one after the grace period. */
+static void stop_step(proc *p) {
+  if (p->finished) return;
+  p->stage++;
+  if (p->stage == 1 && !p->eof_first) p->stage = 2;
+  if (p->stage == 1) {
+    close_stdin(p);
+  } else if (p->stage == 2) {
+    close_stdin(p);
+    signal_group(p, SIGTERM);
+  } else {
+    signal_group(p, SIGKILL);
+    return;
+  }
+  uv_timer_start(&p->timer, stop_timer_cb, p->grace_ms, 0);
+}
+
+static void stop_timer_cb(uv_timer_t *h) { stop_step(h->data); }
+
+/* Start stopping the child unless that has begun already. */
+static void begin_stop(proc *p) {
+  if (p->finished || p->stage > 0) return;
+  uv_timer_stop(&p->timer);
+  stop_step(p);
+}
+
 static void timer_cb(uv_timer_t *h) {
   proc *p = h->data;
-  if (!p->timed_out) {
-    p->timed_out = 1;
-    signal_group(p, SIGTERM);
-    uv_timer_start(&p->timer, timer_cb, p->grace_ms, 0);
-  } else if (!p->killed) {
-    p->killed = 1;
-    signal_group(p, SIGKILL);
-  }
+  p->timed_out = 1;
+  begin_stop(p);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -234,6 +266,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     b->eof = 1;
     uv_read_stop(s);
     close_handle(p, (uv_handle_t *)s);
+    /* A child stopped through its stdin holds it open until it is done: when both outputs ended it is, and a
+     * program between us and it (a filter in a cmd: prefix) may be waiting for that EOF before it exits. */
+    if (p->eof_first && p->obuf.eof && p->ebuf.eof) close_stdin(p);
     maybe_finish(p);
   }
 }
@@ -348,8 +383,7 @@ static int l_index(lua_State *L) {
   } else if (p && strcmp(k, "started_at") == 0) {
     lua_pushinteger(L, p->started_at);
   } else {
-    luaL_getmetafield(L, 1, "methods");
-    lua_getfield(L, -1, k);
+    return ferry_push_method(L, k);
   }
   return 1;
 }
@@ -373,13 +407,8 @@ void ferry_proc_kill_all(lua_State *L, int hard) {
       signal_group(p, SIGKILL);
       continue;
     }
-    close_stdin(p);
-    if (!p->timed_out) {
-      p->timed_out = 1;
-      signal_group(p, SIGTERM);
-      uv_timer_stop(&p->timer);
-      uv_timer_start(&p->timer, timer_cb, p->grace_ms, 0);
-    }
+    if (p->stage == 0) p->timed_out = 1;
+    begin_stop(p);
   }
 }
 
@@ -387,7 +416,10 @@ void ferry_proc_close_all(ferry_node **procs) {
   while (*procs) {
     proc *p = (proc *)*procs;
     ferry_node_unlink(&p->node);
-    signal_group(p, SIGKILL);
+    /* A child stopped through its stdin gets its EOF (the state is going: no grace period to wait out) and
+     * TERM, which a sandbox command's wrapper outlives while its watcher stops the command; KILL would end the
+     * watcher first. */
+    signal_group(p, p->eof_first ? SIGTERM : SIGKILL);
     p->L = NULL;
     p->finished = 1;
     if (p->owner) *p->owner = NULL; /* the Lua handle may be finalized after this: it must not see p */
@@ -453,13 +485,18 @@ static char **build_env(lua_State *L, int opts) {
     lua_pushnil(L);
     while (lua_next(L, env)) {
       if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "proc.run: opts.env keys must be strings");
-      const char *k = lua_tostring(L, -2);
-      if (*k == '\0' || strchr(k, '=')) luaL_error(L, "proc.run: opts.env key '%s' is not a valid name", k);
+      size_t klen;
+      const char *k = lua_tolstring(L, -2, &klen);
+      if (*k == '\0' || strchr(k, '=') || strlen(k) != klen)
+        luaL_error(L, "proc.run: opts.env key '%s' is not a valid name", k);
       lua_pushvalue(L, -2);
       if (lua_type(L, -2) == LUA_TBOOLEAN && !lua_toboolean(L, -2)) {
         lua_pushnil(L); /* false removes the variable */
       } else if (lua_type(L, -2) == LUA_TSTRING || lua_type(L, -2) == LUA_TNUMBER) {
-        lua_pushfstring(L, "%s=%s", k, lua_tostring(L, -2));
+        size_t vlen;
+        const char *v = lua_tolstring(L, -2, &vlen);
+        if (strlen(v) != vlen) luaL_error(L, "proc.run: opts.env.%s contains a NUL byte", k);
+        lua_pushfstring(L, "%s=%s", k, v);
       } else {
         luaL_error(L, "proc.run: opts.env.%s must be a string, number or false", k);
       }
@@ -488,19 +525,6 @@ static char **build_env(lua_State *L, int opts) {
   return arr;
 }
 
-static uint64_t opt_ms(lua_State *L, int opts, const char *field, uint64_t dflt) {
-  int t = lua_getfield(L, opts, field);
-  uint64_t v = dflt;
-  if (t != LUA_TNIL) {
-    int isnum;
-    lua_Number n = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || n < 0 || n != n)
-      luaL_error(L, "proc.run: opts.%s must be a number >= 0", field);
-    v = (uint64_t)n;
-  }
-  lua_pop(L, 1);
-  return v;
-}
 
 /* Push opts[field], a function or nil; misuse raises. Returns the stack index. */
 static int opt_fn(lua_State *L, int opts, const char *field) {
@@ -536,16 +560,21 @@ static int l_proc_start(lua_State *L) {
   char **env = build_env(L, 1);
   const char *cwd = NULL;
   int t = lua_getfield(L, 1, "cwd");
-  if (t == LUA_TSTRING)
-    cwd = lua_tostring(L, -1);
-  else if (t != LUA_TNIL)
+  if (t == LUA_TSTRING) {
+    size_t len;
+    cwd = lua_tolstring(L, -1, &len);
+    if (strlen(cwd) != len) luaL_error(L, "proc.run: opts.cwd contains a NUL byte");
+  } else if (t != LUA_TNIL) {
     luaL_error(L, "proc.run: opts.cwd must be a string");
-  uint64_t timeout = opt_ms(L, 1, "timeout_ms", 0);
-  uint64_t grace = opt_ms(L, 1, "kill_grace_ms", DEFAULT_GRACE_MS);
-  uint64_t max_output = opt_ms(L, 1, "max_output", DEFAULT_MAX_OUTPUT);
+  }
+  uint64_t timeout = ferry_opt_uint(L, 1, "proc.run", "timeout_ms", 0);
+  uint64_t grace = ferry_opt_uint(L, 1, "proc.run", "kill_grace_ms", DEFAULT_GRACE_MS);
+  uint64_t max_output = ferry_opt_uint(L, 1, "proc.run", "max_output", DEFAULT_MAX_OUTPUT);
   lua_getfield(L, 1, "stdin");
   int want_stdin = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  lua_getfield(L, 1, "eof_first");
+  int eof_first = lua_toboolean(L, -1) && want_stdin;
+  lua_pop(L, 2);
   int on_stdout = opt_fn(L, 1, "on_stdout");
   int on_stderr = opt_fn(L, 1, "on_stderr");
 
@@ -571,6 +600,7 @@ static int l_proc_start(lua_State *L) {
   p->obuf.max = p->ebuf.max = (size_t)max_output;
   p->timeout_ms = timeout;
   p->grace_ms = grace;
+  p->eof_first = eof_first;
   uv_pipe_init(loop, &p->in, 0);
   uv_pipe_init(loop, &p->out, 0);
   uv_pipe_init(loop, &p->err, 0);
@@ -623,15 +653,8 @@ void ferry_open_proc(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"write", l_write},           {"close_stdin", l_close_stdin},     {"kill", l_kill},
       {"pause_output", l_pause_output}, {"resume_output", l_resume_output}, {NULL, NULL}};
-  if (luaL_newmetatable(L, PROC_MT)) {
-    lua_pushcfunction(L, l_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "methods");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg meta[] = {{"__index", l_index}, {"__gc", l_gc}, {NULL, NULL}};
+  ferry_new_handle_class(L, PROC_MT, meta, methods);
   lua_pushcfunction(L, l_proc_start);
   lua_setfield(L, -2, "proc_start");
 }

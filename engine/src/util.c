@@ -1,5 +1,6 @@
-/* Small helpers the C files of the core share (declared in internal.h): argument checks, failures in luv's
- * convention, errno names, file-type names, hex digits, metatables, the main thread, the UTF-8 locale. */
+/* Small helpers the C files of the core share (declared in internal.h): argument and option checks, failures
+ * in luv's convention, errno names, file-type names, hex digits, metatables and handles, registry references,
+ * the main thread, the UTF-8 locale. */
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -75,6 +76,58 @@ void ferry_new_class(lua_State *L, const char *name, const luaL_Reg *meta, const
     }
   }
   lua_pop(L, 1);
+}
+
+void ferry_new_handle_class(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods) {
+  if (luaL_newmetatable(L, name)) {
+    luaL_setfuncs(L, meta, 0);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "methods");
+  }
+  lua_pop(L, 1);
+}
+
+int ferry_push_method(lua_State *L, const char *k) {
+  luaL_getmetafield(L, 1, "methods");
+  lua_getfield(L, -1, k);
+  return 1;
+}
+
+void **ferry_push_handle(lua_State *L, void *p, const char *mt) {
+  void **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = p;
+  luaL_setmetatable(L, mt);
+  return ud;
+}
+
+void ferry_unref(lua_State *L, int *ref) {
+  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
+}
+
+const char *ferry_opt_string(lua_State *L, int opts, const char *fn, const char *field) {
+  int t = lua_getfield(L, opts, field);
+  const char *s = NULL;
+  if (t == LUA_TSTRING)
+    s = lua_tostring(L, -1); /* the options table keeps it alive */
+  else if (t != LUA_TNIL)
+    luaL_error(L, "%s: opts.%s must be a string, got %s", fn, field, luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return s;
+}
+
+uint64_t ferry_opt_uint(lua_State *L, int opts, const char *fn, const char *field, uint64_t dflt) {
+  int t = lua_getfield(L, opts, field);
+  uint64_t v = dflt;
+  if (t != LUA_TNIL) {
+    int isnum;
+    lua_Number n = lua_tonumberx(L, -1, &isnum);
+    if (!isnum || !(n >= 0) || n > 1e15) luaL_error(L, "%s: opts.%s must be a number >= 0", fn, field);
+    v = (uint64_t)n;
+  }
+  lua_pop(L, 1);
+  return v;
 }
 
 lua_State *ferry_main_thread(lua_State *L) {

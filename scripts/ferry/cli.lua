@@ -11,7 +11,7 @@ usage: ferry VERB [ARGS...]
   run SCRIPT.lua [ARGS...]   run a Lua script (arg as in lua); ferry is preloaded as require "ferry"
   -e CODE                    run a Lua chunk
   repl [-p PROVIDER]         interactive Lua with ferry loaded (`sb` opened on PROVIDER)
-  exec -p PROVIDER [--cwd DIR] [--env K=V]... [--timeout SEC] [--stdin FILE|-] -- CMD [ARG...]
+  exec -p PROVIDER [--cwd DIR] [--env K=V]... [--env-file FILE] [--timeout SEC] [--stdin FILE|-] -- CMD ...
                              run a command in the sandbox, streaming its output; exit with its code
   put -p PROVIDER LOCAL REMOTE               copy a file into the sandbox
   get -p PROVIDER [--max-bytes N] REMOTE LOCAL  copy a file out of the sandbox
@@ -32,7 +32,7 @@ usage: ferry VERB [ARGS...]
   --version                  print the version
   --help, help [VERB]        this text, or a verb's
 
-Exit codes: 0 ok, 1 failed, 2 usage, 3 restore finished with conflicts, 124 timeout.
+Exit codes: 0 ok, 1 failed, 2 usage, 3 restore finished with conflicts, 124 timeout, 128+N signal N.
 ]]
 
 -- The file defining each verb. Each loads on demand: an error in one (a broken FERRY_PATH override, say)

@@ -6,14 +6,13 @@
 -- length: the sandbox counts what it read or wrote with `tee /dev/fd/5 | wc -c` in the same command and
 -- reports it in a status line after the data ("::ferry:: rc=N\nCOUNT"), which the client strips.
 --
--- The framing and the encodings are in ferry.transfer.
+-- The framing and the encodings are in ferry.transfer. On a channel with stdin every command runs under the
+-- wrapper of ferry.channel: its environment travels on stdin (never on a command line), it runs in a process
+-- group of its own, and closing its stdin stops it inside the sandbox (a timeout, an interrupt, a dead ferry).
 --
--- A provider (providers/<name>.lua, M.open(arg, opts) -> provider | nil, err, code) has: name, caps =
--- {stdin, binary}, default_remote_dir, scratch_dir (where chunked uploads are staged; default /tmp),
--- provider:command(script) -> argv running `sh -c script`, provider:close(). A provider that is not a plain
--- argv per command (e.g. one long-lived shell) also defines provider:exec(script, popts) -> a ferry.proc.run
--- result, where popts holds stdin (string or reader), on_stdout, on_stderr, timeout_ms, kill_grace_ms,
--- max_output, on_spawn; the client then sends every command through it.
+-- A provider (providers/<name>.lua: scripts/README.md "Writing a provider") gives provider:command(script), an
+-- argv running `sh -c script`, or provider:exec(script, popts) (then every command goes through it).
+local channel = require "ferry.channel"
 local core = require "ferry.core"
 local proc = require "ferry.proc"
 local policy = require "ferry.policy"
@@ -26,7 +25,6 @@ local M = {}
 
 local RAW_CHUNK = 72 * 1024  -- encodes to exactly 96 KiB of base64: one command each without stdin
 local READ_BLOCK = 256 * 1024
-local BUILTIN_ORDER = { "local", "bwrap", "cmd" }
 
 -- Exit codes the operation scripts use to say what is wrong before any data moved.
 local ENOENT, EISDIR, ESHORT, EFBIG, ENOTDIR = scripts.ENOENT, scripts.EISDIR, scripts.ESHORT, scripts.EFBIG,
@@ -87,34 +85,48 @@ function Sandbox:watch(fn)
   return function() self.watchers[watcher] = nil end
 end
 
--- Run one full script through the provider.
+-- Run one full script: through provider:exec, under the wrapper of ferry.channel (stdin: popts.env, the
+-- sandbox command's environment, and popts.stdin travel on it), or as `sh -c script` without stdin.
+-- Watchers see the argv (nil for provider:exec) and the script it runs with `sh -c` (the wrapper's).
 function Sandbox:run_script(script, popts)
-  local argv = self.provider.command and self.provider:command(script)
-  for watcher in pairs(self.watchers) do watcher.fn(argv, script) end
-  if self.on_exec then self.on_exec(argv, script) end
+  local provider, env = self.provider, popts.env
+  local argv, shown, run = nil, script, function() return provider:exec(script, popts) end
+  if not provider.exec then
+    popts.env = nil -- never the local process's environment
+    if self.caps.stdin then
+      argv, shown, run = channel.prepare_run(provider, script, popts, env, self:is_binary())
+    else
+      argv = provider:command(script)
+      popts.argv = argv
+      run = function() return proc.run(popts) end
+    end
+  end
+  for watcher in pairs(self.watchers) do watcher.fn(argv, shown) end
+  if self.on_exec then self.on_exec(argv, shown) end
   if self.log then self.log("debug", self.name .. ": " .. script:sub(1, 200)) end
-  if self.provider.exec then return self.provider:exec(script, popts) end
-  popts.argv = argv
-  return proc.run(popts)
+  return run()
 end
 
 local function run_opts(opts, extra)
   local p = {
     timeout_ms = opts.timeout_ms, kill_grace_ms = opts.kill_grace_ms, on_stderr = opts.on_stderr,
-    on_spawn = opts.on_spawn, max_output = opts.max_output,
+    on_spawn = opts.on_spawn, max_output = opts.max_output, env = opts.env,
   }
   for k, v in pairs(extra) do p[k] = v end
   return p
 end
 
 --- Run a shell script (string) or an argv (list, quoted with sh.join) in the sandbox, cwd / unless opts.cwd.
---- Returns the ferry.proc.run result. opts: stdin (string or reader), env, cwd, timeout_ms (kills the
---- command's process group), kill_grace_ms, max_output, on_stdout, on_stderr.
+--- Returns the ferry.proc.run result. opts: stdin (string or reader), env (NAME = string or number, false
+--- unsets; the values travel on the command's stdin, never on a command line), cwd, timeout_ms (stops the
+--- command's process group in the sandbox: its stdin closes, then TERM, KILL after kill_grace_ms),
+--- kill_grace_ms, max_output, on_stdout, on_stderr.
 ---@param cmd string|string[]
 ---@param opts table|nil
 ---@return table|nil result, string|nil err, string|nil code
 function Sandbox:exec(cmd, opts)
   opts = opts or {}
+  channel.check_exec(opts, self.caps.stdin or self.provider.exec ~= nil, self.name)
   local script
   if type(cmd) == "table" then
     script = core.sh_join(cmd)
@@ -130,7 +142,7 @@ function Sandbox:exec(cmd, opts)
     })
   end
   return self:run_script(prelude(opts) .. script,
-    run_opts(opts, { stdin = opts.stdin, on_stdout = opts.on_stdout }))
+    run_opts(opts, { stdin = opts.stdin, on_stdout = opts.on_stdout, stream_stdin = true }))
 end
 
 -- Run a wrapped script with the status line parsed off its stdout. Returns the result (code = the script's
@@ -265,8 +277,9 @@ function Sandbox:write(path, data, opts)
   local what = "write " .. path
   local res, err, code = self:pipe_in(scripts.write(path, tmp, size, opts.mode), data,
     { on_progress = opts.on_progress, timeout_ms = opts.timeout_ms, what = what })
-  if not res or (not size and res.code ~= 0) then
-    self:run_script(prelude({}) .. "rm -f " .. word(tmp), {}) -- the script could not clean up: best effort
+  if not res or res.code ~= 0 or res.timed_out then
+    -- the script may not have cleaned up (a reader without size, a stopped command): best effort
+    self:run_script(prelude({}) .. "rm -f " .. word(tmp), { cleanup = true })
   end
   if not res then return nil, err, code end
   if res.code == ENOENT then return nil, path .. ": no such directory " .. dir, "ENOENT" end
@@ -426,27 +439,6 @@ function Sandbox:close()
   if self.provider.close then self.provider:close() end
 end
 
-local function known_providers()
-  local listed = {}
-  for _, p in ipairs(policy.list("providers")) do listed[p.name] = true end
-  local names = {}
-  for _, n in ipairs(BUILTIN_ORDER) do
-    if listed[n] then
-      names[#names + 1] = n
-      listed[n] = nil
-    end
-  end
-  local rest = {}
-  for n in pairs(listed) do rest[#rest + 1] = n end
-  table.sort(rest)
-  table.move(rest, 1, #rest, #names + 1, names)
-  for i, n in ipairs(names) do
-    local ok, mod = pcall(policy.load, "providers", n)
-    names[i] = ok and type(mod) == "table" and mod.usage or n
-  end
-  return table.concat(names, ", ")
-end
-
 --- Open a sandbox on a provider string: "local", "bwrap:DIR", "cmd:ARGV...", or any provider found by
 --- ferry.policy ("NAME" or "NAME:ARG").
 --- opts: caps (overrides what the provider declares, e.g. {binary=false} to force base64), on_exec(argv,
@@ -467,7 +459,7 @@ function M.open(spec, opts)
   if not mod and lcode and lcode ~= "ENOENT" then return nil, "provider '" .. name .. "': " .. lerr, lcode end
   if not mod then
     return nil, string.format("unknown provider '%s': known providers are %s (see ferry providers)",
-      name or spec, known_providers()), "EINVAL"
+      name or spec, policy.known("providers", { "local", "bwrap", "cmd" })), "EINVAL"
   end
   local provider, err, code = mod.open(arg, opts)
   if not provider then return nil, err, code end

@@ -1,8 +1,15 @@
 --- ferry.install: the adapter's CLI in the sandbox. The sync command runs a check line (M.check_line: the
 -- detect probe, or the marker of an earlier install) and prints what it found on stderr (M.reported);
 -- when the CLI is missing and the adapter has an install command, one more command runs it (M.run) under
--- a lock dir in the runtime dir, so racing prepares install once. A failed, timed-out or blocked install
--- is a warning (the tail of its output), never an error.
+-- a lock in the runtime dir, so racing prepares install once. A failed, timed-out or blocked install is a
+-- warning (the tail of its output), never an error. With a detect probe, only the probe says the CLI is
+-- there: "present" when it passes, and after an install that exited 0 "installed" only when it passes then.
+--
+-- The lock is `flock` on <runtime>/install.flock when the sandbox has flock (the kernel releases it when its
+-- holder dies, in any pid namespace), else the directory <runtime>/install.lock whose holder writes the time
+-- (date +%s) into its `beat` file every M.HEARTBEAT_S seconds: a beat older than M.STALE_S seconds, or none
+-- 2 s after the directory appeared, is a holder that died, and a waiter breaks the lock (one at a time,
+-- under <runtime>/install.lock.break). A pid would not do: each bwrap command has its own pid namespace.
 local core = require "ferry.core"
 local remote = require "ferry.remote"
 
@@ -10,6 +17,9 @@ local M = {}
 
 --- How long the install command may run (and a racing prepare wait for the lock), in ms.
 M.TIMEOUT_MS = 300000
+--- The fallback lock's heartbeat, and the age of a beat that means its holder died, in seconds.
+M.HEARTBEAT_S = 5
+M.STALE_S = 20
 
 local q = core.sh_quote
 
@@ -21,9 +31,42 @@ local function detect_test(adapter)
   return adapter.detect and "command -v " .. q(adapter.detect) .. " >/dev/null 2>&1"
 end
 
--- The install command: detect, else take the lock (waiting at most wait_s for a racing prepare; a lock
--- whose holder died is broken), detect again or see the marker of an install made meanwhile, else install
--- and mark. Prints one "ferry-install: present|missing|lock-timeout|rc=N" line last.
+-- Take the install lock (see the top), waiting at most wait_s; prints "ferry-install: lock-timeout" and
+-- exits when it could not.
+local function lock_lines(wait_s)
+  return {
+    "if command -v flock >/dev/null 2>&1; then",
+    '  exec 9> "$ferry_rt/install.flock" || exit 1',
+    "  flock -w " .. wait_s .. ' 9 || { echo "ferry-install: lock-timeout"; exit 0; }',
+    "else",
+    '  ferry_lock="$ferry_rt/install.lock" ferry_waited=0',
+    '  while ! mkdir "$ferry_lock" 2>/dev/null; do',
+    '    ferry_beat=$(cat "$ferry_lock/beat" 2>/dev/null) ferry_now=$(date +%s)',
+    '    if { [ -n "$ferry_beat" ] && [ $((ferry_now - ferry_beat)) -gt ' .. M.STALE_S .. ' ]; } || '
+      .. '{ [ -z "$ferry_beat" ] && [ "$ferry_waited" -ge 2 ]; }; then',
+    '      if mkdir "$ferry_lock.break" 2>/dev/null; then',
+    '        [ "$(cat "$ferry_lock/beat" 2>/dev/null)" = "$ferry_beat" ] && rm -rf "$ferry_lock"',
+    '        rmdir "$ferry_lock.break"',
+    "        continue",
+    "      fi",
+    "    fi",
+    '    if [ "$ferry_waited" -ge ' .. wait_s .. ' ]; then echo "ferry-install: lock-timeout"; exit 0; fi',
+    "    sleep 1; ferry_waited=$((ferry_waited + 1))",
+    "  done",
+    '  date +%s > "$ferry_lock/beat"',
+    "  ( while kill -0 $$ 2>/dev/null; do sleep " .. M.HEARTBEAT_S
+      .. '; date +%s > "$ferry_lock/beat.new" && mv -f "$ferry_lock/beat.new" "$ferry_lock/beat"; done )'
+      .. " </dev/null >/dev/null 2>&1 &",
+    "  ferry_hb=$!",
+    "  trap 'kill \"$ferry_hb\" 2>/dev/null; rm -rf \"$ferry_lock\"' EXIT",
+    "  trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM",
+    "fi",
+  }
+end
+
+-- The install command: detect, else take the lock, detect again or see the marker of an install made
+-- meanwhile (adapters without detect only), else install, then detect once more. Prints one
+-- "ferry-install: present|missing|lock-timeout|rc=N|undetected" line last.
 local function install_script(adapter, runtime_dir, wait_s)
   local detect = detect_test(adapter)
   local install = adapter.install
@@ -33,29 +76,17 @@ local function install_script(adapter, runtime_dir, wait_s)
     lines[#lines + 1] = "echo 'ferry-install: missing'; exit 0"
     return table.concat(lines, "\n")
   end
-  local already = '[ -e "$ferry_mark" ]'
-  if detect then already = detect .. ' || [ "$ferry_mark" -nt "$ferry_since" ]' end
+  lines[#lines + 1] = "ferry_rt=" .. q(runtime_dir) .. " ferry_mark=" .. q(marker_path(adapter, runtime_dir))
+  lines[#lines + 1] = 'mkdir -p "$ferry_rt" || exit 1'
+  for _, line in ipairs(lock_lines(wait_s)) do lines[#lines + 1] = line end
+  local already = detect or '[ -e "$ferry_mark" ]'
+  local verified = detect and ("if " .. detect .. "; then : > \"$ferry_mark\"; echo 'ferry-install: rc=0'; "
+    .. "else echo 'ferry-install: undetected'; fi") or ': > "$ferry_mark"; echo "ferry-install: rc=0"'
   for _, line in ipairs {
-    "ferry_rt=" .. q(runtime_dir) .. " ferry_mark=" .. q(marker_path(adapter, runtime_dir)),
-    'ferry_lock="$ferry_rt/install.lock" ferry_since="$ferry_rt/.install-wait.$$"',
-    'mkdir -p "$ferry_rt" && : > "$ferry_since" || exit 1',
-    "ferry_waited=0",
-    'while ! mkdir "$ferry_lock" 2>/dev/null; do',
-    '  ferry_pid=$(cat "$ferry_lock/pid" 2>/dev/null)',
-    -- a lock whose holder died (a prepare killed mid-install) is broken
-    '  if [ -n "$ferry_pid" ] && ! kill -0 "$ferry_pid" 2>/dev/null; then rm -rf "$ferry_lock"; continue; fi',
-    '  if [ "$ferry_waited" -ge ' .. wait_s .. ' ]; then rm -f "$ferry_since"; echo "ferry-install: lock-timeout";'
-      .. " exit 0; fi",
-    "  sleep 1; ferry_waited=$((ferry_waited + 1))",
-    "done",
-    'echo $$ > "$ferry_lock/pid"',
-    "trap 'rm -rf \"$ferry_lock\" \"$ferry_since\"' EXIT",
-    "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM",
     "if " .. already .. "; then echo 'ferry-install: present'; exit 0; fi",
-    "(\n" .. install .. "\n) </dev/null 2>&1",
+    "(\n" .. install .. "\n) </dev/null 9>&- 2>&1",
     "ferry_rc=$?",
-    'if [ "$ferry_rc" -eq 0 ]; then : > "$ferry_mark"; fi',
-    'echo "ferry-install: rc=$ferry_rc"',
+    'if [ "$ferry_rc" -eq 0 ]; then ' .. verified .. '; else echo "ferry-install: rc=$ferry_rc"; fi',
   } do
     lines[#lines + 1] = line
   end
@@ -85,6 +116,11 @@ local function outcome(adapter, res, output, timeout_ms, wait_s)
   end
   local marker = output:match("ferry%-install: ([%w=%-]+)%s*$")
   if marker == "present" then return { status = "present" } end
+  if marker == "undetected" then
+    local why = remote.tail((output:gsub("ferry%-install: undetected%s*$", "")))
+    return { installed = false, status = "failed", warning = "install exited 0 but " .. adapter.detect
+      .. " is still not in the sandbox" .. (why ~= "" and ": " .. why or "") }
+  end
   if marker == "missing" then return { status = "missing", warning = missing_warning(adapter) } end
   if marker == "lock-timeout" then
     return { installed = false, status = "failed",

@@ -187,4 +187,25 @@ function M.check(kind)
   return out
 end
 
+--- The names of every policy file of a kind, `first` in that order then the rest sorted, as one line for an
+--- error message: each name replaced by its file's `usage` when it has one ("bwrap:DIR").
+---@param kind string
+---@param first string[]|nil
+---@return string
+function M.known(kind, first)
+  local listed, names, rest = {}, {}, {}
+  for _, p in ipairs(M.list(kind)) do listed[p.name] = true end
+  for _, n in ipairs(first or {}) do
+    if listed[n] then names[#names + 1], listed[n] = n, nil end
+  end
+  for n in pairs(listed) do rest[#rest + 1] = n end
+  table.sort(rest)
+  table.move(rest, 1, #rest, #names + 1, names)
+  for i, n in ipairs(names) do
+    local ok, mod = pcall(M.load, kind, n)
+    names[i] = ok and type(mod) == "table" and type(mod.usage) == "string" and mod.usage or n
+  end
+  return table.concat(names, ", ")
+end
+
 return M

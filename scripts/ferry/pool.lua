@@ -29,7 +29,7 @@ function M.run(items, jobs, fn, on_done)
 
   -- A worker takes the next item until none is left: `jobs` workers make the semaphore.
   local function worker()
-    while next_index <= #items do
+    while next_index <= #items and not task.interrupted() do -- after SIGINT/SIGTERM no item starts
       local i = next_index
       next_index = i + 1
       running = running + 1

@@ -10,10 +10,12 @@
 --   {"event":"message","phase":"install","level":"warn","message":"..."}   p:event{level=, message=}
 --   {"event":"result", ...}                                      p:finish(result): the last line
 -- With `tty`, a one-line bar on `err` redrawn with "\r" (phase, percent, bytes, rate, ETA); each phase
--- leaves its final line. Colour unless no_color (default: the NO_COLOR environment variable is set and
--- not empty). Otherwise only warnings and errors are printed, on `err`. Everything written passes
--- through `redact`.
+-- leaves its final line. Colour only on a terminal (`tty`) and unless no_color (default: the NO_COLOR
+-- environment variable is set and not empty). Otherwise only warnings and errors are printed, on `err`.
+-- Everything written passes through `redact`, then ferry.printable (text for the terminal, json for events):
+-- a message quoting the sandbox never reaches the terminal raw.
 local cjson = require "cjson"
+local printable = require "ferry.printable"
 local redact = require "ferry.redact"
 
 local M = {}
@@ -46,12 +48,10 @@ local function key_before(a, b)
   return a < b
 end
 
-local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n", ["\r"] = "\\r",
-  ["\t"] = "\\t" }
-
--- Like lua-cjson's, without escaping '/' (paths read better); bytes >= 0x80 pass through as they are.
+-- Like lua-cjson's, without escaping '/' (paths read better); control characters, C1 controls and bytes that
+-- are not UTF-8 as \uXXXX (ferry.printable.json).
 local function encode_string(s)
-  return '"' .. s:gsub('[%c"\\]', function(c) return ESCAPES[c] or string.format("\\u%04x", c:byte()) end) .. '"'
+  return '"' .. printable.json(s) .. '"'
 end
 
 local encode
@@ -159,7 +159,7 @@ local function visible_length(text)
 end
 
 function Progress:draw(done)
-  local text = self.redact(self:bar_text(done))
+  local text = self.redact(self:bar_text(done)) -- phase names and figures only: nothing from the sandbox
   local length = visible_length(text)
   local pad = math.max(self.drawn - length, 0)
   self.err:write("\r", text, string.rep(" ", pad), done and "\n" or "")
@@ -256,8 +256,8 @@ function Progress:event(tbl)
   local message = tbl.message ~= nil and tostring(tbl.message) or M.encode(tbl)
   local redrawn = self.tty and self.drawn > 0
   if self.tty then self:clear_bar() end
-  self.err:write(self.redact("ferry: " .. paint(self, label == "error" and "31" or "33", label) .. ": " .. message),
-    "\n")
+  self.err:write("ferry: ", paint(self, label == "error" and "31" or "33", label), ": ",
+    printable.text(self.redact(message)), "\n")
   if redrawn then self:draw(false) end
 end
 
@@ -276,7 +276,8 @@ function Progress:finish(result)
 end
 
 --- A progress reporter. opts: json, tty (booleans), out (default io.stdout; JSON lines), err (default
---- io.stderr; bar and warnings), redact (string -> string), no_color (default: NO_COLOR is set),
+--- io.stderr; bar and warnings), redact (string -> string), no_color (default: NO_COLOR is set; colour is
+--- only ever written with tty),
 --- now (seconds, default a monotonic clock), interval (seconds between updates of a phase, 0.1).
 ---@param opts table|nil
 function M.new(opts)
@@ -293,7 +294,7 @@ function M.new(opts)
     out = opts.out or io.stdout,
     err = opts.err or io.stderr,
     redact = redact_fn,
-    color = not no_color,
+    color = opts.tty and not no_color or false,
     now = opts.now or default_now(),
     interval = opts.interval or 0.1,
     drawn = 0,

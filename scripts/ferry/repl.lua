@@ -82,7 +82,7 @@ function M.main(args)
     end
     local sb, err = open(args[2])
     if not sb then
-      io.stderr:write("ferry: ", err, "\n")
+      io.stderr:write("ferry: ", require("ferry.printable").text(err), "\n")
       return 1
     end
     _G.sb = sb

@@ -5,14 +5,24 @@
 -- The shell runs BOOT (below) as `sh -c`, so the shell itself never reads its stdin: only `read` (one byte
 -- at a time) and `dd iflag=fullblock` (exactly the bytes asked) do, so nothing can desynchronise the stream.
 -- (busybox `head -c N` reads past N on a pipe; dd does not.) Per command the host sends
---   "<script bytes, or -lines> <has stdin 0|1> <marker> <timeout s|0> <grace s>\n" <script>
+--   "<script bytes, or -lines> <has stdin 0|1> <marker> <timeout s|0> <grace, 0.1 s> <env lines>\n" <script>
+--   <env lines: shell text setting the command's environment, see ferry.channel>
 --   [ "<n>\n" <n bytes> ... "0\n" ]            stdin, staged in a scratch file before the command starts
 -- and the shell answers "\n<marker> <exit code> <timed out 0|1>\n" on stdout and "\n<marker>\n" on stderr
 -- after the command's own output; exactly that one newline before the marker is stripped.
--- The command runs as `sh -c SCRIPT` with stdin from the scratch file or /dev/null. With a timeout it runs
--- in the background as `setsid sh -c SCRIPT` (its own process group) and a watchdog inside the sandbox
--- signals that group (TERM, then KILL after the grace period): a kill sent through a second provider command
--- would not reach a bwrap sandbox, whose processes live in their own pid namespace.
+-- The command runs as `setsid sh -c SCRIPT` (a process group of its own; in the foreground, so its signals
+-- are not ignored as an asynchronous command's SIGINT would be) with stdin from the scratch file or
+-- /dev/null; its environment comes in the variable ferry_x of its own environment and is applied by its
+-- shell, so no value is on a command line in the sandbox. While it runs, a watcher reads the session's
+-- stdin: a line or EOF (the host closed the session: ferry was interrupted, or died) stops the command's
+-- group (ferry.channel's ferry_stop: TERM, then KILL after the grace period); with a timeout a watchdog
+-- inside the sandbox does the same after it: a kill sent through a second provider command would not reach a
+-- bwrap sandbox, whose processes live in their own pid namespace. A line that is not a header is skipped.
+-- The shell's own stderr is /dev/null (a shell reports "Terminated" for a child a signal ended); the
+-- command and the framing have the real one (saved as fd 4). The shell outlives TERM, HUP and INT (caught:
+-- the command starts with its defaults) so that its watcher still finds the command as its child; EOF on
+-- its stdin ends it, after the command.
+local channel = require "ferry.channel"
 local core = require "ferry.core"
 local task = require "ferry.task"
 local util = require "ferry.util"
@@ -23,15 +33,19 @@ local STDIN_CHUNK = 256 * 1024
 local DEFAULT_GRACE_MS = 2000
 local DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 local BACKSTOP_MS = 10000 -- past timeout + grace, the host gives up on the sandbox's watchdog
-local CLOSE_GRACE_MS = 2000
+local CLOSE_GRACE_MS = DEFAULT_GRACE_MS + 1000 -- the shell's watcher stops a running command within the grace
 local LINE_MODE_MAX = 8192 -- a script this short is sent as lines the shell reads itself (no dd process)
 
 local BOOT = [[
-ferry_tmp=%s/.ferry-session-$$
+ferry_tmp=%s/.ferry-session-%s
 ferry_ss=
 command -v setsid >/dev/null 2>&1 && ferry_ss=setsid
 ferry_take() { [ "$1" -gt 0 ] || return 0; dd bs="$1" count=1 iflag=fullblock 2>/dev/null; }
-while IFS=' ' read -r ferry_sl ferry_in ferry_mk ferry_to ferry_gr; do
+%s
+trap : TERM HUP INT
+exec 3<&0 4>&2 2>/dev/null
+while IFS=' ' read -r ferry_sl ferry_in ferry_mk ferry_to ferry_gr ferry_ne; do
+  case $ferry_sl in ''|*[!0-9-]*) continue ;; esac
   if [ "$ferry_sl" -lt 0 ]; then
     ferry_s= ferry_k=$((-ferry_sl))
     while [ "$ferry_k" -gt 0 ]; do
@@ -44,34 +58,38 @@ while IFS=' ' read -r ferry_sl ferry_in ferry_mk ferry_to ferry_gr; do
     ferry_s=$(ferry_take "$ferry_sl" && echo x) || exit 96
     ferry_s=${ferry_s%%x}
   fi
+  ferry_x= ferry_k=${ferry_ne:-0}
+  while [ "$ferry_k" -gt 0 ]; do
+    IFS= read -r ferry_l || exit 96
+    ferry_x="$ferry_x$ferry_l
+"
+    ferry_k=$((ferry_k - 1))
+  done
   ferry_src=/dev/null
   if [ "$ferry_in" = 1 ]; then
     ferry_src=$ferry_tmp
     { while IFS= read -r ferry_n && [ "$ferry_n" -gt 0 ]; do ferry_take "$ferry_n" || exit 97; done; } \
       > "$ferry_tmp" || exit 97
   fi
+  ( trap '' TERM HUP INT; IFS= read -r ferry_l; ferry_stop "$ferry_gr" ) <&3 >/dev/null 2>&1 4>&- &
+  ferry_k=$!
   ferry_w=
-  if [ "$ferry_to" = 0 ]; then
-    sh -c "$ferry_s" sh < "$ferry_src"
-    ferry_rc=$?
-  else
-    $ferry_ss sh -c "$ferry_s" sh < "$ferry_src" &
-    ferry_p=$!
+  if [ "$ferry_to" != 0 ]; then
     rm -f "$ferry_tmp.to"
-    ( sleep "$ferry_to"; : > "$ferry_tmp.to"; kill -TERM -"$ferry_p" 2>/dev/null || kill -TERM "$ferry_p"
-      sleep "$ferry_gr"; kill -KILL -"$ferry_p" 2>/dev/null || kill -KILL "$ferry_p" ) </dev/null >/dev/null 2>&1 &
+    ( sleep "$ferry_to"; : > "$ferry_tmp.to"; ferry_stop "$ferry_gr" ) </dev/null >/dev/null 2>&1 3<&- 4>&- &
     ferry_w=$!
-    wait "$ferry_p" 2>/dev/null
-    ferry_rc=$?
   fi
+  ( export ferry_x; exec 2>&4 3<&- 4>&- < "$ferry_src"; exec $ferry_ss sh -c "$ferry_s" sh )
+  ferry_rc=$? ferry_x=
+  kill -KILL "$ferry_k" 2>/dev/null; wait "$ferry_k" 2>/dev/null
   ferry_t=0
   if [ -n "$ferry_w" ]; then
     kill "$ferry_w" 2>/dev/null; wait "$ferry_w" 2>/dev/null
     [ -e "$ferry_tmp.to" ] && ferry_t=1
   fi
-  rm -f "$ferry_tmp" "$ferry_tmp.to"
+  if [ "$ferry_in" = 1 ] || [ -n "$ferry_w" ]; then rm -f "$ferry_tmp" "$ferry_tmp.to"; fi
   printf '\n%%s %%d %%d\n' "$ferry_mk" "$ferry_rc" "$ferry_t"
-  printf '\n%%s\n' "$ferry_mk" >&2
+  printf '\n%%s\n' "$ferry_mk" >&4
 done
 ]]
 
@@ -152,7 +170,7 @@ function Session:start()
   local gen = {}
   self.gen = gen
   local handle, err, code = core.proc_start({
-    argv = argv, stdin = true,
+    argv = argv, stdin = true, eof_first = true,
     on_stdout = function(c) if self.gen == gen and self.cur then self.cur.on_out(c) end end,
     on_stderr = function(c)
       if self.gen ~= gen then return end
@@ -210,18 +228,11 @@ local function send(handle, header, script, stdin)
   return write(handle, "0\n")
 end
 
--- The script with popts.cwd and popts.env applied, as the non-session path would (proc.run's cwd/env).
+-- The script with popts.cwd applied, as the non-session path would (proc.run's cwd), after the line that
+-- applies the environment (ferry.channel).
 local function with_context(script, popts)
-  local pre = {}
-  if popts.cwd then pre[#pre + 1] = "cd " .. core.sh_quote(popts.cwd) .. " || exit 1" end
-  if popts.env then
-    local names = {}
-    for k in pairs(popts.env) do names[#names + 1] = k end
-    table.sort(names)
-    for _, k in ipairs(names) do pre[#pre + 1] = "export " .. k .. "=" .. core.sh_quote(tostring(popts.env[k])) end
-  end
-  if #pre == 0 then return script end
-  return table.concat(pre, "\n") .. "\n" .. script
+  local cd = popts.cwd and "cd " .. core.sh_quote(popts.cwd) .. " || exit 1\n" or ""
+  return channel.APPLY_ENV .. cd .. script
 end
 
 local function seconds(ms) return string.format("%.3f", ms / 1000) end
@@ -269,8 +280,10 @@ function Session:run(script, popts)
     if script:sub(-1) ~= "\n" then script = script .. "\n" end
     size = -select(2, script:gsub("\n", ""))
   end
-  local header = string.format("%d %d %s %s %s\n", size, popts.stdin ~= nil and 1 or 0, marker,
-    timeout > 0 and seconds(timeout) or "0", seconds(grace))
+  local env_lines = channel.env_lines(popts.env, self.binary, "exec", 4)
+  local header = string.format("%d %d %s %s %d %d\n", size, popts.stdin ~= nil and 1 or 0, marker,
+    timeout > 0 and seconds(timeout) or "0", math.max(1, math.floor(grace / 100 + 0.5)), #env_lines)
+  if #env_lines > 0 then script = script .. table.concat(env_lines, "\n") .. "\n" end
   if popts.on_spawn then popts.on_spawn(self.pid, started_at, self.handle) end
   local handle = self.handle
   local sent, serr = send(handle, header, script, popts.stdin)
@@ -325,8 +338,11 @@ end
 function Session:exec(script, popts)
   popts = popts or {}
   if self.closed then return nil, "session to " .. self.name .. ": closed", "EPIPE" end
+  task.check_interrupted()
+  local interrupts = task.interrupts()
   self:lock()
   local ok, res, err, code = pcall(function()
+    task.check_interrupted() -- waited for the lock while ferry was interrupted
     if not self.alive then
       local started, serr, scode = self:start()
       if not started then return nil, serr, scode end
@@ -335,6 +351,7 @@ function Session:exec(script, popts)
   end)
   self:unlock()
   if not ok then error(res, 0) end
+  if task.interrupts() ~= interrupts then task.check_interrupted() end
   return res, err, code
 end
 
@@ -367,7 +384,9 @@ function M.wrap(provider, opts)
   end
   local s = setmetatable({
     provider = provider, name = provider.name or "sandbox", on_exec = opts.on_exec, queue = {}, starts = 0,
-    boot = string.format(BOOT, core.sh_quote(provider.scratch_dir or "/tmp")),
+    boot = string.format(BOOT, core.sh_quote(provider.scratch_dir or "/tmp"), util.unique_hex(16),
+      channel.STOP_FUNCTION),
+    binary = provider.caps == nil or provider.caps.binary ~= false,
   }, Session)
   local inner_close = provider.close
   provider.session = s

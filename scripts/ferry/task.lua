@@ -19,6 +19,9 @@ local Task = {}
 Task.__index = Task
 
 local by_co = setmetatable({}, { __mode = "k" })
+local interrupted        -- the name of the signal that interrupted ferry (M.interrupt), or nil
+local interrupts = 0     -- how many interrupts came: a blocking call compares it before and after
+local sleepers = {}      -- wake functions of the tasks in M.sleep: an interrupt ends their sleep
 local unfinished = 0
 local unobserved_failures = {} -- failed tasks nobody waited for: drain() reports them
 
@@ -139,9 +142,54 @@ function M.wait(tasks)
   return out
 end
 
---- Sleep `ms` milliseconds (yields the task).
+local INTERRUPT = {} -- what an interrupt wakes a sleeper with
+
+--- The name of the signal ("SIGINT", "SIGTERM", ...) that interrupted this process, or nil. A signal that
+--- arrived and was not handled yet by the loop counts (core.signal_pending).
+---@return string|nil
+function M.interrupted()
+  return interrupted or (core.signal_pending and core.signal_pending()) or nil
+end
+
+--- The number of interrupts so far; a blocking call that sees it change was interrupted.
+---@return integer
+function M.interrupts()
+  return interrupts
+end
+
+--- Raise "interrupted (<signal>)" when this process was interrupted.
+function M.check_interrupted()
+  local sig = M.interrupted()
+  if sig then error("interrupted (" .. sig .. ")", 0) end
+end
+
+--- Interrupt this process (core.signals_install calls it on SIGINT/SIGTERM/SIGHUP, after telling every child
+--- to stop): from now on M.interrupted() names the signal, sleeping tasks raise "interrupted (<signal>)",
+--- and a process or sandbox command that was running raises the same once it has ended (ferry.proc, the
+--- session), so that every task unwinds through its cleanup and no command is left running.
+---@param signal string
+function M.interrupt(signal)
+  interrupted = signal
+  interrupts = interrupts + 1
+  local woken = sleepers
+  sleepers = {}
+  for wake in pairs(woken) do wake(INTERRUPT) end
+end
+
+--- Sleep `ms` milliseconds (yields the task); raises "interrupted (<signal>)" when an interrupt comes.
 function M.sleep(ms)
-  M.await(function(wake) core.timer(math.floor(ms), wake) end)
+  M.check_interrupted()
+  local timer, waker
+  local why = M.await(function(wake)
+    waker = wake
+    sleepers[wake] = true
+    timer = core.timer(math.floor(ms), wake)
+  end)
+  sleepers[waker] = nil
+  if why == INTERRUPT then
+    timer:stop()
+    M.check_interrupted()
+  end
 end
 
 --- Run the loop until every task has finished (the binary does this after a script returns), then

@@ -1,5 +1,5 @@
 --- ferry.transfer: how the client's scripts and bytes travel through one sandbox command: the prelude every
--- script starts with (cwd, exported variables), the framing that counts the bytes a script read or wrote
+-- script starts with (cwd), the framing that counts the bytes a script read or wrote
 -- and reports them in a status line after its output ("::ferry:: rc=N\nCOUNT"), the sink that strips that
 -- line off the output (decoding base64 on the way when the channel is not 8-bit clean), and the readers that
 -- feed stdin (a string, pieces of a fixed size, base64 lines, counted).
@@ -20,23 +20,12 @@ function M.word(path)
   return q(path)
 end
 
---- The lines every script starts with: cwd (opts.cwd, default /) and the variables of opts.env exported.
+--- The line every script starts with: cd to opts.cwd (default /). The environment is not part of a script: it
+--- travels on the command's stdin (ferry.channel) or through the session.
 ---@param opts table
 ---@return string
 function M.prelude(opts)
-  local lines = { "cd " .. M.word(opts.cwd or "/") .. " || exit 1" }
-  if opts.env then
-    local names = {}
-    for k in pairs(opts.env) do
-      if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
-        error("exec: opts.env key " .. tostring(k) .. " is not a variable name", 4)
-      end
-      names[#names + 1] = k
-    end
-    table.sort(names)
-    for _, k in ipairs(names) do lines[#lines + 1] = "export " .. k .. "=" .. q(tostring(opts.env[k])) end
-  end
-  return table.concat(lines, "\n") .. "\n"
+  return "cd " .. M.word(opts.cwd or "/") .. " || exit 1\n"
 end
 
 local STATUS = "printf '" .. MARK .. "%s\\n' \"$ferry_st\"\n"

@@ -4,8 +4,9 @@
 --
 -- Rows: sb:exec('true') round trip through the bridge (median of 50) vs the backend provider in a session;
 -- a cold 50 MB / 2,000-file prepare through the bridge vs the same prepare on the backend provider directly
--- (medians of REPS interleaved repetitions); peak RSS (VmHWM) of a client process and of the server process
--- while 1 GiB streams out of a command, and while 1 GiB streams into one.
+-- (medians of REPS interleaved repetitions); the same two through the Cloudflare Worker under Node (its
+-- harness) vs a local sandbox; peak RSS (VmHWM) of a client process and of the server process while 1 GiB
+-- streams out of a command, and while 1 GiB streams into one.
 if not package.path:find("spec/?.lua", 1, true) then package.path = "spec/?.lua;" .. package.path end
 local ferry = require "ferry"
 local core = require "ferry.core"
@@ -58,9 +59,10 @@ local function round_trips(f, b, root)
 end
 
 -- One cold prepare of `ws`; the sandbox's copy is removed afterwards. Returns the milliseconds it took.
-local function cold_prepare(provider, ws, state)
+local function cold_prepare(provider, ws, state, remote_dir)
   local t0 = core.now_ms()
-  local res = assert(ferry.prepare { provider = provider, workspace = ws, state = state, delta = false })
+  local res = assert(ferry.prepare { provider = provider, workspace = ws, state = state, delta = false,
+    remote_dir = remote_dir })
   local ms = core.now_ms() - t0
   local sb = assert(ferry.open(res.provider))
   assert(sb:rm(res.remote_dir))
@@ -128,6 +130,35 @@ local function stream(f, key, root, template, out)
   if not ok then error(err, 0) end
 end
 
+-- The Cloudflare Worker under Node (its harness; sandboxes run commands on this host): round trip and a cold
+-- prepare, next to a direct local sandbox (`cmd:`, the same kind of backend).
+local function worker(f, root)
+  local missing = bridge.worker_missing()
+  if missing then
+    f.worker_missing = missing
+    return
+  end
+  local w = bridge.start { kind = "worker", root = root }
+  local ok, err = pcall(function()
+    local sb = assert(ferry.open(w:provider { name = "rtt" }))
+    assert(sb:exec("true"))
+    f.worker_exec_ms = median_ms(M.ROUND_TRIPS, function() assert(sb:exec("true")) end)
+    sb:close()
+    local dsb = assert(ferry.open("cmd:env X=1", { session = true }))
+    f.local_exec_ms = median_ms(M.ROUND_TRIPS, function() assert(dsb:exec("true")) end)
+    dsb:close()
+    local ws = root .. "/ws"
+    local through, straight = {}, {}
+    for rep = 1, M.REPS do
+      through[rep] = cold_prepare(w:provider { name = "prepare" .. rep }, ws, root .. "/worker" .. rep .. ".json")
+      straight[rep] = cold_prepare("cmd:env X=1", ws, root .. "/local" .. rep .. ".json", root .. "/direct-local")
+    end
+    f.worker_prepare_ms, f.local_prepare_ms = stats.median(through), stats.median(straight)
+  end)
+  w:stop()
+  if not ok then error(err, 0) end
+end
+
 --- Run every row; a failing part leaves error_<part> and the others still run.
 function M.run()
   local shm = core.fs_stat("/dev/shm")
@@ -140,6 +171,8 @@ function M.run()
     if not ok then f["error_" .. part[1]] = tostring(err) end
   end
   b:stop()
+  local wok, werr = pcall(worker, f, root)
+  if not wok then f.error_worker = tostring(werr) end
   for _, part in ipairs { { "out", true }, { "in", false } } do
     local ok, err = pcall(stream, f, "stream_" .. part[1], root, template, part[2])
     if not ok then f["error_stream_" .. part[1]] = tostring(err) end
@@ -170,16 +203,28 @@ function M.report(f)
       string.format("%.2f s", f.bridge_prepare_ms / 1000), string.format("%.2f s", f.direct_prepare_ms / 1000),
       string.format("%.2f", ratio), "<= 1.3" .. verdict(ratio, 1.3))
   end
+  if f.worker_exec_ms then
+    row(string.format("round trip `sb:exec('true')` through the Worker under Node (median of %d) vs a local "
+      .. "sandbox in a session", M.ROUND_TRIPS), string.format("%.1f ms", f.worker_exec_ms),
+      string.format("%.1f ms", f.local_exec_ms), string.format("%.2f", f.worker_exec_ms / f.local_exec_ms), "-")
+  end
+  if f.worker_prepare_ms then
+    row(string.format("cold prepare 50 MB / 2,000 files through the Worker under Node vs a local sandbox "
+      .. "(median of %d)", M.REPS), string.format("%.2f s", f.worker_prepare_ms / 1000),
+      string.format("%.2f s", f.local_prepare_ms / 1000),
+      string.format("%.2f", f.worker_prepare_ms / f.local_prepare_ms), "-")
+  end
+  if f.worker_missing then print("worker rows skipped: " .. f.worker_missing) end
   for _, dir in ipairs { "out", "in" } do
     local k = "stream_" .. dir
     if f[k .. "_client_mib"] then
-      row(string.format("peak RSS streaming 1 GiB %s of a command: client / server (%.0f MB/s)",
-        dir == "out" and "out" or "into", f[k .. "_mb_s"]),
+      row(string.format("peak RSS streaming 1 GiB %s a command: client / server (%.0f MB/s)",
+        dir == "out" and "out of" or "into", f[k .. "_mb_s"]),
         string.format("%.1f / %.1f MiB", f[k .. "_client_mib"], f[k .. "_server_mib"]), "-", "-",
         "<= 64 MiB each" .. verdict(math.max(f[k .. "_client_mib"], f[k .. "_server_mib"]), 64))
     end
   end
-  for _, part in ipairs { "rtt", "prepare", "stream_out", "stream_in" } do
+  for _, part in ipairs { "rtt", "prepare", "worker", "stream_out", "stream_in" } do
     if f["error_" .. part] then print(string.format("bridge %s FAILED: %s", part, f["error_" .. part])) end
   end
 end

@@ -36,11 +36,23 @@ local function write_key(path, secret)
   helpers.sh("chmod 600 '" .. path .. "'")
 end
 
+-- The server's command line: `ferry bridge serve`, or the Worker's Node harness.
+function Bridge:command()
+  local argv
+  if self.kind == "worker" then
+    argv = { "node", M.WORKER_HARNESS, "--dist", M.WORKER_DIST, "--listen", "127.0.0.1:" .. (self.port or 0), "--root",
+      self.dir, "--state", self.dir .. "/worker-state.json" }
+  else
+    argv = { helpers.ferry_bin, "bridge", "serve", "--listen", "127.0.0.1:" .. (self.port or 0),
+      "--state-dir", self.dir .. "/state", "--sandbox", self.template }
+  end
+  for id, path in pairs(self.key_files) do table.move({ "--key", id .. "=" .. path }, 1, 2, #argv + 1, argv) end
+  return argv
+end
+
 -- Start the server process; returns once its "listening" line names the port.
 function Bridge:launch()
-  local argv = { helpers.ferry_bin, "bridge", "serve", "--listen", "127.0.0.1:" .. (self.port or 0),
-    "--state-dir", self.dir .. "/state", "--sandbox", self.template }
-  for id, path in pairs(self.key_files) do table.move({ "--key", id .. "=" .. path }, 1, 2, #argv + 1, argv) end
+  local argv = self:command()
   for _, a in ipairs(self.extra or {}) do argv[#argv + 1] = a end
   self.stderr = ""
   local listening
@@ -62,13 +74,42 @@ function Bridge:launch()
   self.url = "http://127.0.0.1:" .. self.port
 end
 
---- Start a server. opts: template ("{dir}" is the server's temp dir; default M.LOCAL_TEMPLATE), extra (more
---- arguments), keys (id -> secret; default k1 and k2 with random secrets), root (where the temp dir goes,
---- default /tmp).
+-- The Cloudflare Worker under Node (providers/bridge/test/harness.mjs over the tsc output of `make worker`).
+M.WORKER_HARNESS = "providers/bridge/test/harness.mjs"
+M.WORKER_DIST = "build/worker/dist"
+
+--- Why the Worker cannot run here (nil when it can): node missing, or the Worker not built.
+function M.worker_missing()
+  local node = ferry.proc.run { argv = { "sh", "-c", "command -v node" } }
+  if not node or node.code ~= 0 then return "node is not installed (the Cloudflare Worker runs under Node)" end
+  if not core.fs_stat(M.WORKER_DIST .. "/worker.js") then
+    return "the Worker is not built: make worker (needs npm: it installs typescript into build/npm)"
+  end
+  return nil
+end
+
+--- The servers the shared specs run against: {name, start(opts), missing (why it cannot run, or nil)}.
+function M.servers()
+  return {
+    { name = "ferry bridge serve", start = M.start },
+    { name = "the Cloudflare Worker under Node", missing = M.worker_missing(),
+      start = function(opts)
+        opts = opts or {}
+        opts.kind = "worker"
+        return M.start(opts)
+      end },
+  }
+end
+
+--- Start a server. opts: kind ("ferry", default, or "worker": the Worker's Node harness), template ("{dir}"
+--- is the server's temp dir; default M.LOCAL_TEMPLATE; the Worker's sandboxes are always local ones), extra
+--- (more arguments), keys (id -> secret; default k1 and k2 with random secrets), root (where the temp dir
+--- goes, default /tmp).
 function M.start(opts)
   opts = opts or {}
   local dir = opts.root and assert(core.fs_mkdtemp(opts.root .. "/ferry-bridge-")) or helpers.tmpdir()
-  local b = setmetatable({ dir = dir, extra = opts.extra, key_files = {}, secrets = {} }, Bridge)
+  local b = setmetatable({ dir = dir, extra = opts.extra, key_files = {}, secrets = {}, kind = opts.kind or "ferry" },
+    Bridge)
   b.template = (opts.template or M.LOCAL_TEMPLATE):gsub("{dir}", dir)
   for id, secret in pairs(opts.keys or { k1 = protocol.hex(core.random_bytes(32)),
     k2 = protocol.hex(core.random_bytes(32)) }) do
@@ -133,6 +174,7 @@ function Bridge:signed(method, path, body, opts)
     body_sha256 = core.sha256(opts.sign_body or text), chain = opts.chain }))
   local headers = { "Host: " .. host, "X-Ferry-Key: " .. key, "X-Ferry-Time: " .. time, "X-Ferry-Nonce: " .. nonce,
     "X-Ferry-Signature: " .. (opts.signature or sig_hex), "Content-Type: application/json" }
+  if opts.chain then headers[#headers + 1] = "X-Ferry-Chain: " .. opts.chain end
   local expect = "Expect:"
   for _, h in ipairs(opts.headers or {}) do
     if h:lower():match("^expect:") then expect = h else headers[#headers + 1] = h end
@@ -145,6 +187,16 @@ function Bridge:signed(method, path, body, opts)
 end
 
 M.Bridge = Bridge
+
+--- Poll `fn` every 20 ms until it returns true or `ms` passed; returns whether it did.
+function M.eventually(ms, fn)
+  local deadline = core.now_ms() + ms
+  while core.now_ms() < deadline do
+    if fn() then return true end
+    ferry.sleep(20)
+  end
+  return fn()
+end
 
 --- Close an in-process server with no connection left behind (later specs count descriptors).
 function M.close_server(srv)

@@ -84,29 +84,45 @@ function Client:transport_error(err, code)
   return nil, self.label .. ": " .. tostring(err), code
 end
 
---- A signed request. `rel` is below /v1 ("/leases"); body: a table (JSON), a string, or nil. opts: chain,
---- lease (for error messages), timeout_ms, body_sha256 (the body's hash when already known). Returns the
---- decoded JSON body, status, signature hex, or nil, message, code.
----@return table|nil body, integer|string status_or_err, string|nil
-function Client:call(method, rel, body, opts)
+--- A signed request, ready to send: its path, body text, headers and signature (hex). `rel` is below /v1
+--- ("/leases"); body: a table (JSON), a string (raw bytes), or nil. opts: chain, body_sha256 (the body's hash
+--- when already known).
+---@return table
+function Client:prepare(method, rel, body, opts)
   opts = opts or {}
   local path = self.prefix .. "/" .. protocol.VERSION .. rel
   local text = type(body) == "table" and protocol.encode(body) or body or ""
   local headers, _, sig_hex = self:signed(method, path, text, opts.chain, opts.body_sha256)
   headers[#headers + 1] = "Content-Type: " .. (type(body) == "string" and "application/octet-stream"
     or "application/json")
-  local res, err, code = http.request { url = self:url(path), method = method, headers = headers,
-    body = (body ~= nil) and text or nil, timeout_ms = opts.timeout_ms or REQUEST_TIMEOUT_MS, cainfo = self.cacert }
+  return { method = method, path = path, text = text, has_body = body ~= nil, headers = headers, sig_hex = sig_hex }
+end
+
+--- Send a prepared request. opts: lease (for error messages), timeout_ms. Returns the decoded JSON body,
+--- status, signature hex, or nil, message, code.
+---@return table|nil body, integer|string status_or_err, string|nil
+function Client:send(p, opts)
+  opts = opts or {}
+  local res, err, code = http.request { url = self:url(p.path), method = p.method, headers = p.headers,
+    body = p.has_body and p.text or nil, timeout_ms = opts.timeout_ms or REQUEST_TIMEOUT_MS, cainfo = self.cacert }
   if not res then return self:transport_error(err, code) end
   if res.status < 200 or res.status > 299 then return self:error_of(res.status, res.body, opts.lease) end
   local given = res.headers["x-ferry-response-signature"] or ""
-  if not core.hmac_equal(given, protocol.sign_response(self.secret, sig_hex, res.status, res.body)) then
+  if not core.hmac_equal(given, protocol.sign_response(self.secret, p.sig_hex, res.status, res.body)) then
     return nil, self.label .. ": the response failed its signature check (is this the bridge? check the key)",
       "EACCES"
   end
   local decoded = protocol.decode(res.body)
   if not decoded then return nil, self.label .. ": the response is not JSON", "EIO" end
-  return decoded, res.status, sig_hex
+  return decoded, res.status, p.sig_hex
+end
+
+--- A signed request (prepare, then send). `rel` is below /v1 ("/leases"); body: a table (JSON), a string, or
+--- nil. opts: chain, lease (for error messages), timeout_ms, body_sha256. Returns the decoded JSON body,
+--- status, signature hex, or nil, message, code.
+---@return table|nil body, integer|string status_or_err, string|nil
+function Client:call(method, rel, body, opts)
+  return self:send(self:prepare(method, rel, body, opts), opts)
 end
 
 -- ---- exec ----
@@ -165,8 +181,8 @@ function Client:read_output(lease, exec_id, out, err)
   return exit
 end
 
--- Stdin cut into chunks of at most MAX_CHUNK, each hashed as its pieces arrive (while the chunk before it
--- travels), so that sending a chunk costs no hashing on the critical path.
+-- Stdin cut into chunks of at most MAX_CHUNK, each hashed as its pieces arrive (while earlier chunks
+-- travel), so that sending a chunk costs no hashing on the critical path.
 local function chunker()
   local c = { ready = {}, parts = {}, size = 0, hasher = core.sha256_new() }
   function c:cut() -- the chunk being filled is complete (it may be empty: the EOF request)
@@ -187,9 +203,28 @@ local function chunker()
   return c
 end
 
--- Send stdin as chained chunk requests. A producer task reads and hashes ahead (at most one chunk beyond the
--- one in flight); the sender takes whatever is there when the previous chunk was answered. Returns true or
--- nil, message, code.
+-- The producer: a task reading `stdin` (a function) into the chunker, at most READ_AHEAD chunks ahead of the
+-- sender.
+local READ_AHEAD = 2
+local function produce(q, stdin, notify)
+  local ok, perr = pcall(function()
+    while not q.stop do
+      local c = stdin()
+      if c == nil then break end
+      if type(c) ~= "string" then error("the stdin function returned a " .. type(c), 0) end
+      q:add(c)
+      notify("sender")
+      while #q.ready >= READ_AHEAD and not q.stop do task.await(function(w) q.producer = w end) end
+    end
+  end)
+  if not ok then q.err = perr end
+  q.eof = true
+  notify("sender")
+end
+
+-- Send stdin as chained chunk requests, up to protocol.STDIN_WINDOW of them in flight: chunk N's signature
+-- is known when it is signed, so chunk N+1 is signed and sent before N is answered (the server feeds them to
+-- the command in order). Returns true or nil, message, code.
 function Client:send_stdin(lease, exec_id, stdin, chain)
   local q = chunker()
   local function notify(which) local w = q[which]; q[which] = nil; if w then w() end end
@@ -197,45 +232,42 @@ function Client:send_stdin(lease, exec_id, stdin, chain)
     q:add(stdin)
     q.eof = true
   else
-    task.spawn(function()
-      local ok, perr = pcall(function()
-        while not q.stop do
-          local c = stdin()
-          if c == nil then break end
-          if type(c) ~= "string" then error("the stdin function returned a " .. type(c), 0) end
-          q:add(c)
-          notify("sender")
-          while #q.ready > 0 and not q.stop do task.await(function(w) q.producer = w end) end
-        end
-      end)
-      if not ok then q.err = perr end
-      q.eof = true
-      notify("sender")
-    end)
+    task.spawn(produce, q, stdin, notify)
   end
   local path = "/leases/" .. lease .. "/execs/" .. exec_id .. "/stdin"
-  local seq = 0
-  while true do
-    while #q.ready == 0 and q.size == 0 and not q.eof do task.await(function(w) q.sender = w end) end
-    if q.err then return nil, "stdin: " .. tostring(q.err), "EIO" end
+  local seq, inflight, failure = 0, 0, nil
+  local function sent(body, err, code)
+    inflight = inflight - 1
+    if not body then failure = failure or { err, code } end
+    if (not body or body.accepted == false) and not q.stop then
+      q.stop = true
+      notify("producer")
+    end
+    notify("sender")
+  end
+  while not q.stop do
+    while not q.stop and (inflight >= protocol.STDIN_WINDOW or (#q.ready == 0 and q.size == 0 and not q.eof)) do
+      task.await(function(w) q.sender = w end)
+    end
+    if q.stop then break end
+    if q.err then
+      failure = { "stdin: " .. tostring(q.err), "EIO" }
+      break
+    end
     if #q.ready == 0 then q:cut() end
     local chunk = table.remove(q.ready, 1)
     local last = q.eof and #q.ready == 0 and q.size == 0
     notify("producer")
-    local body, status_or_err, sig_or_code = self:call("PUT", path .. "?seq=" .. seq .. (last and "&eof=1" or ""),
-      chunk.data, { chain = chain, lease = lease, body_sha256 = chunk.sha256 })
-    if not body then
-      q.stop = true
-      notify("producer")
-      return nil, status_or_err, sig_or_code
-    end
-    chain, seq = sig_or_code, seq + 1
-    if body.accepted == false or last then
-      q.stop = true
-      notify("producer")
-      return true
-    end
+    local req = self:prepare("PUT", path .. "?seq=" .. seq .. (last and "&eof=1" or ""), chunk.data,
+      { chain = chain, body_sha256 = chunk.sha256 })
+    chain, seq, inflight = req.sig_hex, seq + 1, inflight + 1
+    task.spawn(function() sent(self:send(req, { lease = lease })) end)
+    if last then q.stop = true end
   end
+  notify("producer")
+  while inflight > 0 do task.await(function(w) q.sender = w end) end
+  if failure then return nil, failure[1], failure[2] end
+  return true
 end
 
 --- Run a command in a lease and return what ferry.proc.run returns: {code, signal, timed_out, stdout, stderr,

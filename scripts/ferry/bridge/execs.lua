@@ -12,6 +12,7 @@ local M = {}
 
 M.KEEPALIVE_MS = 1000        -- an idle stream carries a keepalive frame this often (finds a vanished client)
 M.ATTACH_TIMEOUT_MS = 30000  -- an exec whose output stream never comes is killed after this
+M.HOLD_MS = 30000            -- a stdin chunk ahead of its turn waits this long for its predecessors
 local HIGH_WATER = 1024 * 1024 -- output queued beyond this pauses the command's pipes
 local LOW_WATER = 256 * 1024
 local WRITE_BATCH = 256 * 1024 -- frames written to the client at once, at most
@@ -59,11 +60,21 @@ function Exec:read_stdin()
   end
 end
 
+-- Stop a running command: close its stdin, which its wrapper in the sandbox (or the session's shell) takes as
+-- the order to stop it (TERM to its process group, KILL after the grace); SIGKILL to the local process only
+-- when that has not ended it STOP_BACKSTOP_MS later. A kill alone would miss the command: it runs in a
+-- process group of its own inside the sandbox.
+local STOP_BACKSTOP_MS = 5000
+local function stop(self, handle)
+  handle:close_stdin()
+  self.backstop = self.backstop or core.timer(STOP_BACKSTOP_MS, function() pcall(handle.kill, handle, "SIGKILL") end)
+end
+
 --- Kill the command (the client went away, the lease ended, the client asked).
 function Exec:kill(why)
   if self.finished then return end
   self.kill_reason = self.kill_reason or why
-  if self.handle then self.handle:kill("SIGKILL") end
+  if self.handle then stop(self, self.handle) end
   self.stdin_eof = true
   wake_all(self, "reader_waiters")
 end
@@ -77,7 +88,7 @@ function Exec:run(live)
     kill_grace_ms = self.spec.kill_grace_ms,
     on_spawn = function(_, _, handle)
       self.handle = handle
-      if self.kill_reason then handle:kill("SIGKILL") end
+      if self.kill_reason then stop(self, handle) end
       if self.paused then handle:pause_output() end
     end,
     on_stdout = function(c) self:push(protocol.STDOUT, c) end,
@@ -86,6 +97,7 @@ function Exec:run(live)
   if is_session then live.session_busy = false end
   if self.paused and self.handle then self.handle:resume_output() end
   self.handle = nil
+  if self.backstop then self.backstop:stop() end
   if res then
     self.result = { code = res.code, signal = res.signal or protocol.null, timed_out = res.timed_out and true or false,
       duration_ms = res.duration_ms }
@@ -98,6 +110,7 @@ function Exec:run(live)
   wake_all(self, "writer_waiters")
   wake_all(self, "chunk_waiters")
   wake_all(self, "reader_waiters")
+  wake_all(self, "order_waiters")
   if self.on_finish then self.on_finish(self) end
 end
 
@@ -106,8 +119,8 @@ end
 ---@return table exec
 function M.start(live, spec, chain)
   local exec = setmetatable({ id = protocol.new_id(12), spec = spec, queue = {}, queued = 0, bytes_out = 0,
-    bytes_in = 0, stdin_queue = {}, next_seq = 0, chain = chain, writer_waiters = {}, chunk_waiters = {},
-    reader_waiters = {}, started_at = core.time_ms() }, Exec)
+    bytes_in = 0, stdin_queue = {}, next_seq = 0, chain = chain, holding = {}, writer_waiters = {},
+    chunk_waiters = {}, reader_waiters = {}, order_waiters = {}, started_at = core.time_ms() }, Exec)
   live.execs[exec] = true
   exec.attach_timer = core.timer(M.ATTACH_TIMEOUT_MS, function()
     if not exec.attached then exec:kill("no client read the output") end
@@ -116,28 +129,62 @@ function M.start(live, spec, chain)
   return exec
 end
 
---- Take one stdin chunk request: `seq` must be the next one; it is queued for the command, and the call
---- returns once the command took it (or ended). Returns status, body table.
+-- Wait until chunk `seq` is the next one (its predecessors were taken), the exec finished, or HOLD_MS passed.
+function Exec:wait_turn(seq)
+  local deadline = core.now_ms() + M.HOLD_MS
+  while self.next_seq ~= seq and not self.finished and core.now_ms() < deadline do
+    local timer
+    task.await(function(wake)
+      self.order_waiters[#self.order_waiters + 1] = wake
+      timer = core.timer(math.max(1, math.floor(deadline - core.now_ms())), wake)
+    end)
+    timer:stop()
+  end
+end
+
+--- Take one stdin chunk request. Chunks may arrive out of order within protocol.STDIN_WINDOW: one ahead of
+--- its turn waits (at most HOLD_MS) for its predecessors, then must be chained to the one before it
+--- (`chain`: the hex signature it was signed with). It is queued for the command, and the call returns once
+--- the queue is back within its bound (or the command ended). Returns status, body table.
 ---@param seq integer
 ---@param eof boolean
 ---@param body string
 ---@param sig_hex string  the chunk request's signature (the next chunk is chained to it)
-function Exec:stdin_chunk(seq, eof, body, sig_hex)
+---@param chain string  the signature the chunk says it follows
+function Exec:stdin_chunk(seq, eof, body, sig_hex, chain)
   if not self.spec.has_stdin then
     return 409, { error = "no_stdin", message = "this exec was created without stdin" }
   end
-  if seq ~= self.next_seq then
-    return 409, { error = "bad_sequence", message = string.format("expected stdin chunk %d, got %d", self.next_seq,
-      seq) }
+  if seq < self.next_seq or seq >= self.next_seq + protocol.STDIN_WINDOW or self.holding[seq] then
+    return 409, { error = "bad_sequence", message = string.format("expected stdin chunk %d (or up to %d ahead), got %d",
+      self.next_seq, protocol.STDIN_WINDOW - 1, seq) }
+  end
+  if seq > self.next_seq then
+    self.holding[seq] = true
+    self:wait_turn(seq)
+    self.holding[seq] = nil
+    if self.next_seq ~= seq then
+      if self.finished then return 200, { accepted = false, finished = true } end
+      return 409, { error = "bad_sequence", message = string.format("stdin chunk %d came, chunk %d never did", seq,
+        self.next_seq) }
+    end
+  end
+  if chain ~= self.chain then
+    return 401, { error = "bad_signature", message = string.format("stdin chunk %d is not chained to chunk %d", seq,
+      seq - 1) }
   end
   self.next_seq, self.chain = seq + 1, sig_hex
-  if self.finished or self.stdin_eof then return 200, { accepted = false, finished = self.finished } end
-  self.bytes_in = self.bytes_in + #body
-  if #body > 0 then self.stdin_queue[#self.stdin_queue + 1] = body end
-  if eof then self.stdin_eof = true end
+  local taken = not (self.finished or self.stdin_eof)
+  if taken then
+    self.bytes_in = self.bytes_in + #body
+    if #body > 0 then self.stdin_queue[#self.stdin_queue + 1] = body end
+    if eof then self.stdin_eof = true end
+  end
+  wake_all(self, "order_waiters") -- (a woken chunk runs now: this one is queued before it)
+  if not taken then return 200, { accepted = false, finished = self.finished } end
   wake_all(self, "reader_waiters")
   -- answered once the queue is back within its bound: the command holds at most STDIN_QUEUE bytes not yet
-  -- written (plus the pipe's), however fast the client sends
+  -- written (plus the pipe's, and the chunks of the window), however fast the client sends
   while self:queued_stdin() > STDIN_QUEUE and not self.finished do
     task.await(function(wake) self.chunk_waiters[#self.chunk_waiters + 1] = wake end)
   end
@@ -187,6 +234,7 @@ function Exec:stream(res, secret, seed)
     elseif self.finished then
       local ok = res:write(writer:frame(protocol.EXIT, protocol.encode(self.result)))
       if ok then res:finish() end
+      self.streamed = true
       return ok ~= nil
     else
       self:wait_output()
@@ -194,6 +242,7 @@ function Exec:stream(res, secret, seed)
     end
     if data and not res:write(data) then
       self:kill("the client went away")
+      self.streamed = true
       return false
     end
   end

@@ -164,6 +164,15 @@ function Store:finish(lease, state)
   self:save(lease)
 end
 
+--- Close every opened sandbox (the server stops; the leases and their dirs stay).
+function Store:close_all()
+  for id, live in pairs(self.live) do
+    live.plain:close()
+    if live.session then live.session:close() end
+    self.live[id] = nil
+  end
+end
+
 --- Reap: end the active leases past their expiry with no command running; delete old tombstones.
 --- Returns the ids reaped.
 function Store:reap()

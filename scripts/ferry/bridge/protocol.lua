@@ -11,6 +11,7 @@ M.SIGN_TAG = "ferry-bridge-v1"
 M.RESPONSE_TAG = "ferry-bridge-v1-response"
 M.MAX_SKEW_S = 300                 -- a request's X-Ferry-Time may differ from the server's clock by this much
 M.MAX_CHUNK = 1024 * 1024          -- a stdin chunk (a request body) at most
+M.STDIN_WINDOW = 4                 -- stdin chunks in flight at most: a server takes seq next .. next+3
 M.MAX_FRAME = 1024 * 1024          -- a frame's payload at most
 M.MIN_KEY_BYTES = 32
 M.EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

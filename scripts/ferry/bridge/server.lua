@@ -207,7 +207,8 @@ function H.stdin(self, ctx, route)
   local seq = tonumber(route.query:match("seq=(%d+)"))
   if not seq then return fail(ctx, 400, "bad_request", "the stdin route needs ?seq=N") end
   local eof = route.query:match("eof=1") ~= nil
-  local status, body = exec:stdin_chunk(seq, eof, ctx.req.body, ctx.auth.sig_hex)
+  local status, body = exec:stdin_chunk(seq, eof, ctx.req.body, ctx.auth.sig_hex,
+    ctx.req.headers["x-ferry-chain"] or "")
   ctx.bytes_in = #ctx.req.body
   respond(ctx, status, body)
 end
@@ -238,7 +239,7 @@ local function load_lease(self, ctx, route)
 end
 
 function Server:audit(ctx)
-  if not self.audit_file then return end
+  if not self.audit_file then return end -- (nil once shut down)
   local l = ctx.lease or {}
   self.audit_file:write(protocol.encode {
     time = os.date("!%Y-%m-%dT%H:%M:%SZ"), key = ctx.auth and ctx.auth.key_id or protocol.null,
@@ -273,11 +274,9 @@ function Server:dispatch(ctx)
     return fail(ctx, 413, "too_large", string.format("the request's headers are over %d bytes", self.max_header))
   end
   local route, why = self:route(req)
-  local chain = ""
-  if route and route.name == "stdin" then
-    local exec = self.execs[route.exec_id]
-    chain = exec and exec.chain or req.headers["x-ferry-chain"] or ""
-  end
+  -- a stdin chunk is signed over the signature it follows (X-Ferry-Chain); the exec checks that link when
+  -- the chunk's turn comes, since a chunk may arrive before its predecessor
+  local chain = route and route.name == "stdin" and req.headers["x-ferry-chain"] or ""
   local a, status, code, message = self.verifier:verify(req, chain)
   if not a then return fail(ctx, status, code, message) end
   ctx.auth = a
@@ -286,6 +285,9 @@ function Server:dispatch(ctx)
       "no route " .. req.method .. " " .. req.path:sub(1, 200))
   end
   ctx.route = route.pattern
+  if self.stopping and not (route.exec_id and self.execs[route.exec_id] and not self.execs[route.exec_id].finished) then
+    return fail(ctx, 503, "shutting_down", "the bridge is shutting down")
+  end
   if route.lease_id then
     if not load_lease(self, ctx, route) then return end
     self.store:touch(ctx.lease)
@@ -311,6 +313,55 @@ function Server:close()
   if self.reap_timer then self.reap_timer:stop() end
   self.http:close()
   if self.audit_file then self.audit_file:close() end
+end
+
+-- The execs whose command still runs.
+function Server:running()
+  local list = {}
+  for _, exec in pairs(self.execs) do
+    if not exec.finished then list[#list + 1] = exec end
+  end
+  return list
+end
+
+-- Wait (polling) until `done()` or `ms` passed.
+local function wait_until(ms, done)
+  local deadline = core.now_ms() + ms
+  while not done() and core.now_ms() < deadline do ferry.sleep(20) end
+end
+
+--- Shut down gracefully (SIGTERM, SIGINT): take no new work (503 shutting_down for everything but the
+--- requests of running commands: their stdin chunks, output streams, kills); give running commands
+--- `grace_ms` to finish, then kill them ("the bridge is shutting down": their streams end with that exit
+--- frame); stop listening; record every lease as it is now (so a restart finds them, expiries included);
+--- close the sandboxes; flush and close the audit log. Returns once done; a second call waits for the first.
+---@param grace_ms integer
+function Server:shutdown(grace_ms)
+  if self.stopping then
+    wait_until(grace_ms + 10000, function() return self.stopped end)
+    return
+  end
+  self.stopping = true
+  self.closed = true
+  if self.reap_timer then self.reap_timer:stop() end
+  wait_until(grace_ms, function() return #self:running() == 0 end)
+  for _, exec in ipairs(self:running()) do exec:kill("the bridge is shutting down") end
+  -- the commands' streams write their exit frames before the listener and the connections go
+  wait_until(5000, function()
+    for _, exec in pairs(self.execs) do
+      if exec.attached and not exec.streamed then return false end
+    end
+    return #self:running() == 0
+  end)
+  self.http:close()
+  for _, lease in pairs(self.store.leases) do self.store:save(lease) end
+  self.store:close_all()
+  if self.audit_file then
+    self.audit_file:flush()
+    self.audit_file:close()
+    self.audit_file = nil
+  end
+  self.stopped = true
 end
 
 --- Start a bridge server. opts: host, port, keys = {key_id = secret}, template (the --sandbox provider string,

@@ -53,7 +53,9 @@ end
 
 define("bridge serve", [[
 usage: ferry bridge serve --listen HOST:PORT --key ID=FILE... --sandbox TEMPLATE --state-dir DIR [OPTIONS]
-Serve the sandboxes of TEMPLATE over the signed HTTP bridge protocol (README "Bridge"). Runs until killed.
+Serve the sandboxes of TEMPLATE over the signed HTTP bridge protocol (README "Bridge"). Runs until SIGTERM or
+SIGINT, then stops gracefully: no new requests, running commands finish (or are killed after the grace),
+leases are recorded, the audit log is flushed.
   --listen HOST:PORT      address to listen on (port 0: any free port; the line on stderr names it)
   --key ID=FILE           a key id and the file holding its secret (>= 32 bytes); repeatable
   --sandbox TEMPLATE      provider string in which {lease} is replaced by the lease id, e.g. bwrap:/srv/ferry/{lease};
@@ -68,6 +70,7 @@ Serve the sandboxes of TEMPLATE over the signed HTTP bridge protocol (README "Br
   --idle-timeout SEC      a connection gets this long to send a request (default 10)
   --max-requests N        requests served at once (default 512; more get 429)
   --max-connections N     open connections at most (default 1024)
+  --shutdown-grace SEC    on SIGTERM/SIGINT, running commands get this long before they are killed (default 10)
 ]], { options = {
   { names = { "--listen" }, key = "listen", value = "HOST:PORT" },
   { names = { "--key" }, key = "keys", value = "ID=FILE", multi = true },
@@ -83,6 +86,7 @@ Serve the sandboxes of TEMPLATE over the signed HTTP bridge protocol (README "Br
   { names = { "--idle-timeout" }, key = "idle_timeout", value = "SEC" },
   { names = { "--max-requests" }, key = "max_requests", value = "N" },
   { names = { "--max-connections" }, key = "max_connections", value = "N" },
+  { names = { "--shutdown-grace" }, key = "shutdown_grace", value = "SEC" },
 }, max_args = 0 }, function(o)
   local host, port = listen_address(o.listen)
   if not o.sandbox then usage("missing --sandbox TEMPLATE (e.g. bwrap:/srv/ferry/{lease})") end
@@ -108,7 +112,25 @@ Serve the sandboxes of TEMPLATE over the signed HTTP bridge protocol (README "Br
   io.stderr:write(string.format("ferry bridge: listening on %s:%d as %s%s (state %s)\n", host, server.port,
     server.public_host, o.tls_cert and " (https)" or "", o.state_dir))
   io.stderr:flush()
-  require("ferry.task").await(function() end) -- serve until the process is killed
+  -- serve until SIGTERM or SIGINT, then shut down gracefully (a second signal does not cut that short)
+  local task, core = require "ferry.task", require "ferry.core"
+  local grace = o.shutdown_grace == "0" and 0 or positive(o.shutdown_grace, "--shutdown-grace") or 10
+  local got
+  task.await(function(wake)
+    local function on_signal(name)
+      if got then return end
+      got = name
+      io.stderr:write("ferry bridge: ", name, ": shutting down (running commands get ", grace, " s)\n")
+      task.spawn(function()
+        server:shutdown(grace * 1000)
+        wake()
+      end)
+    end
+    server.watchers = { core.signal_watch("SIGTERM", on_signal), core.signal_watch("SIGINT", on_signal) }
+  end)
+  for _, w in ipairs(server.watchers) do w:stop() end
+  io.stderr:write("ferry bridge: stopped\n")
+  return EXIT.ok
 end)
 
 local function age(seconds)

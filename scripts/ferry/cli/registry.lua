@@ -1,11 +1,16 @@
 --- The verb registry of the ferry command line: every verb file registers its verbs here, and the plumbing
---- they share: exit codes, fail()/usage() turned into `ferry: <verb>: <message>`, and `say`, which redacts.
+--- they share: exit codes, fail()/usage() turned into `ferry: <verb>: <message>`, `say`, which redacts and
+--- escapes what a terminal could act on (ferry.printable), and SIGINT/SIGTERM/SIGHUP turned into stopping
+--- every command (in the sandbox too), unwinding, and exit 128+N.
 local options = require "ferry.cli.options"
+local printable = require "ferry.printable"
 
 local M = {}
 
 M.EXIT = { ok = 0, failed = 1, usage = 2, conflicts = 3, timeout = 124 }
 local EXIT = M.EXIT
+
+local SIGNAL_NUMBER = { SIGHUP = 1, SIGINT = 2, SIGTERM = 15 }
 
 --- Registered verbs by name: {help = string, fn = function}.
 M.verbs = {}
@@ -22,7 +27,7 @@ end
 ---@param msg string
 ---@return integer EXIT.usage
 function M.usage_error(msg)
-  io.stderr:write("ferry: ", msg, "\n(see ferry --help)\n")
+  io.stderr:write("ferry: ", printable.text(msg), "\n(see ferry --help)\n")
   return EXIT.usage
 end
 
@@ -53,21 +58,29 @@ function M.redact(s)
   return current_redact(s)
 end
 
---- Write the arguments to `file`, each redacted.
+--- Write the arguments to `file`, each redacted, then made safe for a terminal (ferry.printable.text: a
+--- sandbox's bytes are never written raw; newlines and tabs are kept).
 ---@param file file*
 function M.say(file, ...)
   local parts = table.pack(...)
-  for i = 1, parts.n do parts[i] = current_redact(tostring(parts[i])) end
+  for i = 1, parts.n do parts[i] = printable.text(current_redact(tostring(parts[i]))) end
   file:write(table.concat(parts, "", 1, parts.n))
 end
 
--- How a verb's run ended: its exit code, with the message on stderr when it failed.
+-- How a verb's run ended: its exit code, with the message on stderr when it failed. After SIGINT, SIGTERM or
+-- SIGHUP (every command stopped, every task unwound): "interrupted (<signal>)" and exit 128+N, whatever
+-- error the interruption surfaced as.
 local function finish(name, ok, res)
   io.stdout:flush()
+  local signal = require("ferry.task").interrupted()
+  if signal then
+    io.stderr:write("ferry: ", name, ": interrupted (", signal, ")\n")
+    return 128 + (SIGNAL_NUMBER[signal] or 0)
+  end
   if ok then return res or EXIT.ok end
   if getmetatable(res) == Failure and res.code == EXIT.usage then
     -- Only words the user typed: not redacted, or "KEY=DIR" would read as a credential.
-    io.stderr:write("ferry: ", name, ": ", res.message, "\n(see ferry ", name, " --help)\n")
+    io.stderr:write("ferry: ", name, ": ", printable.text(res.message), "\n(see ferry ", name, " --help)\n")
     return res.code
   elseif getmetatable(res) == Failure then
     M.say(io.stderr, "ferry: ", name, ": ", res.message, "\n")
@@ -89,6 +102,8 @@ function M.define(name, help, spec, fn)
   M.verb(name, help, function(args)
     local opts, err = options.parse(args, spec)
     current_redact = identity
+    local core = require "ferry.core"
+    if core.signals_install then core.signals_install(require("ferry.task").interrupt) end
     local ok, res = xpcall(function()
       if not opts then M.usage(err) end
       if spec.secrets then

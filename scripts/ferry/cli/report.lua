@@ -22,17 +22,9 @@ function M.copy_fields(r)
   return out
 end
 
---- A name as one printable line: control characters and backslashes escaped (\n, \t, \xNN, \\).
----@param name string
----@return string
-function M.printable(name)
-  return (name:gsub("[%c\\]", function(c)
-    if c == "\\" then return "\\\\" end
-    if c == "\n" then return "\\n" end
-    if c == "\t" then return "\\t" end
-    return string.format("\\x%02x", c:byte())
-  end))
-end
+--- A name as one printable line: control characters, bytes a terminal could act on and backslashes
+--- escaped (\n, \t, \e, \xNN, \\; see ferry.printable.name).
+M.printable = require("ferry.printable").name
 
 --- A byte count for a human: "1.5 MiB".
 ---@param n integer|nil

@@ -12,7 +12,8 @@ local function run_chunk(chunk, chunk_args)
     task.drain()
   end, debug.traceback)
   if not ok then
-    io.stderr:write("ferry: ", tostring(err), "\n")
+    -- the error may quote a sandbox (its stderr in a failed command's message): escaped for the terminal
+    io.stderr:write("ferry: ", require("ferry.printable").text(tostring(err)), "\n")
     return EXIT.failed
   end
   return EXIT.ok

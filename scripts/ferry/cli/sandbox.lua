@@ -28,16 +28,43 @@ local function read_stdin_option(value)
   local f, err = io.open(value, "rb")
   if not f then fail("--stdin: " .. err) end
   return function()
-    local chunk = f:read(65536)
+    local chunk = f:read(1024 * 1024) -- each chunk is one frame (one `dd`) in the sandbox: read big ones
     if not chunk then f:close() end
     return chunk
   end
 end
 
-local function parse_env(list)
-  local env, err = options.key_values(list, "^([%a_][%w_]*)=(.*)$", "--env", "NAME=VALUE")
+local NAME_VALUE = "^([%a_][%w_]*)=(.*)$"
+
+-- The variables of --env-file FILE (lines NAME=VALUE, the value the rest of the line as it is; blank lines
+-- and lines starting with # are skipped), then of each --env (which win). A bad line is a usage error naming
+-- FILE:LINE; a file that cannot be read fails.
+local function parse_env(list, file)
+  local env = {}
+  if file then
+    local f, oerr = io.open(file, "rb")
+    if not f then fail("--env-file " .. oerr) end
+    local text = f:read("a")
+    f:close()
+    local n = 0
+    for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+      n = n + 1
+      local body = line:match("^%s*(.-)$")
+      if body ~= "" and body:sub(1, 1) ~= "#" then
+        -- the line itself is not quoted back: it may hold a secret
+        local k, v = body:match(NAME_VALUE)
+        if not k then usage(string.format("--env-file %s:%d: expected NAME=VALUE", file, n)) end
+        if v:find("\0", 1, true) then
+          usage(string.format("--env-file %s:%d: the value contains a NUL byte", file, n))
+        end
+        env[k] = v
+      end
+    end
+  end
+  local given, err = options.key_values(list, NAME_VALUE, "--env", "NAME=VALUE")
   if err then usage(err) end
-  return env
+  for k, v in pairs(given or {}) do env[k] = v end
+  return next(env) and env or nil
 end
 
 local function parse_timeout(value)
@@ -75,20 +102,27 @@ local function stream_to(file, redacting)
 end
 
 define("exec", [[
-usage: ferry exec -p PROVIDER [--cwd DIR] [--env K=V]... [--timeout SEC] [--stdin FILE|-] -- CMD [ARG...]
+usage: ferry exec -p PROVIDER [--cwd DIR] [--env K=V]... [--env-file FILE] [--timeout SEC] [--stdin FILE|-]
+                  -- CMD [ARG...]
 Run CMD with its arguments in the sandbox, streaming its stdout and stderr, and exit with its exit code.
   -p, --provider PROVIDER  local, bwrap:DIR, cmd:ARGV... (see ferry providers)
   --cwd DIR                working directory in the sandbox (default /)
-  --env K=V                set an environment variable (repeatable)
-  --timeout SEC            kill the command after SEC seconds and exit 124
+  --env K=V                set an environment variable (repeatable; the value is on ferry's own command line)
+  --env-file FILE          set the variables of FILE: lines NAME=VALUE (the rest of the line, as it is),
+                           blank lines and # comments skipped; --env wins
+  --timeout SEC            stop the command in the sandbox after SEC seconds and exit 124
   --stdin FILE|-           feed FILE (or this process's stdin) to the command; default: no input
   --secret-env NAME        replace the value of env NAME by *** in the output (repeatable)
-The first word that is not an option starts the command; `--` makes that explicit.
+The first word that is not an option starts the command; `--` makes that explicit. The values reach the
+sandbox on the command's stdin, never on a command line. The command's own output is passed on raw (as ssh
+does); ferry's messages escape what a terminal could act on. Ctrl-C or SIGTERM stops the command in the
+sandbox, then ferry exits 130 or 143.
 Exit: the command's code (128+N when killed by signal N), 124 on timeout, 1 when it could not run, 2 usage.
 ]], {
   options = { options.PROVIDER, options.SECRET_ENV,
     { names = { "--cwd" }, key = "cwd", value = "DIR" },
     { names = { "--env" }, key = "env", value = "K=V", multi = true },
+    { names = { "--env-file" }, key = "env_file", value = "FILE" },
     { names = { "--timeout" }, key = "timeout", value = "SEC" },
     { names = { "--stdin" }, key = "stdin", value = "FILE" },
   },
@@ -96,7 +130,7 @@ Exit: the command's code (128+N when killed by signal N), 124 on timeout, 1 when
 }, function(o)
   if not o.provider then usage("missing -p PROVIDER") end
   local timeout_ms = parse_timeout(o.timeout)
-  local env = parse_env(o.env)
+  local env = parse_env(o.env, o.env_file)
   local stdin = read_stdin_option(o.stdin)
   local redacting = #o.secret_env > 0
   local out, errout = stream_to(io.stdout, redacting), stream_to(io.stderr, redacting)
