@@ -270,6 +270,17 @@ describe("tree edits by subtree (what a delta and a merge look at)", function()
     assert.equal(0, core.tree_new():copy():count())
   end)
 
+  -- a copy, a load and a walk trim their blocks to what they hold (exactly, under the sanitizers' malloc): a
+  -- tree of one entry (a one-byte path) grows again from there
+  it("grows a copied or loaded tree of one entry again", function()
+    local one = made { "a" }
+    for _, u in ipairs { one:copy(), assert(core.tree_load(one:dump())), core.tree_new():copy() } do
+      for i = 1, 100 do u:add(string.format("b%03d", i), { kind = "file", mode = 420 }) end
+      assert.equal(100 + (u:get("a") and 1 or 0), u:count())
+      assert.equal("b100", paths(u)[u:count()])
+    end
+  end)
+
   it("prunes a path and everything below it, not its neighbours that share a prefix", function()
     assert.equal(3, t:prune("a/b") + t:prune("a/b.txt"))
     assert.same({ "a", "a/x", "ab", "z" }, paths(t))

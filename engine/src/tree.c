@@ -76,7 +76,7 @@ void ferry_tree_block_free(void *p, size_t bytes) {
 static int reserve_entries(ferry_tree *t, size_t need, int exact) {
   if (need <= t->cap && !exact) return 0;
   size_t c = exact ? need : t->cap ? t->cap : 64;
-  while (c < need) c += c / 2;
+  while (c < need) c += c / 2 + 1; /* + 1: a block trimmed to one entry (exact under ASan) grows too */
   if (c == 0) c = 1;
   tree_entry *q = ferry_tree_block(t->e, &t->ebytes, c * sizeof *t->e);
   if (q == NULL) return need <= t->cap ? 0 : -1;
@@ -88,7 +88,7 @@ static int reserve_entries(ferry_tree *t, size_t need, int exact) {
 static int reserve_arena(ferry_tree *t, size_t need, int exact) {
   if (need <= t->acap && !exact) return 0;
   size_t c = exact ? need : t->acap ? t->acap : 4096;
-  while (c < need) c += c / 2;
+  while (c < need) c += c / 2 + 1;
   char *q = ferry_tree_block(t->arena, &t->acap, c);
   if (q == NULL) return need <= t->acap ? 0 : -1;
   t->arena = q;

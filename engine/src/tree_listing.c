@@ -293,7 +293,7 @@ static int feed(lua_State *L, reader *r, const char *s, size_t n) {
     r->pos = 0;
   }
   if (grow((void **)&r->buf, &r->cap, r->len + n, 1) < 0) return luaL_error(L, "tree_listing_reader: out of memory");
-  memcpy(r->buf + r->len, s, n);
+  if (n > 0) memcpy(r->buf + r->len, s, n); /* an empty first chunk leaves buf NULL */
   r->len += n;
   if (parse(r, reader_tree(L)) < 0) return failed(L, r);
   lua_pushboolean(L, 1);
