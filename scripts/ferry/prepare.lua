@@ -15,6 +15,7 @@ local delta = require "ferry.delta"
 local excludes = require "ferry.excludes"
 local git_prepare = require "ferry.git_prepare"
 local install = require "ferry.install"
+local launch = require "ferry.launch"
 local progress_mod = require "ferry.progress"
 local references = require "ferry.references"
 local remote = require "ferry.remote"
@@ -115,6 +116,10 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   job.state = opts.state and util.absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
   job.head_lines = references.clear_lines()
   references.plan(inputs.references, job.ref_warnings)
+  local lerr, lcode
+  job.launch, lerr, lcode = launch.plan(adapter, job.ctx, job.runtime_dir, remote_dir)
+  if not job.launch then return nil, lerr, lcode end
+  job.head_lines = job.head_lines .. "\n" .. launch.setup_lines(job.launch)
   if inputs.adopt then
     if job.git then -- the adopted repository stays the sandbox's own, in "files" mode too
       if job.git.mode ~= "history" then job.keep[#job.keep + 1] = ".git" end
@@ -143,6 +148,7 @@ end
 
 local function add_install(result, inst)
   result.installed, result.install_status, result.install_warning = inst.installed, inst.status, inst.warning
+  result.install_prefix = inst.prefix
 end
 
 local function add_sync(result, synced, info)
@@ -162,7 +168,7 @@ local function state_record(job, provider_string, synced)
     remote_stat = synced.recorded,
     local_stat = job.info.stats and snapshot.quick_records(job.snap, job.info.stats, job.taken_at) or nil,
     git = job.git_state, references = next(job.reference_dirs or {}) and job.reference_dirs or nil,
-    created_at = os.time(),
+    launch = job.launch_result, created_at = os.time(),
   }
 end
 
@@ -220,6 +226,8 @@ local function run(opts, sb, provider_string, handle, inputs)
   if not synced then return nil, redact_fn(serr), scode end
   add_install(result, install.after_check(install.reported(synced.stderr), sb, adapter, job.runtime_dir, opts,
     progress, redact_fn))
+  result.launch = launch.result(job.launch, synced.stderr, result.warnings)
+  job.launch_result = result.launch
   add_sync(result, synced, job.info)
   hooked, herr = adapters.run_hook(adapter, "after_sync", job.ctx)
   if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
@@ -266,8 +274,8 @@ end
 --- delta_fallback (why an earlier state was not used for a delta), hashed_files (local files read to hash
 --- before a delta; 0 for a full sync, which hashes what it sends), inbound ("copy"|"adopt"), git (nil for a
 --- workspace outside git: {mode = "history"|"files"|"plain", why, pack ("full"|"thin"|"same"|"unborn"|
---- "adopted"), head, ref, branch, depth, commits, bytes}), reference_dirs = {NAME = dir}} or nil, message,
---- code.
+--- "adopted"), head, ref, branch, depth, commits, bytes}), reference_dirs = {NAME = dir}, install_prefix (the
+--- user prefix npm installed into), launch = {cwd, env, path, command} (ferry.launch)} or nil, message, code.
 --- Errors include "<workspace>: another ferry prepare/restore is running (pid N)" EBUSY.
 ---@param opts table
 ---@return table|nil result, string|nil err, string|nil code

@@ -151,6 +151,7 @@ function Progress:bar_text(done)
   else
     fields[#fields + 1] = M.clock(elapsed)
   end
+  if self.status_text and not done then fields[#fields + 1] = self.status_text end
   return table.concat(fields, "  ")
 end
 
@@ -159,7 +160,8 @@ local function visible_length(text)
 end
 
 function Progress:draw(done)
-  local text = self.redact(self:bar_text(done)) -- phase names and figures only: nothing from the sandbox
+  -- phase names, figures and the status line, which status() made printable
+  local text = self.redact(self:bar_text(done))
   local length = visible_length(text)
   local pad = math.max(self.drawn - length, 0)
   self.err:write("\r", text, string.rep(" ", pad), done and "\n" or "")
@@ -205,7 +207,7 @@ function Progress:phase(name, total)
     error("progress:phase: total must be a non-negative number or nil", 2)
   end
   self:end_phase()
-  self.phase_name, self.bytes, self.total = name, 0, total
+  self.phase_name, self.bytes, self.total, self.status_text = name, 0, total, nil
   self.started = self.now()
   self.last_update = self.started
   if self.json then self:emit({ event = "phase", phase = name, total = total }) end
@@ -234,6 +236,35 @@ function Progress:advance(n)
     self:emit({ event = "progress", phase = self.phase_name, bytes = self.bytes, total = self.total })
   end
   if self.tty then self:draw(false) end
+end
+
+-- The longest status line the bar shows (it must fit on one terminal line, or "\r" cannot redraw it).
+local STATUS_WIDTH = 60
+
+--- Show `text` (a line of a command's output, from the sandbox) after the bar's timer on a terminal, until the
+--- next status or nil; redrawn at most once per `interval`. JSON output and other reporters show nothing
+--- (the caller sends an event).
+---@param text string|nil
+function Progress:status(text)
+  self:check_open("status")
+  if not self.tty then return end
+  if text then
+    text = self.redact(tostring(text)):gsub("[%c]", " ")
+    if #text > STATUS_WIDTH then text = text:sub(1, STATUS_WIDTH - 3) .. "..." end
+    text = printable.text(text)
+  end
+  self.status_text = text
+  local now = self.now()
+  if self.phase_name and (text == nil or now - self.last_update >= self.interval - 1e-9) then
+    self.last_update = now
+    self:draw(false)
+  end
+end
+
+--- Redraw the bar (its timer moves on while nothing else happens); a no-op without a terminal.
+function Progress:tick()
+  self:check_open("tick")
+  if self.tty and self.phase_name then self:draw(false) end
 end
 
 --- Report something else: a table such as {level = "warn", message = "..."}. JSON: written as an event
@@ -311,5 +342,7 @@ function M.QUIET.phase() end
 function M.QUIET.advance() end
 function M.QUIET.event() end
 function M.QUIET.set_total() end
+function M.QUIET.status() end
+function M.QUIET.tick() end
 
 return M

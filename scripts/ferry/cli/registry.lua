@@ -106,8 +106,10 @@ function M.define(name, help, spec, fn)
     if core.signals_install then core.signals_install(require("ferry.task").interrupt) end
     local ok, res = xpcall(function()
       if not opts then M.usage(err) end
-      if spec.secrets then
-        current_redact = require("ferry.redact").new(options.secret_values(opts.secret_env))
+      if spec.secrets then -- --secret-env values, and what --pass-env sends
+        local names = table.move(opts.pass_env or {}, 1, #(opts.pass_env or {}), #opts.secret_env + 1,
+          table.move(opts.secret_env, 1, #opts.secret_env, 1, {}))
+        current_redact = require("ferry.redact").new(options.secret_values(names))
       end
       local n = #opts.args
       if spec.min_args and n < spec.min_args then M.usage("missing " .. spec.operands) end
