@@ -24,7 +24,7 @@ HEADERS := $(wildcard engine/src/*.h) engine/include/ferry.h
 # the path a Lua file is looked up by: scripts/ferry/x.lua -> ferry/x.lua, scripts/adapters/a.lua -> adapters/a.lua
 embed_rel = $(patsubst scripts/%,%,$(1))
 
-.PHONY: all test check bench demo install clean lint fuzz soak worker
+.PHONY: all test check bench demo install clean lint fuzz soak worker test-agents
 all: $(B)/ferry $(B)/lua/ferry/core.so $(B)/libferry.a $(B)/libferry.so $(B)/ferry.pc
 
 $(B)/obj/%.o: engine/src/%.c $(HEADERS)
@@ -126,6 +126,13 @@ SOAK_SEED ?=
 SOAK_RACES ?= 0
 soak: all
 	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_SEED=$(SOAK_SEED) SOAK_RACES=$(SOAK_RACES) $(B)/ferry run spec/soak/soak.lua
+
+# The real agent CLIs from the npm registry (not part of test: it needs the registry and ~3 GB of disk), installed
+# through their adapters into a bwrap sandbox with network and over ssh as an unprivileged user, then run
+# through `ferry exec --state` (README "Launching the agent"). ADAPTERS="codex pi" for fewer.
+ADAPTERS ?=
+test-agents: all
+	$(B)/ferry run spec/agents/real_clients.lua $(ADAPTERS)
 
 lint:
 	luacheck --quiet scripts providers spec engine/tools
