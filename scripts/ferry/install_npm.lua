@@ -3,9 +3,9 @@
 --
 -- npm's global prefix (`npm config get prefix`, e.g. /usr) is used when the user can write it; else the
 -- package goes into the user prefix "$FERRY_PREFIX" as a local install (`npm install --prefix DIR PKG`), whose
--- commands land in DIR/node_modules/.bin. A local install keeps npm's global config (its CA file, registry
--- and proxy settings): moving the global prefix (`-g --prefix`, npm_config_prefix) would move that config
--- too. A global install that fails with EACCES/EROFS/EPERM all the same is tried again in the user prefix.
+-- commands land in DIR/node_modules/.bin. Any `--prefix` also moves npm's globalconfig to DIR/etc/npmrc, losing
+-- its CA file, registry and proxy settings, so the install names the real one (`--globalconfig`, read before).
+-- A global install that fails with EACCES/EROFS/EPERM all the same is tried again in the user prefix.
 -- Without npm (or node), the adapter's own `install` command runs instead when it has one.
 local core = require "ferry.core"
 
@@ -59,8 +59,12 @@ function M.body(pkg, fallback)
     "  fi",
     '  rm -f "$ferry_log"',
     "fi",
+    -- --prefix moves npm's globalconfig to DIR/etc/npmrc too (the CA file and registry set there would be
+    -- lost): name the real one, read before the prefix changes
+    "ferry_gc=$(npm config get globalconfig 2>/dev/null) || ferry_gc=",
+    'if [ -n "$ferry_gc" ]; then set -- --globalconfig "$ferry_gc"; else set --; fi',
     'echo "ferry-npm: prefix $FERRY_PREFIX"',
-    'npm install --prefix "$FERRY_PREFIX" $ferry_flags "$ferry_pkg"',
+    'npm install --prefix "$FERRY_PREFIX" "$@" $ferry_flags "$ferry_pkg"',
   }, "\n")
 end
 

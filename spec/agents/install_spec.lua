@@ -27,7 +27,7 @@ end
 local function calls(dir)
   local out = {}
   for line in (helpers.read_file(dir .. "/calls") or ""):gmatch("[^\n]+") do
-    out[#out + 1] = line:match("^npm (%S+ %S+)")
+    out[#out + 1] = line:match("^npm (config get %S+)") or line:match("^npm (%S+ %S+)")
   end
   return out
 end
@@ -80,14 +80,18 @@ describe("install", function()
         local prefix = tmp .. "/remote/.ferry-runtime/fake/prefix"
         assert.are.same({ "installed", true, nil, prefix },
           { r.install_status, r.installed, r.install_warning, r.install_prefix })
-        assert.are.same({ "config get", "install -g", "install --prefix" }, calls(npm))
+        assert.are.same({ "config get prefix", "install -g", "config get globalconfig", "install --prefix" },
+          calls(npm))
+        -- npm's own global config named: --prefix alone would move it, and its CA file, to <prefix>/etc
+        assert.truthy(helpers.read_file(npm .. "/calls"):find("npm install --prefix " .. prefix .. " --globalconfig "
+          .. npm .. "/npmrc ", 1, true))
         assert.are.same({ prefix .. "/node_modules/.bin", prefix .. "/bin" }, r.launch.path)
         assert.are.same({ "fakeagent" }, r.launch.command)
         assert.truthy(core.fs_stat(prefix .. "/node_modules/.bin/fakeagent"))
         -- the second prepare's detect probe finds it on the prefix's PATH: no install
         r = assert(prepare(provider, adapter()))
         assert.are.same({ "present", nil }, { r.install_status, r.installed })
-        assert.are.equal(3, #calls(npm))
+        assert.are.equal(4, #calls(npm))
       end)
 
     it("over ssh as a user who cannot write the global prefix: the user prefix, found the next time", function()
@@ -100,7 +104,7 @@ describe("install", function()
       local prefix = tmp .. "/remote/.ferry-runtime/fake/prefix"
       assert.are.same({ "installed", prefix }, { r.install_status, r.install_prefix })
       -- straight to the prefix: /usr is not the test user's to write
-      assert.are.same({ "config get", "install --prefix" }, calls(npm))
+      assert.are.same({ "config get prefix", "config get globalconfig", "install --prefix" }, calls(npm))
       local st = core.fs_stat(prefix .. "/node_modules/.bin/fakeagent")
       assert.are_not.equal(0, st.uid)
       local res = run_ferry { "exec", "--state", tmp .. "/state.json", "--", "sh", "-c", "fakeagent; id -un; pwd" }
@@ -108,7 +112,7 @@ describe("install", function()
         { res.code, res.stdout, res.stderr })
       r = assert(prepare(provider, adapter()))
       assert.are.equal("present", r.install_status)
-      assert.are.equal(2, #calls(npm))
+      assert.are.equal(3, #calls(npm))
     end)
 
     local function failing(mode)

@@ -191,6 +191,16 @@ describe("launch", function()
     assert.truthy(res.stderr:find("ferry: exec: -p and --state cannot be used together", 1, true))
   end)
 
+  it("the summary for a human names the user prefix and how to run the agent", function()
+    mkdir(tmp .. "/sandbox-home")
+    local res = run_ferry({ "prepare", "-p", provider(), "-a", "codex", "-w", ws, "-r", remote, "--state",
+      tmp .. "/state.json" }, env)
+    assert.are.equal(0, res.code, res.stderr)
+    assert.truthy(res.stdout:find("\n  prefix    " .. adapter_dir("codex") .. "/prefix\n", 1, true), res.stdout)
+    assert.truthy(res.stdout:find("\nrun the agent with: ferry exec --state " .. tmp .. "/state.json -- codex\n", 1,
+      true), res.stdout)
+  end)
+
   it("exec --state: --cwd and --env still apply, the launch's PATH dirs come first", function()
     prepare("codex")
     local res = exec { "--cwd", "/", "--env", "CODEX_HOME=/elsewhere", "--", "sh", "-c",

@@ -90,7 +90,8 @@ local function check(sandbox, provider, name, ws, remote_dir, tmp, home)
     return row
   end
   local res = run_ferry({ "exec", "--state", state, "--", VERSION_COMMAND[name], "--version" }, home, 120000)
-  row.version = first_line(res.stdout)
+  -- pi prints its version on stderr
+  row.version = first_line(res.stdout) ~= "" and first_line(res.stdout) or first_line(res.stderr)
   if res.code ~= 0 then
     row.detail = "--version exited " .. res.code .. ": " .. first_line(res.stderr)
     return row
@@ -103,7 +104,9 @@ local function check(sandbox, provider, name, ws, remote_dir, tmp, home)
       return row
     end
   end
+  t0 = core.now_ms()
   local again = prepare(provider, name, ws, remote_dir, state, home)
+  row.again_s = (core.now_ms() - t0) / 1000
   if not again or again.install_status ~= "present" then
     row.detail = "the second prepare did not find the CLI: " .. tostring(again and again.install_status)
     return row
@@ -113,13 +116,13 @@ local function check(sandbox, provider, name, ws, remote_dir, tmp, home)
 end
 
 local function report(rows)
-  io.write("\n", string.format("%-6s %-9s %-7s %10s %10s  %s\n", "sandbox", "adapter", "result", "install",
-    "prepare", "version / detail"))
+  io.write("\n", string.format("%-7s %-9s %-7s %9s %9s %9s  %s\n", "sandbox", "adapter", "result", "install",
+    "prepare", "again", "version / detail"))
   local failed = 0
   for _, row in ipairs(rows) do
     if not row.ok then failed = failed + 1 end
-    io.write(string.format("%-7s %-9s %-7s %9.1fs %9.1fs  %s%s\n", row.sandbox, row.adapter,
-      row.ok and "ok" or "FAILED", row.install_s or 0, row.prepare_s or 0, row.version or "",
+    io.write(string.format("%-7s %-9s %-7s %8.1fs %8.1fs %8.1fs  %s%s\n", row.sandbox, row.adapter,
+      row.ok and "ok" or "FAILED", row.install_s or 0, row.prepare_s or 0, row.again_s or 0, row.version or "",
       (row.login and "; login status: " .. row.login or "") .. (row.detail and "  " .. row.detail or "")))
   end
   io.write(string.format("\n%d of %d checks passed\n", #rows - failed, #rows))

@@ -95,8 +95,14 @@ function M.human_prepare(r)
   for key in pairs(r.asset_dirs) do keys[#keys + 1] = key end
   table.sort(keys)
   for _, key in ipairs(keys) do say(out, "  asset     ", key, " -> ", r.asset_dirs[key], "\n") end
+  if r.install_prefix then say(out, "  prefix    ", r.install_prefix, "\n") end
   if r.state then
-    say(out, "  state     ", r.state, "\nbring the work back with: ferry restore --state ", r.state, "\n")
+    say(out, "  state     ", r.state, "\n")
+    local command = type(r.launch) == "table" and r.launch.command
+    if command then
+      say(out, "run the agent with: ferry exec --state ", r.state, " -- ", require("ferry.core").sh_join(command), "\n")
+    end
+    say(out, "bring the work back with: ferry restore --state ", r.state, "\n")
   end
 end
 
