@@ -16,8 +16,9 @@ local util_path = require "ferry.util"
 
 local M = {}
 
-M.usage = "bwrap:DIR[?net=1&home=0]"
-M.help = "a bubblewrap sandbox: host read-only, DIR read-write at /sandbox, no network unless net=1"
+M.usage = "bwrap:DIR"
+M.help = "a bubblewrap sandbox: host read-only, DIR read-write at /sandbox, no network; options: "
+  .. "bwrap:DIR?net=1 (the host's network), &home=0 (an empty HOME per command)"
 
 -- The options of the provider string and their defaults.
 local OPTIONS = { net = false, home = true }

@@ -85,6 +85,7 @@ local function check(sandbox, provider, name, ws, remote_dir, tmp, home)
     return row
   end
   row.install_s, row.status = (install_ms or 0) / 1000, r.install_status
+  row.into = r.install_prefix or "npm's global prefix"
   if r.install_status ~= "installed" then
     row.detail = "install " .. tostring(r.install_status) .. ": " .. tostring(r.install_warning)
     return row
@@ -138,8 +139,9 @@ local function main(names)
   local rows = {}
   local function log_row(row)
     rows[#rows + 1] = row
-    io.write(string.format("%s %s: %s in %.1f s (install %.1f s) %s\n", row.sandbox, row.adapter,
-      row.ok and "ok" or "FAILED", row.prepare_s or 0, row.install_s or 0, row.version or row.detail or ""))
+    io.write(string.format("%s %s: %s in %.1f s (install %.1f s into %s) %s\n", row.sandbox, row.adapter,
+      row.ok and "ok" or "FAILED", row.prepare_s or 0, row.install_s or 0, row.into or "-",
+      row.version or row.detail or ""))
     io.flush()
   end
 
