@@ -2,8 +2,10 @@
 -- application would (`ferry prepare -a NAME --json`), into (a) a bubblewrap sandbox with network
 -- (bwrap:DIR?net=1) and (b) an ssh sandbox as an unprivileged user (a real sshd on 127.0.0.1 with the specs'
 -- `ferrytest` user, spec/support/sshd.lua); then each CLI runs through `ferry exec --state FILE` with the
--- launch prepare returned: `<cli> --version`, and `codex login status` (which must see the fake auth.json
--- of the codex home asset and say it is logged in), and a second prepare must find the CLI (no reinstall).
+-- launch prepare returned: `<cli> --version`, and a command showing that the CLI found the assets of the
+-- fake host home where it looks (`codex login status` says logged in with the fake auth.json of the codex
+-- home; claude, gemini and opencode list the MCP server of the host's config; pi lists the models of its
+-- sign-in), and a second prepare must find the CLI (no reinstall).
 -- Prints each install's time. Not part of `make test`: it needs the npm registry (about 1.3 GB per sandbox).
 --
 --   build/ferry run spec/agents/real_clients.lua [ADAPTER...]      (default: claude codex gemini pi opencode)
@@ -16,6 +18,16 @@ local sshd = require "support.sshd"
 local FERRY = (os.getenv("PWD") or ".") .. "/build/ferry"
 local ADAPTERS = { "claude", "codex", "gemini", "pi", "opencode" }
 local VERSION_COMMAND = { claude = "claude", codex = "codex", gemini = "gemini", pi = "pi", opencode = "opencode" }
+
+-- What each CLI says, offline, once it has found what the host's config dir brought (main writes them): the
+-- codex sign-in (on stderr), and the MCP servers or sign-in of the others.
+local ASSET_CHECK = {
+  codex = { argv = { "codex", "login", "status" }, expect = "Logged in using ChatGPT" },
+  claude = { argv = { "claude", "mcp", "list" }, expect = "probe-claude: /bin/true" },
+  gemini = { argv = { "gemini", "mcp", "list" }, expect = "probe-gemini: /bin/true" },
+  opencode = { argv = { "opencode", "mcp", "list" }, expect = "probe-opencode" },
+  pi = { argv = { "pi", "--list-models" }, expect = "anthropic" },
+}
 
 local function sh(script)
   local res = assert(ferry.proc.run { argv = { "sh", "-c", script }, timeout_ms = 120000 })
@@ -33,7 +45,7 @@ local function b64url(s)
   return (core.b64_encode(s):gsub("%+", "-"):gsub("/", "_"):gsub("=+$", ""))
 end
 
--- The smallest ChatGPT sign-in `codex login status` accepts (research: an unsigned JWT is enough).
+-- A ChatGPT sign-in `codex login status` accepts (research: unsigned JWTs are enough).
 local function fake_codex_auth()
   local jwt = b64url('{"alg":"none","typ":"JWT"}') .. "." .. b64url(cjson.encode {
     email = "fake@example.com", exp = 4102444800,
@@ -97,13 +109,16 @@ local function check(sandbox, provider, name, ws, remote_dir, tmp, home)
     row.detail = "--version exited " .. res.code .. ": " .. first_line(res.stderr)
     return row
   end
-  if name == "codex" then
-    res = run_ferry({ "exec", "--state", state, "--", "codex", "login", "status" }, home, 120000)
-    row.login = first_line(res.stderr:gsub("WARNING: proceeding[^\n]*\n", ""))
-    if res.code ~= 0 or not res.stderr:find("Logged in using ChatGPT", 1, true) then
-      row.detail = "codex login status exited " .. res.code .. ": " .. res.stderr
+  local seen = ASSET_CHECK[name]
+  if seen then
+    res = run_ferry({ "exec", "--state", state, "--", table.unpack(seen.argv) }, home, 120000)
+    local said = res.stdout .. res.stderr
+    local what = table.concat(seen.argv, " ")
+    if res.code ~= 0 or not said:find(seen.expect, 1, true) then
+      row.detail = what .. " exited " .. res.code .. " without '" .. seen.expect .. "': " .. said
       return row
     end
+    row.asset = what .. ": " .. seen.expect
   end
   t0 = core.now_ms()
   local again = prepare(provider, name, ws, remote_dir, state, home)
@@ -124,7 +139,7 @@ local function report(rows)
     if not row.ok then failed = failed + 1 end
     io.write(string.format("%-7s %-9s %-7s %8.1fs %8.1fs %8.1fs  %s%s\n", row.sandbox, row.adapter,
       row.ok and "ok" or "FAILED", row.install_s or 0, row.prepare_s or 0, row.again_s or 0, row.version or "",
-      (row.login and "; login status: " .. row.login or "") .. (row.detail and "  " .. row.detail or "")))
+      (row.asset and "; " .. row.asset or "") .. (row.detail and "  " .. row.detail or "")))
   end
   io.write(string.format("\n%d of %d checks passed\n", #rows - failed, #rows))
   return failed
@@ -134,8 +149,14 @@ local function main(names)
   local tmp = assert(core.fs_mkdtemp("/tmp/ferry-agents-"))
   sh("chmod 0755 '" .. tmp .. "'")
   local home, ws = tmp .. "/host-home", tmp .. "/workspace"
-  sh("mkdir -p '" .. home .. "/.codex' '" .. ws .. "' && echo '# a workspace' > '" .. ws .. "/README.md'")
+  sh("mkdir -p '" .. home .. "/.codex' '" .. home .. "/.gemini' '" .. home .. "/.pi/agent' '" .. home
+    .. "/.config/opencode' '" .. ws .. "' && echo '# a workspace' > '" .. ws .. "/README.md'")
   write(home .. "/.codex/auth.json", fake_codex_auth())
+  write(home .. "/.claude.json", '{"mcpServers":{"probe-claude":{"type":"stdio","command":"/bin/true","args":[]}}}')
+  write(home .. "/.gemini/settings.json", '{"mcpServers":{"probe-gemini":{"command":"/bin/true"}}}')
+  write(home .. "/.config/opencode/opencode.json",
+    '{"mcp":{"probe-opencode":{"type":"local","command":["/bin/true"]}}}')
+  write(home .. "/.pi/agent/auth.json", '{"anthropic":{"type":"api_key","key":"sk-ant-fake"}}')
   local rows = {}
   local function log_row(row)
     rows[#rows + 1] = row
