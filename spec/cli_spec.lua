@@ -243,3 +243,111 @@ describe("the interactive REPL (in a real terminal, through tmux)", function()
     helpers.rmtree(home)
   end)
 end)
+
+describe("the command line a new user meets", function()
+  local tmp, ws, env
+  before_each(function()
+    tmp = helpers.tmpdir()
+    ws = tmp .. "/ws"
+    assert(os.execute("mkdir -p " .. ws .. " " .. tmp .. "/fp/adapters"))
+    helpers.write_file(ws .. "/a.txt", "a\n")
+    helpers.write_file(tmp .. "/fp/adapters/chatty.lua", [[
+      return { name = "chatty", hooks = { before_sync = function(ctx)
+        ctx.log("info", "an info line")
+        ctx.log("debug", "a debug line")
+        ctx.log("warn", "a warning line")
+        if ctx.env("CHATTY_FAIL") then error("boom", 0) end
+      end } }
+    ]])
+    env = { FERRY_PATH = tmp .. "/fp", NO_COLOR = false }
+  end)
+  after_each(function() helpers.rmtree(tmp) end)
+
+  local function prepare(extra, more_env)
+    local args = { "prepare", "-p", "local", "-a", "chatty", "-w", ws, "-r", tmp .. "/remote",
+      "--state", tmp .. "/state.json" }
+    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+    local e = {}
+    for k, v in pairs(env) do e[k] = v end
+    for k, v in pairs(more_env or {}) do e[k] = v end
+    return ferry_cmd(args, { env = e })
+  end
+
+  it("prints the usage of run and -e for --help, and passes --help after a script to the script", function()
+    local r = ferry_cmd { "run", "--help" }
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("^usage: ferry run SCRIPT%.lua", r.stdout)
+    r = ferry_cmd { "-e", "--help" }
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("^usage: ferry %-e CODE", r.stdout)
+    local script = tmp .. "/args.lua"
+    helpers.write_file(script, "print(table.concat(arg, ' '))")
+    r = ferry_cmd { "run", script, "--help", "-h" }
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("--help -h\n", r.stdout)
+  end)
+
+  it("lists each provider with its usage, what it does and where it is loaded from", function()
+    local r = ferry_cmd { "providers" }
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("\nbwrap +bwrap:DIR[^\n]*\n +a bubblewrap sandbox[^\n]*\n +from %[ferry%]/providers/bwrap%.lua\n",
+      r.stdout)
+    assert.matches("\nssh +ssh://%[USER@%]HOST[^\n]*\n +[^\n]+\n +from %[ferry%]/providers/ssh%.lua\n", r.stdout)
+    assert.matches("^bridge ", r.stdout)
+  end)
+
+  it("prefixes an error once per layer: prepare, restore and exec failures", function()
+    local r = ferry_cmd { "prepare", "-p", "local", "-w", tmp .. "/missing", "--state", tmp .. "/s.json" }
+    assert.equal(1, r.code)
+    assert.equal("ferry: prepare: workspace " .. tmp .. "/missing: stat " .. tmp
+      .. "/missing: No such file or directory\n", r.stderr)
+    r = prepare(nil, { CHATTY_FAIL = "1" })
+    assert.equal(1, r.code)
+    assert.equal("ferry: warning: a warning line\nferry: prepare: adapter chatty before_sync hook failed: boom\n",
+      r.stderr)
+    r = ferry_cmd { "restore", "--state", tmp .. "/none.json" }
+    assert.equal(1, r.code)
+    assert.equal("ferry: restore: state: cannot read " .. tmp .. "/none.json: No such file or directory\n", r.stderr)
+    r = ferry_cmd { "exec", "-p", "nope", "--", "true" }
+    assert.equal(1, r.code)
+    assert.matches("^ferry: exec: unknown provider 'nope': known providers are local, bwrap:DIR", r.stderr)
+    assert.falsy(r.stderr:find("exec: exec:", 1, true))
+  end)
+
+  it("names the known adapters for an unknown one", function()
+    local r = ferry_cmd({ "prepare", "-p", "local", "-a", "nope", "-w", ws, "--state", tmp .. "/s.json" },
+      { env = env })
+    assert.equal(1, r.code)
+    assert.equal("ferry: prepare: no adapter named 'nope': known adapters are chatty, claude, codex, cursor, gemini, "
+      .. "opencode, pi, shell (see ferry adapters)\n", r.stderr)
+    r = ferry_cmd({ "prepare", "-p", "local", "-a", "../x", "-w", ws, "--state", tmp .. "/s.json" }, { env = env })
+    assert.equal(1, r.code)
+    assert.matches("^ferry: prepare: no adapter named '%.%./x': known adapters are chatty, claude,", r.stderr)
+  end)
+
+  it("shows the policy's info and debug lines with -v, its warnings always, and no colour off a terminal", function()
+    local r = prepare()
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("ferry: warning: a warning line\n", r.stderr)
+    r = prepare { "-v" }
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("ferry: info: an info line\nferry: debug: a debug line\nferry: warning: a warning line\n", r.stderr)
+    r = prepare { "--verbose" }
+    assert.equal("ferry: info: an info line\nferry: debug: a debug line\nferry: warning: a warning line\n", r.stderr)
+  end)
+
+  it("writes empty maps as {} and empty lists as [] in --json", function()
+    local r = prepare { "--json" }
+    assert.equal(0, r.code, r.stderr)
+    local last = r.stdout:match("([^\n]+)\n$")
+    assert.matches('"asset_dirs":{}', last, 1, true)
+    assert.matches('"reference_dirs":{}', last, 1, true)
+    assert.matches('"warnings":[]', last, 1, true)
+    assert.matches('"changed":[]', last, 1, true)
+    r = ferry_cmd({ "restore", "--json", "--state", tmp .. "/state.json" }, { env = env })
+    assert.equal(0, r.code, r.stderr)
+    last = r.stdout:match("([^\n]+)\n$")
+    assert.matches('"asset_dirs":{}', last, 1, true)
+    assert.matches('"conflicts":[]', last, 1, true)
+  end)
+end)

@@ -74,7 +74,8 @@ function M.traceback(err, boundary, level)
   local msg = err
   if type(err) ~= "string" and type(err) ~= "number" then
     local mt = getmetatable(err)
-    msg = (type(mt) == "table" and mt.__tostring) and tostring(err) or "(error object is " .. inspect.inspect(err) .. ")"
+    local shown = (type(mt) == "table" and mt.__tostring) and tostring(err) or nil
+    msg = shown or "(error object is " .. inspect.inspect(err) .. ")"
   end
   local frames = {}
   for l = level or 2, 200 do
