@@ -55,6 +55,8 @@ local function frame_text(info)
   local what
   if info.what == "main" then
     what = "main chunk"
+  elseif info.namewhat == "global" then -- as lua's traceback names it
+    what = "function '" .. info.name .. "'"
   elseif info.namewhat ~= "" then
     what = info.namewhat .. " '" .. info.name .. "'"
   else
