@@ -371,6 +371,19 @@ describe("the command line a new user meets", function()
     assert.equal("ferry: info: an info line\nferry: debug: a debug line\nferry: warning: a warning line\n", r.stderr)
   end)
 
+  it("shows the policy's info and debug lines and each command of `sb` in the REPL with -v", function()
+    local stdin = "ferry.prepare{provider='local', adapter='chatty', workspace='" .. ws .. "', remote_dir='" .. tmp
+      .. "/remote', state='" .. tmp .. "/state.json'} ~= nil\nsb:exec('true').code\n"
+    local r = ferry_cmd({ "repl", "-p", "local" }, { env = env, stdin = stdin })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("true\n0\n", r.stdout)
+    assert.equal("ferry: warn: a warning line\n", r.stderr)
+    r = ferry_cmd({ "repl", "-p", "local", "-v" }, { env = env, stdin = stdin })
+    assert.equal("true\n0\n", r.stdout)
+    assert.matches("^ferry: an info line\nferry: a debug line\nferry: warn: a warning line\n", r.stderr)
+    assert.matches("\nferry: local: .*\ntrue\n$", r.stderr) -- the script sb ran
+  end)
+
   it("writes empty maps as {} and empty lists as [] in --json", function()
     local r = prepare { "--json" }
     assert.equal(0, r.code, r.stderr)
