@@ -229,8 +229,6 @@ local function run(opts, sb, provider_string, handle, inputs)
   result.launch = launch.result(job.launch, synced.stderr, result.warnings)
   job.launch_result = result.launch
   add_sync(result, synced, job.info)
-  hooked, herr = adapters.run_hook(adapter, "after_sync", job.ctx)
-  if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
   local asset_bytes, xerr, xcode = assets.send(sb, adapter.name, asset_plan, job.runtime_dir, progress,
     result.warnings)
   if not asset_bytes then return nil, redact_fn(xerr), xcode end
@@ -239,6 +237,10 @@ local function run(opts, sb, provider_string, handle, inputs)
   ref_bytes, job.reference_dirs = references.send(sb, inputs.references, job.remote_dir, progress, result.warnings)
   result.reference_dirs = job.reference_dirs
   result.bytes_sent = synced.bytes + asset_bytes + ref_bytes
+  -- once the workspace, the assets and the references are in the sandbox (scripts/README.md "Hooks")
+  job.ctx.result = result
+  hooked, herr = adapters.run_hook(adapter, "after_sync", job.ctx)
+  if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
 
   progress:phase("finalize")
   local wrote, werr, wcode = state_file.write(job.state, redact_record(state_record(job, provider_string, synced)))

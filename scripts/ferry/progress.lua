@@ -2,7 +2,7 @@
 --
 -- Phases: install, sync, assets, restore, finalize. With `json`, each event is one JSON object on its own
 -- line on `out` (keys in a fixed order: event, phase, level, message, bytes, total, then the rest sorted;
--- an empty table is written as []):
+-- an empty table is written as [], unless M.object marked it as a map: then {}):
 --   {"event":"phase","phase":"sync","total":456}                 a phase starts (total omitted if unknown)
 --   {"event":"progress","phase":"sync","bytes":123,"total":456}  at most one per `interval` (0.1 s)
 --   {"event":"progress","phase":"sync","bytes":456,"total":456,"done":true,"elapsed_ms":812}
@@ -11,7 +11,8 @@
 --   {"event":"result", ...}                                      p:finish(result): the last line
 -- With `tty`, a one-line bar on `err` redrawn with "\r" (phase, percent, bytes, rate, ETA); each phase
 -- leaves its final line. Colour only on a terminal (`tty`) and unless no_color (default: the NO_COLOR
--- environment variable is set and not empty). Otherwise only warnings and errors are printed, on `err`.
+-- environment variable is set and not empty). Otherwise only warnings and errors are printed, on `err`
+-- (with `verbose`, info and debug messages too).
 -- Everything written passes through `redact`, then ferry.printable (text for the terminal, json for events):
 -- a message quoting the sandbox never reaches the terminal raw.
 local cjson = require "cjson"
@@ -35,7 +36,18 @@ local function default_now()
   return os.time
 end
 
+-- The metatable marking a table as a JSON object (M.object), so that an empty one is written as {}.
+local OBJECT = { __name = "ferry.progress.object" }
+
+--- Mark `t` as a map (a JSON object: {} when empty, rather than the [] an empty list gets); returns `t`.
+---@param t table
+---@return table
+function M.object(t)
+  return setmetatable(t, OBJECT)
+end
+
 local function is_array(t)
+  if getmetatable(t) == OBJECT then return false end
   local n = #t
   local count = 0
   for _ in pairs(t) do count = count + 1 end
@@ -267,9 +279,15 @@ function Progress:tick()
   if self.tty and self.phase_name then self:draw(false) end
 end
 
+-- How a message of each level is labelled on `err`; info and debug only with `verbose`.
+local LABELS = { error = "error", warn = "warning", info = "info", debug = "debug" }
+local QUIET_LEVELS = { info = true, debug = true }
+local LABEL_COLOURS = { error = "31", warning = "33", info = "36", debug = "2" }
+
 --- Report something else: a table such as {level = "warn", message = "..."}. JSON: written as an event
 --- ("message" unless tbl.event names another) with the current phase. Otherwise warnings and errors are
---- printed on `err`.
+--- printed on `err` as `ferry: warning: <message>`, and with `verbose` info and debug messages as well
+--- (`ferry: info: ...`, `ferry: debug: ...`).
 ---@param tbl table
 function Progress:event(tbl)
   self:check_open("event")
@@ -282,13 +300,13 @@ function Progress:event(tbl)
     self:emit(event)
     return
   end
-  local label = (tbl.level == "warn" and "warning") or (tbl.level == "error" and "error") or nil
-  if not label then return end
+  local label = LABELS[tbl.level]
+  if not label or (QUIET_LEVELS[tbl.level] and not self.verbose) then return end
   local message = tbl.message ~= nil and tostring(tbl.message) or M.encode(tbl)
   local redrawn = self.tty and self.drawn > 0
   if self.tty then self:clear_bar() end
-  self.err:write("ferry: ", paint(self, label == "error" and "31" or "33", label), ": ",
-    printable.text(self.redact(message)), "\n")
+  self.err:write("ferry: ", paint(self, LABEL_COLOURS[label], label), ": ", printable.text(self.redact(message)),
+    "\n")
   if redrawn then self:draw(false) end
 end
 
@@ -307,8 +325,8 @@ function Progress:finish(result)
 end
 
 --- A progress reporter. opts: json, tty (booleans), out (default io.stdout; JSON lines), err (default
---- io.stderr; bar and warnings), redact (string -> string), no_color (default: NO_COLOR is set; colour is
---- only ever written with tty),
+--- io.stderr; bar and warnings), verbose (print info and debug messages on err too), redact (string ->
+--- string), no_color (default: NO_COLOR is set; colour is only ever written with tty),
 --- now (seconds, default a monotonic clock), interval (seconds between updates of a phase, 0.1).
 ---@param opts table|nil
 function M.new(opts)
@@ -322,6 +340,7 @@ function M.new(opts)
   local self = setmetatable({
     json = opts.json and true or false,
     tty = opts.tty and true or false,
+    verbose = opts.verbose and true or false,
     out = opts.out or io.stdout,
     err = opts.err or io.stderr,
     redact = redact_fn,
@@ -335,13 +354,21 @@ function M.new(opts)
   return self
 end
 
---- The reporter prepare and restore use without opts.progress: it reports nothing (their warnings then go
---- to ferry.log).
+--- Whether the reporter prepare and restore use without opts.progress (M.QUIET) passes their info and debug
+--- messages on to ferry.log (`ferry repl -v`, `prepare --many -v`); warnings and errors always go there.
+M.verbose = false
+
+--- The reporter prepare and restore use without opts.progress: no progress (their warnings go to ferry.log,
+--- and their info and debug messages too when M.verbose is set).
 M.QUIET = {}
 function M.QUIET.phase() end
 function M.QUIET.advance() end
-function M.QUIET.event() end
 function M.QUIET.set_total() end
+function M.QUIET.event(_, tbl)
+  if M.verbose and type(tbl) == "table" and QUIET_LEVELS[tbl.level] and tbl.message ~= nil then
+    require("ferry.core").log(tbl.level, printable.text(tostring(tbl.message)))
+  end
+end
 function M.QUIET.status() end
 function M.QUIET.tick() end
 
