@@ -6,11 +6,28 @@ BUSTED ?= busted --lua=$(LUA)
 PKGS := lua5.4 libuv libarchive libcrypto libssl libedit libcurl libh2o
 
 CC ?= cc
+PKG_CONFIG ?= pkg-config
+CJSON := -llua5.4-cjson
+
+# Before anything asks pkg-config for flags, the build checks that each library (and lua-cjson, the compiler and
+# pkg-config) is installed: a missing one stops it with the Debian packages to install and the one apt-get line
+# (engine/tools/missing_debs.sh), rather than a wall of pkg-config errors and a missing header. `make deps`
+# (as root) installs them. Goals that build nothing skip the check.
+missing_debs = $(shell sh engine/tools/missing_debs.sh '$(CC)' '$(PKG_CONFIG)')
+NO_DEPS_GOALS := deps clean lint
+ifneq ($(filter-out $(NO_DEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
+MISSING_DEBS := $(missing_debs)
+ifneq ($(MISSING_DEBS),)
+$(info ferry: the build needs these Debian packages, which are missing: $(MISSING_DEBS))
+$(info ferry: install them with:  apt-get install -y $(MISSING_DEBS)   (or, as root: make deps))
+$(error missing build packages: $(MISSING_DEBS))
+endif
+endif
+
 WARN := -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 CFLAGS ?= -O2 -g
-ALL_CFLAGS := $(WARN) $(CFLAGS) -fPIC -D_GNU_SOURCE -Iengine/include -Iengine/src $(shell pkg-config --cflags $(PKGS))
-LIBS := $(shell pkg-config --libs $(PKGS)) -lm
-CJSON := -llua5.4-cjson
+ALL_CFLAGS := $(WARN) $(CFLAGS) -fPIC -D_GNU_SOURCE -Iengine/include -Iengine/src $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lm
 
 B := build
 # Core: what `require "ferry.core"` needs.  Engine: the embedding API, line editing, the built-in Lua files.
@@ -24,7 +41,7 @@ HEADERS := $(wildcard engine/src/*.h) engine/include/ferry.h
 # the path a Lua file is looked up by: scripts/ferry/x.lua -> ferry/x.lua, scripts/adapters/a.lua -> adapters/a.lua
 embed_rel = $(patsubst scripts/%,%,$(1))
 
-.PHONY: all test check bench demo install clean lint fuzz soak worker
+.PHONY: all test check bench demo install clean lint fuzz soak worker test-agents deps
 all: $(B)/ferry $(B)/lua/ferry/core.so $(B)/libferry.a $(B)/libferry.so $(B)/ferry.pc
 
 $(B)/obj/%.o: engine/src/%.c $(HEADERS)
@@ -51,7 +68,7 @@ $(B)/ferry: $(B)/obj/main.o $(B)/libferry.a
 
 $(B)/lua/ferry/core.so: $(CORE_OBJ)
 	@mkdir -p $(@D)
-	$(CC) -shared -o $@ $^ $(shell pkg-config --libs libuv libarchive libcrypto libssl libcurl libh2o)
+	$(CC) -shared -o $@ $^ $(shell $(PKG_CONFIG) --libs libuv libarchive libcrypto libssl libcurl libh2o)
 
 VERSION := $(shell sed -n 's/^\#define FERRY_VERSION "\(.*\)"/\1/p' engine/include/ferry.h)
 make_pc = sed -e 's|@PREFIX@|$(1)|g' -e 's|@VERSION@|$(VERSION)|g' engine/tools/ferry.pc.in
@@ -127,6 +144,13 @@ SOAK_RACES ?= 0
 soak: all
 	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_SEED=$(SOAK_SEED) SOAK_RACES=$(SOAK_RACES) $(B)/ferry run spec/soak/soak.lua
 
+# The real agent CLIs from the npm registry (not part of test: it needs the registry and ~3 GB of disk), installed
+# through their adapters into a bwrap sandbox with network and over ssh as an unprivileged user, then run
+# through `ferry exec --state` (README "Launching the agent"). ADAPTERS="codex pi" for fewer.
+ADAPTERS ?=
+test-agents: all
+	$(B)/ferry run spec/agents/real_clients.lua $(ADAPTERS)
+
 lint:
 	luacheck --quiet scripts providers spec engine/tools
 
@@ -152,6 +176,15 @@ install: all
 	install -m 644 $(wildcard scripts/ferry/bridge/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/bridge/
 	$(if $(wildcard scripts/adapters/*.lua),install -m 644 $(wildcard scripts/adapters/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/adapters/)
 	$(if $(wildcard providers/*.lua),install -m 644 $(wildcard providers/*.lua) $(DESTDIR)$(PREFIX)/share/lua/5.4/ferry/providers/)
+
+# Install the missing build packages (Debian/Ubuntu, as root); says what to run when not root.
+deps:
+	@missing="$(missing_debs)"; \
+	if [ -z "$$missing" ]; then echo "deps: every build package is installed"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "deps: run as root: apt-get install -y $$missing" >&2; exit 1; \
+	else echo "apt-get install -y $$missing"; \
+	  apt-get install -y $$missing || { apt-get update && apt-get install -y $$missing; }; fi
 
 clean:
 	rm -rf $(B)

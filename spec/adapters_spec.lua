@@ -56,19 +56,22 @@ describe("adapters", function()
 
     it("installs and detects each agent as documented", function()
       local want = {
-        claude = { "claude", "npm install -g @anthropic-ai/claude-code" },
-        codex = { "codex", "npm install -g @openai/codex" },
-        gemini = { "gemini", "npm install -g @google/gemini-cli" },
-        pi = { "pi", "npm install -g @mariozechner/pi-coding-agent" },
+        claude = { "claude", "@anthropic-ai/claude-code" },
+        codex = { "codex", "@openai/codex" },
+        gemini = { "gemini", "@google/gemini-cli" },
+        pi = { "pi", "@mariozechner/pi-coding-agent" },
+        opencode = { "opencode", "opencode-ai" },
       }
       for name, w in pairs(want) do
         local a = adapter(name)
-        assert.are.same(w, { a.detect, a.install })
+        assert.are.same(w, { a.detect, a.npm })
       end
-      assert.are.equal("opencode", adapter("opencode").detect)
-      assert.truthy(adapter("opencode").install:find("curl -fsSL https://opencode.ai/install | bash", 1, true))
+      for _, name in ipairs { "claude", "codex", "gemini", "pi" } do assert.is_nil(adapter(name).install) end
+      -- vendor scripts: downloaded to a file first, so that a failed download fails the install
+      assert.truthy(adapter("opencode").install:find("curl -fsSL https://opencode.ai/install -o \"$ferry_s\"", 1, true))
       assert.are.equal("agent", adapter("cursor").detect)
-      assert.truthy(adapter("cursor").install:find("curl https://cursor.com/install -fsS | bash", 1, true))
+      assert.is_nil(adapter("cursor").npm)
+      assert.truthy(adapter("cursor").install:find("curl -fsSL https://cursor.com/install -o \"$ferry_s\"", 1, true))
       local shell = adapter("shell")
       assert.is_nil(shell.detect)
       assert.is_nil(shell.install)
@@ -390,21 +393,23 @@ describe("adapters", function()
   end)
 
   describe("claude MCP config", function()
-    local sb, runtime_dir, hook
+    local sb, remote, dir, hook
 
     before_each(function()
       sb = assert(ferry.open("local"))
-      runtime_dir = root .. "/remote/.ferry-runtime/claude"
+      remote = root .. "/remote"
+      dir = remote .. "/.ferry-runtime/claude" -- CLAUDE_CONFIG_DIR of the launch
       hook = adapter("claude").hooks.after_sync
     end)
     after_each(function() sb:close() end)
 
     local function run(env)
-      local ctx = make_ctx(root, env or {}, { sb = sb, runtime_dir = runtime_dir, asset_dirs = {} })
+      local ctx = make_ctx(root, env or {}, { sb = sb, remote_dir = remote, runtime_dir = remote .. "/.ferry-runtime",
+        asset_dirs = {} })
       return hook(ctx), ctx
     end
 
-    it("writes the user's and this workspace's MCP servers, 0600, for --mcp-config", function()
+    it("writes the user's and this workspace's MCP servers into .claude.json in the config dir, 0600", function()
       helpers.write_file(root .. "/.claude.json", cjson.encode({
         oauthAccount = { emailAddress = "me@example.com" },
         mcpServers = {
@@ -417,7 +422,7 @@ describe("adapters", function()
         },
       }))
       local path, ctx = run()
-      assert.are.equal(runtime_dir .. "/mcp-config/mcp.json", path)
+      assert.are.equal(dir .. "/.claude.json", path)
       assert.are.equal(MODE_600, mode_of(path))
       local doc = cjson.decode(helpers.read_file(path))
       assert.are.same({ "mcpServers" }, (function()
@@ -428,7 +433,7 @@ describe("adapters", function()
       assert.are.same({ type = "stdio", command = "docs-mcp", env = { TOKEN = "t" } }, doc.mcpServers.docs)
       assert.are.equal("https://local.example/mcp", doc.mcpServers.web.url)
       assert.is_nil(doc.mcpServers.other)
-      assert.are.equal(runtime_dir .. "/mcp-config", ctx.asset_dirs["mcp-config"])
+      assert.are.same({}, ctx.asset_dirs)
     end)
 
     it("reads .claude.json from CLAUDE_CONFIG_DIR when it is set", function()
@@ -439,15 +444,19 @@ describe("adapters", function()
       assert.are.same({ a = { command = "a" } }, cjson.decode(helpers.read_file(path)).mcpServers)
     end)
 
-    it("writes nothing without servers, and only warns on a malformed file", function()
+    it("writes nothing without servers, drops an earlier prepare's, and only warns on a malformed file", function()
       assert.is_nil((run()))
       helpers.write_file(root .. "/.claude.json", cjson.encode({ mcpServers = {} }))
       assert.is_nil((run()))
+      assert.is_nil(core.fs_lstat(dir))
+      mkdirs(dir)
+      helpers.write_file(dir .. "/.claude.json", '{"userID": "u", "mcpServers": {"gone": {}}, "tips": []}')
+      assert.are.equal(dir .. "/.claude.json", (run()))
+      assert.are.equal('{"userID": "u", "tips": []}', helpers.read_file(dir .. "/.claude.json"))
       helpers.write_file(root .. "/.claude.json", "{oops")
       local path, ctx = run()
       assert.is_nil(path)
       assert.truthy(ctx.logs[1]:find("^warn: claude: .*not a JSON object"))
-      assert.is_nil(core.fs_lstat(runtime_dir))
     end)
   end)
 
@@ -461,7 +470,7 @@ describe("adapters", function()
     it("is a working adapter", function()
       local a = assert(load(example_source(), "@README example", "t"))("qwen")
       assert.are.equal("qwen", a.name)
-      assert.are.same({ "qwen", "npm install -g @qwen-code/qwen-code" }, { a.detect, a.install })
+      assert.are.same({ "qwen", "@qwen-code/qwen-code" }, { a.detect, a.npm })
       excludes.compile(a.excludes)
       local ctx = make_ctx(root, {})
       assert.are.same({}, a.assets(ctx))

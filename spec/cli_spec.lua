@@ -171,6 +171,23 @@ describe("the ferry binary", function()
   end)
 end)
 
+describe("the REPL's history file", function()
+  it("is $XDG_STATE_HOME/ferry_history (default ~/.local/state) when that dir exists, else ~/.ferry_history", function()
+    local home = helpers.tmpdir()
+    local code = "print(require('ferry.repl').history_path())"
+    local r = ferry_cmd({ "-e", code }, { env = { HOME = home, XDG_STATE_HOME = false } })
+    assert.equal(home .. "/.ferry_history\n", r.stdout)
+    assert(os.execute("mkdir -p " .. home .. "/.local/state " .. home .. "/xdg"))
+    r = ferry_cmd({ "-e", code }, { env = { HOME = home, XDG_STATE_HOME = false } })
+    assert.equal(home .. "/.local/state/ferry_history\n", r.stdout)
+    r = ferry_cmd({ "-e", code }, { env = { HOME = home, XDG_STATE_HOME = home .. "/xdg" } })
+    assert.equal(home .. "/xdg/ferry_history\n", r.stdout)
+    r = ferry_cmd({ "-e", code }, { env = { HOME = home, XDG_STATE_HOME = home .. "/missing" } })
+    assert.equal(home .. "/.ferry_history\n", r.stdout)
+    helpers.rmtree(home)
+  end)
+end)
+
 describe("ferry repl -p PROVIDER", function()
   it("opens `sb` on the provider", function()
     local r = ferry_cmd({ "repl", "-p", "local" }, { stdin = "sb:exec('echo from-sb').stdout\nsb.name\n" })
@@ -241,5 +258,162 @@ describe("the interactive REPL (in a real terminal, through tmux)", function()
     local hist = helpers.read_file(home .. "/.local/state/ferry_history")
     assert.truthy(hist and hist:find("1+1", 1, true))
     helpers.rmtree(home)
+  end)
+
+  it("completes names with TAB, prints tables readably, and shows errors without ferry's own frames", function()
+    local home = helpers.tmpdir()
+    session = session .. "-b" -- the teardown kills this one; the first session ended with its test
+    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "40",
+      "env HOME=" .. home .. " " .. helpers.ferry_bin .. " repl -p local; sleep 30")
+    wait_for("Lua 5%.4%)\n>")
+    tmux("send-keys", "-t", session, "ferry.pr", "Tab", "Tab")
+    wait_for("\nprepare +proc *\n")
+    tmux("send-keys", "-t", session, "C-u", "sb:ex", "Tab")
+    wait_for("> sb:exec")
+    tmux("send-keys", "-t", session, "('echo done-' .. 1+1).stdout", "Enter")
+    wait_for("\ndone%-2\n")
+    tmux("send-keys", "-t", session, "string.fo", "Tab")
+    wait_for("> string%.format")
+    tmux("send-keys", "-t", session, "('<%d>', 7)", "Enter")
+    wait_for("\n<7>\n")
+    tmux("send-keys", "-t", session, "{b={1,'x'}, a=true}", "Enter")
+    wait_for('\n{ a = true, b = { 1, "x" } }\n')
+    tmux("send-keys", "-t", session, "t = {}; t.self = t; return t", "Enter")
+    wait_for("\n<1>{ self = <table 1> }\n")
+    tmux("send-keys", "-t", session, "function g() error('bad') end", "Enter", "g(); print(1)", "Enter")
+    wait_for("\nstdin:1: bad\nstack traceback:\n%s+stdin:1: in function 'g'\n%s+stdin:1: in main chunk\n>")
+    local mark = "31.8" .. math.random(100000, 999999)
+    tmux("send-keys", "-t", session, "r = ferry.proc.run{argv={'sleep','" .. mark .. "'}}", "Enter")
+    ferry.sleep(300)
+    tmux("send-keys", "-t", session, "C-c")
+    wait_for("interrupted!\nstack traceback:\n%s+stdin:1: in main chunk\n>")
+    local shown = screen()
+    assert.falsy(shown:find("[ferry]", 1, true), shown)
+    assert.falsy(shown:find("[C]", 1, true), shown)
+    assert.falsy(shown:find("table: 0x", 1, true), shown)
+    tmux("send-keys", "-t", session, "C-d")
+    helpers.rmtree(home)
+  end)
+end)
+
+describe("the command line a new user meets", function()
+  local tmp, ws, env
+  before_each(function()
+    tmp = helpers.tmpdir()
+    ws = tmp .. "/ws"
+    assert(os.execute("mkdir -p " .. ws .. " " .. tmp .. "/fp/adapters"))
+    helpers.write_file(ws .. "/a.txt", "a\n")
+    helpers.write_file(tmp .. "/fp/adapters/chatty.lua", [[
+      return { name = "chatty", hooks = { before_sync = function(ctx)
+        ctx.log("info", "an info line")
+        ctx.log("debug", "a debug line")
+        ctx.log("warn", "a warning line")
+        if ctx.env("CHATTY_FAIL") then error("boom", 0) end
+      end } }
+    ]])
+    env = { FERRY_PATH = tmp .. "/fp", NO_COLOR = false }
+  end)
+  after_each(function() helpers.rmtree(tmp) end)
+
+  local function prepare(extra, more_env)
+    local args = { "prepare", "-p", "local", "-a", "chatty", "-w", ws, "-r", tmp .. "/remote",
+      "--state", tmp .. "/state.json" }
+    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+    local e = {}
+    for k, v in pairs(env) do e[k] = v end
+    for k, v in pairs(more_env or {}) do e[k] = v end
+    return ferry_cmd(args, { env = e })
+  end
+
+  it("prints the usage of run and -e for --help, and passes --help after a script to the script", function()
+    local r = ferry_cmd { "run", "--help" }
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("^usage: ferry run SCRIPT%.lua", r.stdout)
+    r = ferry_cmd { "-e", "--help" }
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("^usage: ferry %-e CODE", r.stdout)
+    local script = tmp .. "/args.lua"
+    helpers.write_file(script, "print(table.concat(arg, ' '))")
+    r = ferry_cmd { "run", script, "--help", "-h" }
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("--help -h\n", r.stdout)
+  end)
+
+  it("lists each provider with its usage, what it does and where it is loaded from", function()
+    local r = ferry_cmd { "providers" }
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("\nbwrap +bwrap:DIR[^\n]*\n +a bubblewrap sandbox[^\n]*\n +from %[ferry%]/providers/bwrap%.lua\n",
+      r.stdout)
+    assert.matches("\nssh +ssh://%[USER@%]HOST[^\n]*\n +[^\n]+\n +from %[ferry%]/providers/ssh%.lua\n", r.stdout)
+    assert.matches("^bridge ", r.stdout)
+  end)
+
+  it("prefixes an error once per layer: prepare, restore and exec failures", function()
+    local r = ferry_cmd { "prepare", "-p", "local", "-w", tmp .. "/missing", "--state", tmp .. "/s.json" }
+    assert.equal(1, r.code)
+    assert.equal("ferry: prepare: workspace " .. tmp .. "/missing: stat " .. tmp
+      .. "/missing: No such file or directory\n", r.stderr)
+    r = prepare(nil, { CHATTY_FAIL = "1" })
+    assert.equal(1, r.code)
+    assert.equal("ferry: warning: a warning line\nferry: prepare: adapter chatty before_sync hook failed: boom\n",
+      r.stderr)
+    r = ferry_cmd { "restore", "--state", tmp .. "/none.json" }
+    assert.equal(1, r.code)
+    assert.equal("ferry: restore: state: cannot read " .. tmp .. "/none.json: No such file or directory\n", r.stderr)
+    r = ferry_cmd { "exec", "-p", "nope", "--", "true" }
+    assert.equal(1, r.code)
+    assert.matches("^ferry: exec: unknown provider 'nope': known providers are local, bwrap:DIR", r.stderr)
+    assert.falsy(r.stderr:find("exec: exec:", 1, true))
+  end)
+
+  it("names the known adapters for an unknown one", function()
+    local r = ferry_cmd({ "prepare", "-p", "local", "-a", "nope", "-w", ws, "--state", tmp .. "/s.json" },
+      { env = env })
+    assert.equal(1, r.code)
+    assert.equal("ferry: prepare: no adapter named 'nope': known adapters are chatty, claude, codex, cursor, gemini, "
+      .. "opencode, pi, shell (see ferry adapters)\n", r.stderr)
+    r = ferry_cmd({ "prepare", "-p", "local", "-a", "../x", "-w", ws, "--state", tmp .. "/s.json" }, { env = env })
+    assert.equal(1, r.code)
+    assert.matches("^ferry: prepare: no adapter named '%.%./x': known adapters are chatty, claude,", r.stderr)
+  end)
+
+  it("shows the policy's info and debug lines with -v, its warnings always, and no colour off a terminal", function()
+    local r = prepare()
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("ferry: warning: a warning line\n", r.stderr)
+    r = prepare { "-v" }
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("ferry: info: an info line\nferry: debug: a debug line\nferry: warning: a warning line\n", r.stderr)
+    r = prepare { "--verbose" }
+    assert.equal("ferry: info: an info line\nferry: debug: a debug line\nferry: warning: a warning line\n", r.stderr)
+  end)
+
+  it("shows the policy's info and debug lines and each command of `sb` in the REPL with -v", function()
+    local stdin = "ferry.prepare{provider='local', adapter='chatty', workspace='" .. ws .. "', remote_dir='" .. tmp
+      .. "/remote', state='" .. tmp .. "/state.json'} ~= nil\nsb:exec('true').code\n"
+    local r = ferry_cmd({ "repl", "-p", "local" }, { env = env, stdin = stdin })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("true\n0\n", r.stdout)
+    assert.equal("ferry: warn: a warning line\n", r.stderr)
+    r = ferry_cmd({ "repl", "-p", "local", "-v" }, { env = env, stdin = stdin })
+    assert.equal("true\n0\n", r.stdout)
+    assert.matches("^ferry: an info line\nferry: a debug line\nferry: warn: a warning line\n", r.stderr)
+    assert.matches("\nferry: local: .*\ntrue\n$", r.stderr) -- the script sb ran
+  end)
+
+  it("writes empty maps as {} and empty lists as [] in --json", function()
+    local r = prepare { "--json" }
+    assert.equal(0, r.code, r.stderr)
+    local last = r.stdout:match("([^\n]+)\n$")
+    assert.matches('"asset_dirs":{}', last, 1, true)
+    assert.matches('"reference_dirs":{}', last, 1, true)
+    assert.matches('"env":{}', last, 1, true) -- launch.env of an adapter without one
+    assert.matches('"warnings":[]', last, 1, true)
+    assert.matches('"changed":[]', last, 1, true)
+    r = ferry_cmd({ "restore", "--json", "--state", tmp .. "/state.json" }, { env = env })
+    assert.equal(0, r.code, r.stderr)
+    last = r.stdout:match("([^\n]+)\n$")
+    assert.matches('"asset_dirs":{}', last, 1, true)
+    assert.matches('"conflicts":[]', last, 1, true)
   end)
 end)

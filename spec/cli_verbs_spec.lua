@@ -370,11 +370,12 @@ describe("ferry verbs", function()
     helpers.write_file(dir .. "/adapters/shell.lua", "return { name = 'shell' }\n")
     local r = run_ferry { "providers" }
     assert.equal(0, r.code, r.stderr)
-    for _, name in ipairs { "local", "bwrap", "cmd" } do
-      assert.matches("\n?" .. name .. " +%S*providers/" .. name .. "%.lua\n", r.stdout)
+    for _, name in ipairs { "local", "bwrap", "cmd" } do -- name, usage; what it does; where it is from
+      assert.matches("\n?" .. name .. " +" .. name .. "[^\n]*\n +[^\n]+\n +from %S*providers/" .. name .. "%.lua\n",
+        r.stdout)
     end
     r = run_ferry({ "providers" }, { env = { FERRY_PATH = dir } })
-    assert.matches("mine +" .. dir:gsub("%p", "%%%0") .. "/providers/mine%.lua\n", r.stdout)
+    assert.matches("mine +mine\n +from " .. dir:gsub("%p", "%%%0") .. "/providers/mine%.lua\n", r.stdout)
     r = run_ferry { "adapters" }
     assert.equal(0, r.code, r.stderr)
     for _, name in ipairs { "shell", "claude", "codex", "gemini", "opencode", "cursor", "pi" } do

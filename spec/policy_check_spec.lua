@@ -252,7 +252,7 @@ describe("policy files in FERRY_PATH", function()
     local res = ferry_with(dir, { "prepare", "-p", "local", "-a", "typo", "-w", ws, "-r", box,
       "--state", ws .. ".state.json" })
     assert.are.equal(1, res.code)
-    assert.are.equal("ferry: prepare: prepare: " .. dir .. "/adapters/typo.lua:4: unknown field 'hook' (did you mean "
+    assert.are.equal("ferry: prepare: " .. dir .. "/adapters/typo.lua:4: unknown field 'hook' (did you mean "
       .. "'hooks'?)\n", res.stderr)
     assert.are.same({ "keep" }, core.fs_readdir(box))
     helpers.rmtree(ws)

@@ -150,6 +150,21 @@ describe("progress on a terminal", function()
     assert.truthy(first_draw({}):find("\27[", 1, true))
   end)
 
+  it("colours a warning's label only on a terminal without no_color; info and debug only with verbose", function()
+    local function said(opts, level)
+      local err = sink()
+      opts.err, opts.now = err, function() return 0 end
+      progress.new(opts):event { level = level or "warn", message = "m" }
+      return err:text()
+    end
+    assert.equal("ferry: \27[33mwarning\27[0m: m\n", said { tty = true, no_color = false })
+    assert.equal("ferry: warning: m\n", said { tty = true, no_color = true })
+    assert.equal("ferry: warning: m\n", said { tty = false, no_color = false }) -- stderr is not a terminal
+    assert.equal("", said({ tty = false }, "info"))
+    assert.equal("ferry: info: m\n", said({ tty = false, verbose = true }, "info"))
+    assert.equal("ferry: debug: m\n", said({ tty = false, verbose = true }, "debug"))
+  end)
+
   it("prints a warning above the bar, redacted, then redraws the bar", function()
     local err = sink()
     local p = progress.new { tty = true, err = err, now = function() return 0 end, no_color = true,

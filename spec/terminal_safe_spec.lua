@@ -61,7 +61,7 @@ describe("a hostile sandbox", function()
     local res = run { "prepare", "-p", "cmd:env PATH=" .. tmp .. "/bin:/usr/bin:/bin", "-w", ws, "-r", remote,
       "--state", tmp .. "/state.json" }
     assert.equal(1, res.code)
-    assert.equal("ferry: prepare: prepare: sync to " .. remote .. ": exit code 2: tar: \\e]52;c;aGFja2Vk\\x07"
+    assert.equal("ferry: prepare: sync to " .. remote .. ": exit code 2: tar: \\e]52;c;aGFja2Vk\\x07"
       .. "clipboard \\e[2J cleared \\x9b c1\n", res.stderr)
     no_raw_escape(res.stderr, "stderr")
   end)

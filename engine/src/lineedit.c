@@ -1,4 +1,5 @@
-/* Line editing (libedit), Ctrl-C for the REPL, and SIGINT/SIGTERM/SIGHUP for the command line's verbs.
+/* Line editing (libedit) with a Lua completer, Ctrl-C for the REPL, and SIGINT/SIGTERM/SIGHUP for the command
+ * line's verbs.
  *
  * Ctrl-C is handled as the standalone lua does: the SIGINT handler only sets a flag and, while code runs under
  * core.interrupt_pcall, installs a hook that raises "interrupted!" at the next Lua call, return, line or
@@ -39,7 +40,8 @@ typedef struct interrupt {
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
-  luaL_error(L, "interrupted!");
+  lua_pushliteral(L, "interrupted!"); /* no position: it would name whatever line was running, often ferry's */
+  lua_error(L);
 }
 
 static void on_sigint(int sig) {
@@ -228,12 +230,74 @@ static int l_interrupt_pcall(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* core.readline(prompt) -> line | nil at end of input | false when Ctrl-C abandoned the line */
+/* ---- completion ---- */
+
+/* The state whose completer runs during this readline() (readline is not reentrant: one at a time). */
+static lua_State *complete_state;
+#define COMPLETER_KEY "ferry.readline.completer"
+
+/* Every byte that ends a word for completion: whitespace and punctuation but '_', so the word libedit
+ * replaces is the last name of a chain (`pr` of `ferry.pr`); the completer reads the chain from the line. */
+static char word_breaks[] = " \t\n\"\\'`@$><=;|&{}()[],.:+-*/%^#~!?";
+
+/* The completer's list for the line up to the cursor, as libedit takes it: [0] the text replacing the word
+ * (the names' common prefix), then each name, NULL-terminated; malloc'd (libedit frees it). NULL for none. */
+static char **complete_cb(const char *text, int start, int end) {
+  (void)text;
+  (void)start;
+  rl_attempted_completion_over = 1; /* never libedit's file name completion */
+  lua_State *L = complete_state;
+  if (L == NULL || !lua_checkstack(L, 4)) return NULL;
+  int top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, COMPLETER_KEY);
+  lua_pushlstring(L, rl_line_buffer, end > 0 ? (size_t)end : 0);
+  char **matches = NULL;
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1)) { /* an error: no completion, no message */
+    size_t n = lua_rawlen(L, -1), kept = 0;
+    matches = calloc(n + 3, sizeof *matches); /* libedit reads matches[2] even for one match */
+    for (size_t i = 1; matches && i <= n; i++) {
+      if (lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TSTRING) {
+        char *m = strdup(lua_tostring(L, -1));
+        if (m) matches[1 + kept++] = m;
+      }
+      lua_pop(L, 1);
+    }
+    if (matches && kept > 0) {
+      size_t common = strlen(matches[1]);
+      for (size_t i = 2; i <= kept; i++) {
+        size_t j = 0;
+        while (j < common && matches[i][j] == matches[1][j]) j++;
+        common = j;
+      }
+      matches[0] = strndup(matches[1], common);
+    }
+    if (matches && matches[0] == NULL) { /* nothing to offer (or out of memory) */
+      for (size_t i = 1; i <= kept; i++) free(matches[i]);
+      free(matches);
+      matches = NULL;
+    }
+  }
+  lua_settop(L, top);
+  return matches;
+}
+
+/* core.readline(prompt[, completer]) -> line | nil at end of input | false when Ctrl-C abandoned the line.
+ * completer(line up to the cursor) -> list of names the word before the cursor can become (TAB). */
 static int l_readline(lua_State *L) {
   const char *prompt = luaL_optstring(L, 1, "> ");
+  int completing = !lua_isnoneornil(L, 2);
+  if (completing) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  lua_setfield(L, LUA_REGISTRYINDEX, COMPLETER_KEY); /* nil clears it */
   rl_catch_signals = 0; /* libedit must not install its own SIGINT handler */
+  rl_attempted_completion_function = completing ? complete_cb : NULL;
+  rl_basic_word_break_characters = word_breaks;
+  rl_completer_word_break_characters = word_breaks;
+  rl_completion_append_character = '\0'; /* `ferry.proc` may go on with `.run`: no space after a name */
+  complete_state = completing ? L : NULL;
   interrupted = 0;
   char *line = readline(prompt);
+  complete_state = NULL;
   if (interrupted) { /* read() failed with EINTR (or Ctrl-C came as the line ended): abandon it */
     interrupted = 0;
     free(line);

@@ -3,7 +3,8 @@
 --- must not plant its own tokens on the host either. So auth.json comes back only when the caller opts in
 --- (restore's credentials = "copy-back", `ferry restore --copy-back-credentials`), and then only a genuine
 --- refresh: the same account, refreshed after the host's copy and not in the future. Whatever happens is
---- reported in the restore result (`credentials`).
+--- reported in the restore result (`credentials`). Launch: CODEX_HOME is the home asset's dir (made when the host
+--- has none: codex refuses a CODEX_HOME that does not exist).
 local util = require "ferry.adapter_util"
 local cjson = require("cjson").new()
 
@@ -112,7 +113,7 @@ end
 return {
   name = "codex",
   detect = "codex",
-  install = "npm install -g @openai/codex",
+  npm = "@openai/codex",
   -- A Codex sign-in inside the workspace (a checked-out home dir) stays on the host.
   excludes = { "**/.codex/auth.json", "**/.codex/auth.json.ferry-backup-*" },
   --- home: the Codex home without scratch space, logs and past sessions (large, and private).
@@ -128,4 +129,8 @@ return {
     }
   end,
   hooks = { after_restore = after_restore },
+  launch = function(ctx)
+    local home = ctx.adapter_dir .. "/home"
+    return { env = { CODEX_HOME = home }, dirs = { home }, command = { "codex" } }
+  end,
 }

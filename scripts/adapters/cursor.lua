@@ -1,17 +1,15 @@
---- cursor: the Cursor agent CLI (`agent`). Installed with its official script, which puts the binary in
---- ~/.local/bin; the install links it into /usr/local/bin when it can so that the detect probe finds it.
+--- cursor: the Cursor agent CLI (`agent`). Installed with its official script (there is no npm package), which
+--- puts the command in ~/.local/bin: it is linked into the user prefix's bin dir, which is on PATH for the
+--- detect probe and the launch. Launch (from Cursor's documentation, not tried here): CURSOR_CONFIG_DIR is
+--- the home asset (cli-config.json, mcp.json, skills), XDG_CONFIG_HOME holds `cursor` linked to the config
+--- asset (the CLI sign-in).
 local util = require "ferry.adapter_util"
-
-local INSTALL = table.concat({
-  "curl https://cursor.com/install -fsS | bash",
-  '{ [ ! -x "$HOME/.local/bin/agent" ] || ln -sf "$HOME/.local/bin/agent" /usr/local/bin/agent 2>/dev/null'
-    .. " || true; }",
-}, " && ")
 
 return {
   name = "cursor",
   detect = "agent",
-  install = INSTALL,
+  install = util.script_install("https://cursor.com/install", "bash",
+    util.link_command("$HOME/.local/bin/agent", "agent")),
   excludes = { "**/.config/cursor/auth.json" },
   --- home: ~/.cursor limited to what the CLI reads (the editor keeps gigabytes of extensions beside it):
   --- mcp.json, cli-config.json, skills, rules, commands. config: $XDG_CONFIG_HOME/cursor (the CLI sign-in).
@@ -24,6 +22,15 @@ return {
         exclude = { "/*", "!/mcp.json", "!/cli-config.json", "!/skills", "!/rules", "!/commands" },
       },
       config = { dir = config_home .. "/cursor", follow_symlinks = false, exclude = {} },
+    }
+  end,
+  launch = function(ctx)
+    local dir = ctx.adapter_dir
+    return {
+      env = { CURSOR_CONFIG_DIR = dir .. "/home", XDG_CONFIG_HOME = dir .. "/xdg" },
+      dirs = { dir .. "/home", dir .. "/config" },
+      links = { [dir .. "/xdg/cursor"] = dir .. "/config" },
+      command = { "agent" },
     }
   end,
 }

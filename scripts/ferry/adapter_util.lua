@@ -3,6 +3,7 @@
 -- host file reads, symlink resolution, and copying a file brought back from the sandbox over a host file
 -- under a lock.
 local core = require "ferry.core"
+local json = require("cjson").new()
 local snapshot = require "ferry.snapshot"
 
 local M = {}
@@ -229,6 +230,125 @@ function M.report_credential(ctx, path, action, reason)
   result.credentials = result.credentials or {}
   result.credentials[#result.credentials + 1] = { adapter = ctx.adapter, path = path, action = action,
     reason = reason }
+end
+
+--- A host file's JSON object: nil when the file is missing; nil and why ("PATH: not a JSON object", or the
+--- read error) when it cannot be used.
+---@param path string
+---@param max_bytes integer
+---@return table|nil doc, string|nil err
+function M.read_json(path, max_bytes)
+  local text, err, code = M.read_file(path, max_bytes)
+  if not text then return nil, code ~= "ENOENT" and err or nil end
+  local ok, doc = pcall(json.decode, text)
+  if not ok or type(doc) ~= "table" then return nil, path .. ": not a JSON object" end
+  return doc
+end
+
+-- The end of the JSON string starting at text[i] (a '"'): the index of its closing quote.
+local function string_end(text, i)
+  local j = i + 1
+  while true do
+    local c = text:find('["\\]', j)
+    if not c then error("unterminated string", 0) end
+    if text:sub(c, c) == '"' then return c end
+    j = c + 2
+  end
+end
+
+-- The end of the JSON value starting at text[i]: the index of its last character.
+local function value_end(text, i)
+  local c = text:sub(i, i)
+  if c == '"' then return string_end(text, i) end
+  if c ~= "{" and c ~= "[" then return (text:find("[%s,}%]]", i) or #text + 1) - 1 end
+  local depth, j = 0, i
+  while true do
+    local k = text:find('[{}%[%]"]', j)
+    if not k then error("unterminated value", 0) end
+    local d = text:sub(k, k)
+    if d == '"' then
+      k = string_end(text, k)
+    elseif d == "{" or d == "[" then
+      depth = depth + 1
+    else
+      depth = depth - 1
+      if depth == 0 then return k end
+    end
+    j = k + 1
+  end
+end
+
+-- The top-level members of the JSON object `text`: a list of {key, first, last} (the member's span, from
+-- its key's quote to the end of its value) and the index of the closing brace.
+local function members(text)
+  local list = {}
+  local i = text:find("%S")
+  if text:sub(i, i) ~= "{" then error("not an object", 0) end
+  i = text:find("%S", i + 1)
+  while text:sub(i, i) ~= "}" do
+    local key_end = string_end(text, i)
+    local key = json.decode(text:sub(i, key_end))
+    local v = text:find("%S", text:find(":", key_end + 1, true) + 1)
+    local last = value_end(text, v)
+    list[#list + 1] = { key = key, first = i, last = last }
+    i = text:find("%S", last + 1)
+    if text:sub(i, i) == "," then i = text:find("%S", i + 1) end
+  end
+  return list, i
+end
+
+--- The JSON object `text` with its top-level member `key` set to `value` (JSON text; nil removes it), the
+--- rest of the text left as it was (re-encoding it with lua-cjson would turn every empty list into {}).
+--- Raises when `text` is not a JSON object (check with a decode first).
+---@param text string
+---@param key string
+---@param value string|nil
+---@return string
+function M.json_set(text, key, value)
+  local list, close = members(text)
+  local member = value and json.encode(key) .. ":" .. value
+  for n, m in ipairs(list) do
+    if m.key == key then
+      if member then return text:sub(1, m.first - 1) .. member .. text:sub(m.last + 1) end
+      -- removed with the comma after it, or before it when it is the last
+      local from, to = m.first, m.last
+      if list[n + 1] then to = list[n + 1].first - 1 elseif list[n - 1] then from = list[n - 1].last + 1 end
+      return text:sub(1, from - 1) .. text:sub(to + 1)
+    end
+  end
+  if not member then return text end
+  local before = #list > 0 and text:sub(1, list[#list].last) .. "," or text:sub(1, close - 1)
+  return before .. member .. text:sub(#list > 0 and list[#list].last + 1 or close)
+end
+
+--- The install command of a vendor's install script at `url`, run by `shell` ("bash", "sh"): downloaded to a
+--- temp file first, so that a failed download fails the install (`curl URL | bash` would run a truncated or
+--- empty script and succeed, and POSIX sh has no pipefail), then run; then `after` (shell lines, or nil),
+--- e.g. linking what it installed into "$FERRY_PREFIX/bin", which is on PATH for the detect probe and the
+--- launch.
+---@param url string
+---@param shell string
+---@param after string|nil
+---@return string
+function M.script_install(url, shell, after)
+  local q = core.sh_quote
+  return table.concat({
+    "ferry_s=$(mktemp) || exit 1",
+    "if ! curl -fsSL " .. q(url) .. ' -o "$ferry_s"; then rm -f "$ferry_s"; echo ' .. q("download of " .. url
+      .. " failed") .. "; exit 1; fi",
+    shell .. ' "$ferry_s"; ferry_rc=$?; rm -f "$ferry_s"; [ "$ferry_rc" -eq 0 ] || exit "$ferry_rc"',
+    after,
+  }, "\n")
+end
+
+--- Shell lines linking the command `path` (shell text: "$HOME/.x/bin/x" is expanded in the sandbox) into
+--- "$FERRY_PREFIX/bin" as `name`; they fail when `path` is not an executable file.
+---@param path string
+---@param name string
+---@return string
+function M.link_command(path, name)
+  return '[ -x "' .. path .. '" ] || { echo "' .. path .. ' is missing after the install"; exit 1; }\n'
+    .. 'mkdir -p "$FERRY_PREFIX/bin" && ln -sf "' .. path .. '" "$FERRY_PREFIX/bin/' .. name .. '"'
 end
 
 return M

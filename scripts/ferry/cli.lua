@@ -83,7 +83,8 @@ function M.main(argv)
     return EXIT.failed
   end
   if not v then return registry.usage_error("unknown verb '" .. verb .. "'") end
-  if verb ~= "run" and verb ~= "-e" and (rest[1] == "--help" or rest[1] == "-h") then
+  -- `ferry run --help` and `ferry -e --help` too: `ferry run script.lua --help` passes --help to the script
+  if rest[1] == "--help" or rest[1] == "-h" then
     io.stdout:write(v.help)
     return EXIT.ok
   end

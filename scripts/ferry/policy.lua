@@ -10,9 +10,11 @@ local M = {}
 local KINDS = { providers = true, adapters = true }
 local SHAPES = { providers = schema.PROVIDER_MODULE, adapters = schema.ADAPTER }
 
+local NAME = "^[%w_][%w_%-]*$" -- a policy file's name: what may follow <kind>/ and precede .lua
+
 local function check(kind, name)
   if not KINDS[kind] then error("policy: kind must be 'providers' or 'adapters', got " .. tostring(kind), 3) end
-  if name ~= nil and (type(name) ~= "string" or not name:match("^[%w_][%w_%-]*$")) then
+  if name ~= nil and (type(name) ~= "string" or not name:match(NAME)) then
     error("policy: bad " .. kind .. " name " .. string.format("%q", tostring(name)), 3)
   end
 end
@@ -118,15 +120,28 @@ local function load_at(kind, name, where, text)
 end
 
 --- Load a policy file and return the table it returns, checked against its schema (ferry.schema) with the
---- defaults filled in, or nil, message, code. A file that does not load or breaks the schema is "EINVAL"
---- with "FILE:LINE: message" ("adapters/x.lua:4: unknown field 'hook' (did you mean 'hooks'?)"); when it
---- has more than one problem the message ends with how many more `ferry <kind> --check` lists.
+--- defaults filled in, or nil, message, code. A name no file has is "ENOENT" with the known names ("no
+--- adapter named 'x': known adapters are claude, codex, ... (see ferry adapters)"). A file that does not
+--- load or breaks the schema is "EINVAL" with "FILE:LINE: message" ("adapters/x.lua:4: unknown field 'hook'
+--- (did you mean 'hooks'?)"); when it has more than one problem the message ends with how many more
+--- `ferry <kind> --check` lists.
 ---@param kind string
 ---@param name string
 ---@return table|nil module, string|nil err, string|nil code
 function M.load(kind, name)
-  local where, text, code = M.find(kind, name)
-  if not where then return nil, text, code end
+  local where, text, code
+  if type(name) == "string" and not name:match(NAME) then -- a name typed by a user (-a ../x): not a misuse
+    check(kind)
+    text, code = "no " .. kind:sub(1, -2) .. " named '" .. name .. "'", "ENOENT"
+  else
+    where, text, code = M.find(kind, name)
+  end
+  if not where then
+    if code == "ENOENT" then
+      text = string.format("%s: known %s are %s (see ferry %s)", text, kind, M.known(kind), kind)
+    end
+    return nil, text, code
+  end
   local mod, problems = load_at(kind, name, where, text)
   if mod then return mod end
   local msg = problems[1]
@@ -188,7 +203,7 @@ function M.check(kind)
 end
 
 --- The names of every policy file of a kind, `first` in that order then the rest sorted, as one line for an
---- error message: each name replaced by its file's `usage` when it has one ("bwrap:DIR").
+--- error message: each provider's name replaced by its file's `usage` when it has one ("bwrap:DIR").
 ---@param kind string
 ---@param first string[]|nil
 ---@return string
@@ -201,6 +216,7 @@ function M.known(kind, first)
   for n in pairs(listed) do rest[#rest + 1] = n end
   table.sort(rest)
   table.move(rest, 1, #rest, #names + 1, names)
+  if kind ~= "providers" then return table.concat(names, ", ") end -- adapters have no usage line
   for i, n in ipairs(names) do
     local ok, mod = pcall(M.load, kind, n)
     names[i] = ok and type(mod) == "table" and type(mod.usage) == "string" and mod.usage or n

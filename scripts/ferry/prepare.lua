@@ -16,6 +16,7 @@ local delta = require "ferry.delta"
 local excludes = require "ferry.excludes"
 local git_prepare = require "ferry.git_prepare"
 local install = require "ferry.install"
+local launch = require "ferry.launch"
 local progress_mod = require "ferry.progress"
 local references = require "ferry.references"
 local remote = require "ferry.remote"
@@ -140,6 +141,10 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   job.state = opts.state and util.absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
   job.refs_clear = references.clear_lines()
   references.plan(inputs.references, job.ref_warnings)
+  local lerr, lcode
+  job.launch, lerr, lcode = launch.plan(adapter, job.ctx, job.runtime_dir, remote_dir)
+  if not job.launch then return nil, lerr, lcode end
+  job.head_lines = job.head_lines .. "\n" .. launch.setup_lines(job.launch)
   if inputs.adopt then
     if job.git then -- the adopted repository stays the sandbox's own, in "files" mode too
       if job.git.mode ~= "history" then job.keep[#job.keep + 1] = ".git" end
@@ -174,6 +179,7 @@ end
 
 local function add_install(result, inst)
   result.installed, result.install_status, result.install_warning = inst.installed, inst.status, inst.warning
+  result.install_prefix = inst.prefix
 end
 
 local function add_sync(result, synced, info)
@@ -203,7 +209,7 @@ local function state_record(job, provider_string, synced)
     sync = synced.sync_id and { id = synced.sync_id } or nil,
     trees = synced.same_marker and job.base.trees or nil,
     git = job.git_state, references = next(job.reference_dirs or {}) and job.reference_dirs or nil,
-    created_at = os.time(),
+    launch = job.launch_result, created_at = os.time(),
   }
 end
 
@@ -261,9 +267,9 @@ local function run(opts, sb, provider_string, handle, inputs)
   if not synced then return nil, redact_fn(serr), scode end
   add_install(result, install.after_check(install.reported(synced.stderr), sb, adapter, job.runtime_dir, opts,
     progress, redact_fn))
+  result.launch = launch.result(job.launch, synced.stderr, result.warnings)
+  job.launch_result = result.launch
   add_sync(result, synced, job.info)
-  hooked, herr = adapters.run_hook(adapter, "after_sync", job.ctx)
-  if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
   local asset_bytes, xerr, xcode = assets.send(sb, adapter.name, asset_plan, job.runtime_dir, progress,
     result.warnings)
   if not asset_bytes then return nil, redact_fn(xerr), xcode end
@@ -272,6 +278,10 @@ local function run(opts, sb, provider_string, handle, inputs)
   ref_bytes, job.reference_dirs = references.send(sb, inputs.references, job.remote_dir, progress, result.warnings)
   result.reference_dirs = job.reference_dirs
   result.bytes_sent = synced.bytes + asset_bytes + ref_bytes
+  -- once the workspace, the assets and the references are in the sandbox (scripts/README.md "Hooks")
+  job.ctx.result = result
+  hooked, herr = adapters.run_hook(adapter, "after_sync", job.ctx)
+  if not hooked then return nil, "prepare: " .. redact_fn(herr), "EHOOK" end
 
   progress:phase("finalize")
   local wrote, werr, wcode = state_file.write(job.state, redact_record(state_record(job, provider_string, synced)),
@@ -308,8 +318,8 @@ end
 --- delta_fallback (why an earlier state was not used for a delta), hashed_files (local files read to hash
 --- before a delta; 0 for a full sync, which hashes what it sends), inbound ("copy"|"adopt"), git (nil for a
 --- workspace outside git: {mode = "history"|"files"|"plain", why, pack ("full"|"thin"|"same"|"unborn"|
---- "adopted"), head, ref, branch, depth, commits, bytes}), reference_dirs = {NAME = dir}} or nil, message,
---- code.
+--- "adopted"), head, ref, branch, depth, commits, bytes}), reference_dirs = {NAME = dir}, install_prefix (the
+--- user prefix npm installed into), launch = {cwd, env, path, command} (ferry.launch)} or nil, message, code.
 --- Errors include "<workspace>: another ferry prepare/restore is running (pid N)" EBUSY.
 ---@param opts table
 ---@return table|nil result, string|nil err, string|nil code

@@ -107,6 +107,23 @@ function M.name(s)
   end, hex)
 end
 
+local LUA_NAMED = { [0x22] = '\\"', [0x5C] = "\\\\", [0x07] = "\\a", [0x08] = "\\b", [0x0C] = "\\f", [0x0A] = "\\n",
+  [0x0D] = "\\r", [0x09] = "\\t", [0x0B] = "\\v" }
+
+--- The body of a Lua string literal for `s` (no quotes), safe for a terminal: `"` and `\` escaped, control
+--- bytes as \n, \t, ... or \xNN, and every byte of an unsafe or invalid UTF-8 sequence as \xNN (as M.text
+--- judges them); reading it back as Lua gives `s`.
+---@param s string
+---@return string
+function M.lua(s)
+  if not s:find('[%c"\\\128-\255]') then return s end
+  return walk(s, function(b)
+    if LUA_NAMED[b] then return LUA_NAMED[b] end
+    if b < 0x20 or b == 0x7F then return string.format("\\x%02x", b) end
+    return nil
+  end, hex)
+end
+
 local JSON_NAMED = { [0x22] = '\\"', [0x5C] = "\\\\", [0x08] = "\\b", [0x0C] = "\\f", [0x0A] = "\\n", [0x0D] = "\\r",
   [0x09] = "\\t" }
 

@@ -2,7 +2,7 @@
 --
 -- Phases: install, sync, assets, restore, finalize. With `json`, each event is one JSON object on its own
 -- line on `out` (keys in a fixed order: event, phase, level, message, bytes, total, then the rest sorted;
--- an empty table is written as []):
+-- an empty table is written as [], unless M.object marked it as a map: then {}):
 --   {"event":"phase","phase":"sync","total":456}                 a phase starts (total omitted if unknown)
 --   {"event":"progress","phase":"sync","bytes":123,"total":456}  at most one per `interval` (0.1 s)
 --   {"event":"progress","phase":"sync","bytes":456,"total":456,"done":true,"elapsed_ms":812}
@@ -11,7 +11,8 @@
 --   {"event":"result", ...}                                      p:finish(result): the last line
 -- With `tty`, a one-line bar on `err` redrawn with "\r" (phase, percent, bytes, rate, ETA); each phase
 -- leaves its final line. Colour only on a terminal (`tty`) and unless no_color (default: the NO_COLOR
--- environment variable is set and not empty). Otherwise only warnings and errors are printed, on `err`.
+-- environment variable is set and not empty). Otherwise only warnings and errors are printed, on `err`
+-- (with `verbose`, info and debug messages too).
 -- Everything written passes through `redact`, then ferry.printable (text for the terminal, json for events):
 -- a message quoting the sandbox never reaches the terminal raw.
 local cjson = require "cjson"
@@ -35,7 +36,18 @@ local function default_now()
   return os.time
 end
 
+-- The metatable marking a table as a JSON object (M.object), so that an empty one is written as {}.
+local OBJECT = { __name = "ferry.progress.object" }
+
+--- Mark `t` as a map (a JSON object: {} when empty, rather than the [] an empty list gets); returns `t`.
+---@param t table
+---@return table
+function M.object(t)
+  return setmetatable(t, OBJECT)
+end
+
 local function is_array(t)
+  if getmetatable(t) == OBJECT then return false end
   local n = #t
   local count = 0
   for _ in pairs(t) do count = count + 1 end
@@ -151,6 +163,7 @@ function Progress:bar_text(done)
   else
     fields[#fields + 1] = M.clock(elapsed)
   end
+  if self.status_text and not done then fields[#fields + 1] = self.status_text end
   return table.concat(fields, "  ")
 end
 
@@ -159,7 +172,8 @@ local function visible_length(text)
 end
 
 function Progress:draw(done)
-  local text = self.redact(self:bar_text(done)) -- phase names and figures only: nothing from the sandbox
+  -- phase names, figures and the status line, which status() made printable
+  local text = self.redact(self:bar_text(done))
   local length = visible_length(text)
   local pad = math.max(self.drawn - length, 0)
   self.err:write("\r", text, string.rep(" ", pad), done and "\n" or "")
@@ -205,7 +219,7 @@ function Progress:phase(name, total)
     error("progress:phase: total must be a non-negative number or nil", 2)
   end
   self:end_phase()
-  self.phase_name, self.bytes, self.total = name, 0, total
+  self.phase_name, self.bytes, self.total, self.status_text = name, 0, total, nil
   self.started = self.now()
   self.last_update = self.started
   if self.json then self:emit({ event = "phase", phase = name, total = total }) end
@@ -236,9 +250,44 @@ function Progress:advance(n)
   if self.tty then self:draw(false) end
 end
 
+-- The longest status line the bar shows (it must fit on one terminal line, or "\r" cannot redraw it).
+local STATUS_WIDTH = 60
+
+--- Show `text` (a line of a command's output, from the sandbox) after the bar's timer on a terminal, until the
+--- next status or nil; redrawn at most once per `interval`. JSON output and other reporters show nothing
+--- (the caller sends an event).
+---@param text string|nil
+function Progress:status(text)
+  self:check_open("status")
+  if not self.tty then return end
+  if text then
+    text = self.redact(tostring(text)):gsub("[%c]", " ")
+    if #text > STATUS_WIDTH then text = text:sub(1, STATUS_WIDTH - 3) .. "..." end
+    text = printable.text(text)
+  end
+  self.status_text = text
+  local now = self.now()
+  if self.phase_name and (text == nil or now - self.last_update >= self.interval - 1e-9) then
+    self.last_update = now
+    self:draw(false)
+  end
+end
+
+--- Redraw the bar (its timer moves on while nothing else happens); a no-op without a terminal.
+function Progress:tick()
+  self:check_open("tick")
+  if self.tty and self.phase_name then self:draw(false) end
+end
+
+-- How a message of each level is labelled on `err`; info and debug only with `verbose`.
+local LABELS = { error = "error", warn = "warning", info = "info", debug = "debug" }
+local QUIET_LEVELS = { info = true, debug = true }
+local LABEL_COLOURS = { error = "31", warning = "33", info = "36", debug = "2" }
+
 --- Report something else: a table such as {level = "warn", message = "..."}. JSON: written as an event
 --- ("message" unless tbl.event names another) with the current phase. Otherwise warnings and errors are
---- printed on `err`.
+--- printed on `err` as `ferry: warning: <message>`, and with `verbose` info and debug messages as well
+--- (`ferry: info: ...`, `ferry: debug: ...`).
 ---@param tbl table
 function Progress:event(tbl)
   self:check_open("event")
@@ -251,13 +300,13 @@ function Progress:event(tbl)
     self:emit(event)
     return
   end
-  local label = (tbl.level == "warn" and "warning") or (tbl.level == "error" and "error") or nil
-  if not label then return end
+  local label = LABELS[tbl.level]
+  if not label or (QUIET_LEVELS[tbl.level] and not self.verbose) then return end
   local message = tbl.message ~= nil and tostring(tbl.message) or M.encode(tbl)
   local redrawn = self.tty and self.drawn > 0
   if self.tty then self:clear_bar() end
-  self.err:write("ferry: ", paint(self, label == "error" and "31" or "33", label), ": ",
-    printable.text(self.redact(message)), "\n")
+  self.err:write("ferry: ", paint(self, LABEL_COLOURS[label], label), ": ", printable.text(self.redact(message)),
+    "\n")
   if redrawn then self:draw(false) end
 end
 
@@ -276,8 +325,8 @@ function Progress:finish(result)
 end
 
 --- A progress reporter. opts: json, tty (booleans), out (default io.stdout; JSON lines), err (default
---- io.stderr; bar and warnings), redact (string -> string), no_color (default: NO_COLOR is set; colour is
---- only ever written with tty),
+--- io.stderr; bar and warnings), verbose (print info and debug messages on err too), redact (string ->
+--- string), no_color (default: NO_COLOR is set; colour is only ever written with tty),
 --- now (seconds, default a monotonic clock), interval (seconds between updates of a phase, 0.1).
 ---@param opts table|nil
 function M.new(opts)
@@ -291,6 +340,7 @@ function M.new(opts)
   local self = setmetatable({
     json = opts.json and true or false,
     tty = opts.tty and true or false,
+    verbose = opts.verbose and true or false,
     out = opts.out or io.stdout,
     err = opts.err or io.stderr,
     redact = redact_fn,
@@ -304,12 +354,22 @@ function M.new(opts)
   return self
 end
 
---- The reporter prepare and restore use without opts.progress: it reports nothing (their warnings then go
---- to ferry.log).
+--- Whether the reporter prepare and restore use without opts.progress (M.QUIET) passes their info and debug
+--- messages on to ferry.log (`ferry repl -v`, `prepare --many -v`); warnings and errors always go there.
+M.verbose = false
+
+--- The reporter prepare and restore use without opts.progress: no progress (their warnings go to ferry.log,
+--- and their info and debug messages too when M.verbose is set).
 M.QUIET = {}
 function M.QUIET.phase() end
 function M.QUIET.advance() end
-function M.QUIET.event() end
 function M.QUIET.set_total() end
+function M.QUIET.event(_, tbl)
+  if M.verbose and type(tbl) == "table" and QUIET_LEVELS[tbl.level] and tbl.message ~= nil then
+    require("ferry.core").log(tbl.level, printable.text(tostring(tbl.message)))
+  end
+end
+function M.QUIET.status() end
+function M.QUIET.tick() end
 
 return M

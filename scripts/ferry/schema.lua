@@ -63,6 +63,11 @@ end)
 
 local function empty_list() return {} end
 
+-- An npm package spec as `npm install` takes it: one word ("@scope/name", "name@1.2").
+local NPM_PACKAGE = scalar("string", "a string", function(v)
+  if not v:match("^[%w@][%w@/._~^=<>%-]*$") then return string.format(" must be an npm package name, got %q", v) end
+end)
+
 M.HOOKS = M.record {
   { "before_sync", M.FUNCTION, doc = "during prepare, after install, before the workspace goes in" },
   { "after_sync", M.FUNCTION, doc = "during prepare, once the workspace and the assets are in the sandbox" },
@@ -75,7 +80,9 @@ M.ADAPTER = M.record {
   { "name", ADAPTER_NAME, default = function(file_name) return file_name end,
     doc = "the adapter's name (default: the file's); names its runtime dir" },
   { "detect", M.STRING, doc = "a command name; prepare installs when `command -v` does not find it" },
-  { "install", M.STRING, doc = "a shell command run with sh -c in the sandbox when detect fails" },
+  { "install", M.STRING, doc = "a shell command run with sh -c in the sandbox when detect fails (with npm: "
+    .. "when npm or node is missing)" },
+  { "npm", NPM_PACKAGE, doc = "an npm package installed when detect fails, where the sandbox user can write" },
   { "excludes", M.list(EXCLUDE_PATTERN, "a list of strings"), default = empty_list,
     doc = "workspace paths that never travel" },
   { "preserve", M.list(TOP_NAME, "a list of strings"), default = empty_list,
@@ -83,6 +90,7 @@ M.ADAPTER = M.record {
   { "assets", M.FUNCTION, default = function() return empty_list end,
     doc = "function(ctx) -> {key = {dir, follow_symlinks, exclude}}" },
   { "hooks", M.HOOKS, default = empty_list, doc = "functions run around the sync" },
+  { "launch", M.FUNCTION, doc = "function(ctx) -> {env, path, command, dirs, links}: how the agent runs" },
 }
 
 --- What a provider file returns.

@@ -210,7 +210,9 @@ function M.read(path)
   local f, err = io.open(path, "rb")
   if not f then
     local st = core.fs_lstat(path)
-    return nil, "state: cannot read " .. path .. ": " .. tostring(err), st and "EACCES" or "ENOENT"
+    local why = tostring(err) -- io.open's "<path>: <reason>": the path once
+    if why:sub(1, #path + 2) == path .. ": " then why = why:sub(#path + 3) end
+    return nil, "state: cannot read " .. path .. ": " .. why, st and "EACCES" or "ENOENT"
   end
   local text = f:read("a")
   f:close()

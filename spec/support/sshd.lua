@@ -81,6 +81,7 @@ local function config_text(s, port)
     "LogLevel VERBOSE",
     "MaxSessions 100",
     "MaxStartups 100",
+    s.extra_config or "",
     "",
   }, "\n")
 end
@@ -117,7 +118,8 @@ local Server = {}
 Server.__index = Server
 
 --- Start a server. Returns a table with host, port, user, key (client private key), known_hosts, dir, log.
-function M.start()
+--- opts.config: more sshd_config lines (e.g. {"SetEnv PATH=/fake/bin:/usr/bin:/bin"}).
+function M.start(opts)
   assert(core.fs_stat(SSHD), SSHD .. " is missing: apt-get install openssh-server")
   math.randomseed(core.getpid() * 1000 + os.time())
   local dir = assert(core.fs_mkdtemp("/tmp/ferry-sshd-"))
@@ -128,6 +130,7 @@ function M.start()
     dir = dir, host = "127.0.0.1", user = login_user(),
     config = dir .. "/sshd_config", log = dir .. "/sshd.log",
     key = dir .. "/client_ed25519", known_hosts = dir .. "/known_hosts",
+    extra_config = opts and opts.config and table.concat(opts.config, "\n") or nil,
   }, Server)
   local host_pub = keygen(dir .. "/host_ed25519", "ferry-spec-host")
   write_file(dir .. "/authorized_keys", keygen(s.key, "ferry-spec-client") .. "\n")

@@ -3,6 +3,7 @@
 local git_lines = require "ferry.cli.git_lines"
 local registry = require "ferry.cli.registry"
 local report = require "ferry.cli.report"
+local progress = require "ferry.progress"
 
 local EXIT = registry.EXIT
 local say, usage = registry.say, registry.usage
@@ -123,12 +124,9 @@ end
 -- The last output: with --json {"event":"result","ok":...,"results":[...]} (in FILE order), else counts.
 local function finish(verb, o, entries, n_failed, conflicts)
   if o.json then
-    -- cjson writes an empty table as {}: the results list is joined by hand so that it is always a list.
-    local cjson = require "cjson"
-    local encoded = {}
-    for i, e in ipairs(entries) do encoded[i] = cjson.encode(e) end
-    local head = cjson.encode { event = "result", verb = verb, ok = n_failed == 0, failed = n_failed }
-    say(io.stdout, head:sub(1, -2), ',"results":[', table.concat(encoded, ","), "]}\n")
+    -- the encoder of the single verbs' output: an empty list is [], an empty map {} (ferry.progress.object)
+    say(io.stdout, progress.encode { event = "result", verb = verb, ok = n_failed == 0, failed = n_failed,
+      results = entries }, "\n")
   else
     say(io.stdout, verb, " --many: ", #entries - n_failed, " ok, ", n_failed, " failed",
       conflicts > 0 and (", " .. conflicts .. " with conflicts or commits on a ferry/ branch") or "", "\n")
@@ -147,6 +145,7 @@ end
 ---@return integer exit code
 function M.run(verb, o, items, jobs, run_item)
   local core = require "ferry.core"
+  progress.verbose = o.verbose and true or false -- the items run without a reporter: -v goes through ferry.log
   local started = {}
   local entries = {}
   require("ferry.pool").run(items, jobs, function(item, i)
@@ -158,7 +157,7 @@ function M.run(verb, o, items, jobs, run_item)
     if o.json then
       local event = report.copy_fields(e)
       event.event = "sandbox"
-      say(io.stdout, require("cjson").encode(event), "\n")
+      say(io.stdout, progress.encode(event), "\n")
     else
       say(io.stdout, line(verb, e), "\n")
     end

@@ -117,5 +117,6 @@ M.MAX_BYTES = { names = { "--max-bytes" }, key = "max_bytes", value = "N" }
 M.MANY = { names = { "--many" }, key = "many", value = "FILE" }
 M.JOBS = { names = { "--jobs" }, key = "jobs", value = "N" }
 M.NO_GIT = { names = { "--no-git" }, key = "no_git" }
+M.VERBOSE = { names = { "-v", "--verbose" }, key = "verbose" }
 
 return M

@@ -67,6 +67,20 @@ function M.say(file, ...)
   file:write(table.concat(parts, "", 1, parts.n))
 end
 
+--- A failure's message as `ferry: <verb>: ` shows it: one prefix per layer. The Lua API names its operation
+--- itself ("prepare: workspace /x: ..."), and the command line names the verb: when the message already
+--- starts with the verb's name, that name is not repeated ("ferry: prepare: workspace /x: ...", never
+--- "ferry: prepare: prepare: ...").
+---@param name string  the verb
+---@param message string
+---@return string
+function M.unprefixed(name, message)
+  message = tostring(message)
+  local prefix = name .. ": "
+  if message:sub(1, #prefix) == prefix then return message:sub(#prefix + 1) end
+  return message
+end
+
 -- How a verb's run ended: its exit code, with the message on stderr when it failed. After SIGINT, SIGTERM or
 -- SIGHUP (every command stopped, every task unwound): "interrupted (<signal>)" and exit 128+N, whatever
 -- error the interruption surfaced as.
@@ -83,10 +97,10 @@ local function finish(name, ok, res)
     io.stderr:write("ferry: ", name, ": ", printable.text(res.message), "\n(see ferry ", name, " --help)\n")
     return res.code
   elseif getmetatable(res) == Failure then
-    M.say(io.stderr, "ferry: ", name, ": ", res.message, "\n")
+    M.say(io.stderr, "ferry: ", name, ": ", M.unprefixed(name, res.message), "\n")
     return res.code
   end
-  M.say(io.stderr, "ferry: ", name, ": ", res, "\n")
+  M.say(io.stderr, "ferry: ", name, ": ", M.unprefixed(name, res), "\n")
   return EXIT.failed
 end
 
@@ -106,8 +120,10 @@ function M.define(name, help, spec, fn)
     if core.signals_install then core.signals_install(require("ferry.task").interrupt) end
     local ok, res = xpcall(function()
       if not opts then M.usage(err) end
-      if spec.secrets then
-        current_redact = require("ferry.redact").new(options.secret_values(opts.secret_env))
+      if spec.secrets then -- --secret-env values, and what --pass-env sends
+        local names = table.move(opts.pass_env or {}, 1, #(opts.pass_env or {}), #opts.secret_env + 1,
+          table.move(opts.secret_env, 1, #opts.secret_env, 1, {}))
+        current_redact = require("ferry.redact").new(options.secret_values(names))
       end
       local n = #opts.args
       if spec.min_args and n < spec.min_args then M.usage("missing " .. spec.operands) end

@@ -41,9 +41,14 @@ function M.plural(n, word)
   return n .. " " .. word .. (n == 1 and "" or "s")
 end
 
+-- The result fields that are maps (name -> value): JSON objects, {} when empty; every other table of the
+-- result that is empty is a list, [].
+local MAP_FIELDS = { "asset_dirs", "reference_dirs", "conflict_copies" }
+
 --- The result object that --json prints last (as a progress "result" event): the runtime's result plus
 --- fields common to both verbs: verb, ok, remote_dir, runtime_dir, asset_dirs, install_ran, bytes (moved),
---- state, and the lists changed, deleted, conflicts, refused (empty after a prepare).
+--- state, and the lists changed, deleted, conflicts, refused (empty after a prepare). Its maps (asset_dirs,
+--- reference_dirs, conflict_copies, launch.env) are copies marked as JSON objects (ferry.progress.object).
 ---@param verb string  "prepare"|"restore"
 ---@param r table  the runtime's result
 ---@param st table|nil  the state file's record (restore: where the work came from)
@@ -61,17 +66,26 @@ function M.result_object(verb, r, st)
   for _, k in ipairs { "changed", "deleted", "conflicts", "refused", "warnings" } do
     out[k] = M.list_or_empty(r[k])
   end
+  local object = require("ferry.progress").object
+  for _, k in ipairs(MAP_FIELDS) do
+    if type(out[k]) == "table" then out[k] = object(M.copy_fields(out[k])) end
+  end
+  if type(out.launch) == "table" then
+    out.launch = M.copy_fields(out.launch)
+    out.launch.env = object(M.copy_fields(out.launch.env or {}))
+  end
   return out
 end
 
---- The progress reporter of a verb run with options `o`: JSON events with --json, a bar on a terminal.
+--- The progress reporter of a verb run with options `o`: JSON events with --json, a bar on a terminal; with
+--- -v the policy's info and debug messages on stderr.
 ---@param o table  the verb's options
 ---@return table progress
 function M.progress_for(o)
   local progress = require "ferry.progress"
   local core = require "ferry.core"
   local tty = not o.json and core.isatty ~= nil and core.isatty(2)
-  return progress.new { json = o.json and true or false, tty = tty, redact = registry.redact,
+  return progress.new { json = o.json and true or false, tty = tty, verbose = o.verbose, redact = registry.redact,
     out = io.stdout, err = io.stderr }
 end
 
@@ -95,8 +109,14 @@ function M.human_prepare(r)
   for key in pairs(r.asset_dirs) do keys[#keys + 1] = key end
   table.sort(keys)
   for _, key in ipairs(keys) do say(out, "  asset     ", key, " -> ", r.asset_dirs[key], "\n") end
+  if r.install_prefix then say(out, "  prefix    ", r.install_prefix, "\n") end
   if r.state then
-    say(out, "  state     ", r.state, "\nbring the work back with: ferry restore --state ", r.state, "\n")
+    say(out, "  state     ", r.state, "\n")
+    local command = type(r.launch) == "table" and r.launch.command
+    if command then
+      say(out, "run the agent with: ferry exec --state ", r.state, " -- ", require("ferry.core").sh_join(command), "\n")
+    end
+    say(out, "bring the work back with: ferry restore --state ", r.state, "\n")
   end
 end
 

@@ -45,7 +45,13 @@ registry.verb("-e", "usage: ferry -e CODE\nRun a Lua chunk.\n", function(args)
   return run_chunk(chunk, {})
 end)
 
-registry.verb("repl", "usage: ferry repl [-p PROVIDER]\nInteractive Lua with ferry loaded as `ferry`.\n",
+registry.verb("repl", [[
+usage: ferry repl [-p PROVIDER] [-v]
+Interactive Lua with ferry loaded as `ferry`: TAB completes names, fields and methods; values print as Lua
+(tables nested, keys sorted); Ctrl-C interrupts the running code; Ctrl-D leaves.
+  -p, --provider PROVIDER   open `sb` on PROVIDER
+  -v, --verbose             show the policy's info and debug messages and each command `sb` runs, on stderr
+]],
   function(args)
     return require("ferry.repl").main(args)
   end)

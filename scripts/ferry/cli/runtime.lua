@@ -64,7 +64,7 @@ end
 
 define("prepare", [[
 usage: ferry prepare -p PROVIDER [-a ADAPTER] -w WORKSPACE [-r REMOTE_DIR] [--exclude PAT]... [--asset KEY=DIR]...
-                     [--state FILE] [--json] [--secret-env NAME]... [--no-git] [--git-depth N]
+                     [--state FILE] [--json] [-v] [--secret-env NAME]... [--no-git] [--git-depth N]
                      [--inbound copy|adopt] [--reference NAME=DIR]...
        ferry prepare --many FILE [--jobs N] [the options above but -p, -w, -r, -a, --state]
 Prepare a managed runtime in the sandbox: install the adapter's agent CLI unless it is already there, copy
@@ -82,6 +82,7 @@ branch, the index as on the host; .git itself never travels as files.
   --asset KEY=DIR          copy DIR to the runtime dir under KEY (repeatable)
   --state FILE             where to write the state (default: $XDG_STATE_HOME/ferry/<hash>.json)
   --json                   progress events as JSON lines on stdout; the result object is the last line
+  -v, --verbose            also show the adapter's info and debug messages on stderr (warnings always show)
   --secret-env NAME        replace the value of env NAME by *** everywhere (repeatable)
   --many FILE              prepare several sandboxes from FILE, a JSON list of objects
                            {"provider", "workspace", "state", "adapter" (optional), "remote_dir" (optional)},
@@ -97,7 +98,8 @@ branch, the index as on the host; .git itself never travels as files.
                            consult (repeatable); never restored; one that cannot be staged is a warning
 Exit: 0 ok, 1 failed (with --many: any failed), 2 usage (with --many: a bad FILE, naming the item, from 1).
 ]], {
-  options = { options.PROVIDER, options.SECRET_ENV, options.JSON, options.MANY, options.JOBS, options.NO_GIT,
+  options = { options.PROVIDER, options.SECRET_ENV, options.JSON, options.VERBOSE, options.MANY, options.JOBS,
+    options.NO_GIT,
     { names = { "--git-depth" }, key = "git_depth", value = "N" },
     { names = { "--inbound" }, key = "inbound", value = "MODE" },
     { names = { "--reference" }, key = "reference", value = "NAME=DIR", multi = true },
@@ -150,10 +152,9 @@ local function restore_item(item, o, max_bytes)
 end
 
 define("restore", [[
-usage: ferry restore --state FILE [--json] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
+usage: ferry restore --state FILE [--json] [-v] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
                      [--copy-back-credentials] [--no-git]
-       ferry restore --many FILE [--jobs N] [--json] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
-                     [--copy-back-credentials] [--no-git]
+       ferry restore --many FILE [--jobs N] [the options above but --state]
 Bring the sandbox's workspace back (state FILE from `ferry prepare`) and merge it into the host workspace
 against the baseline taken at prepare: the sandbox's changes are taken, edits made on the host meanwhile are
 kept, and a file changed on both sides keeps the host version with the sandbox's beside it as
@@ -163,6 +164,7 @@ commits come back as commits (a bundle, verified before anything is imported): t
 when it has not moved on the host, else they are kept on ferry/BRANCH (exit 3) and the branch is left alone.
   --state FILE               the state file written by ferry prepare
   --json                     progress events as JSON lines on stdout; the result object is the last line
+  -v, --verbose              also show the adapter's info and debug messages on stderr (warnings always show)
   --secret-env NAME          replace the value of env NAME by *** everywhere (repeatable)
   --allow-outside-symlinks   accept symlinks whose target is outside the workspace
   --max-bytes N              refuse an archive over N bytes of content (K, M, G suffixes; default 1G)
@@ -178,7 +180,8 @@ when it has not moved on the host, else they are kept on ferry/BRANCH (exit 3) a
 Exit: 0 ok, 1 failed (or refused; with --many: any), 2 usage (or a bad --many FILE), 3 finished with conflicts
 or with the commits kept on a ferry/ branch (with --many: none failed, some had either).
 ]], {
-  options = { options.SECRET_ENV, options.JSON, options.MAX_BYTES, options.MANY, options.JOBS, options.NO_GIT,
+  options = { options.SECRET_ENV, options.JSON, options.VERBOSE, options.MAX_BYTES, options.MANY, options.JOBS,
+    options.NO_GIT,
     { names = { "--state" }, key = "state", value = "FILE" },
     { names = { "--allow-outside-symlinks" }, key = "allow_outside_symlinks" },
     { names = { "--copy-back-credentials" }, key = "copy_back_credentials" },

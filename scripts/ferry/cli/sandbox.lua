@@ -101,15 +101,54 @@ local function stream_to(file, redacting)
   return sink
 end
 
+-- The --pass-env variables: NAME = this process's value (a usage error for a bad name, a failure when unset).
+local function pass_env(names, env)
+  for _, name in ipairs(names) do
+    if not name:match("^[%a_][%w_]*$") then usage("--pass-env expects a variable name, got '" .. name .. "'") end
+    local v = os.getenv(name)
+    if v == nil then fail("--pass-env " .. name .. ": not set in this environment") end
+    env = env or {}
+    env[name] = v
+  end
+  return env
+end
+
+-- With --state FILE: the provider, and the launch of the prepare that wrote FILE (ferry.launch).
+local function state_launch(path)
+  local st, err = require("ferry.state").read(path)
+  if not st then fail(err) end
+  local l, why = require("ferry.launch").from_state(st)
+  if not l then fail("state " .. path .. ": " .. why) end
+  return st.provider, l
+end
+
+-- The command, cwd and environment of an exec: as given, or as the state's launch says (its env, then
+-- --env-file/--env, then --pass-env; its PATH dirs first; its cwd unless --cwd).
+local function exec_plan(o)
+  local env = pass_env(o.pass_env, parse_env(o.env, o.env_file))
+  if not o.state then return o.provider, o.args, o.cwd, env end
+  local provider, l = state_launch(o.state)
+  local merged = {}
+  for k, v in pairs(l.env) do merged[k] = v end
+  for k, v in pairs(env or {}) do merged[k] = v end
+  return provider, require("ferry.launch").script(l, o.args), o.cwd or l.cwd, next(merged) and merged or nil
+end
+
 define("exec", [[
-usage: ferry exec -p PROVIDER [--cwd DIR] [--env K=V]... [--env-file FILE] [--timeout SEC] [--stdin FILE|-]
-                  -- CMD [ARG...]
+usage: ferry exec -p PROVIDER [--cwd DIR] [--env K=V]... [--env-file FILE] [--pass-env NAME]... [--timeout SEC]
+                  [--stdin FILE|-] -- CMD [ARG...]
+       ferry exec --state FILE [the options above but -p] -- CMD [ARG...]
 Run CMD with its arguments in the sandbox, streaming its stdout and stderr, and exit with its exit code.
   -p, --provider PROVIDER  local, bwrap:DIR, cmd:ARGV... (see ferry providers)
+  --state FILE             run CMD the way the prepare that wrote FILE says its agent runs: in its sandbox,
+                           in the remote workspace, with the launch's environment (its agent's config dirs)
+                           and its dirs first on PATH (see the launch field of ferry prepare --json)
   --cwd DIR                working directory in the sandbox (default /)
   --env K=V                set an environment variable (repeatable; the value is on ferry's own command line)
   --env-file FILE          set the variables of FILE: lines NAME=VALUE (the rest of the line, as it is),
                            blank lines and # comments skipped; --env wins
+  --pass-env NAME          pass this process's variable NAME (an API key) to the command (repeatable); its
+                           value is a secret: never on a command line, replaced by *** in the output
   --timeout SEC            stop the command in the sandbox after SEC seconds and exit 124
   --stdin FILE|-           feed FILE (or this process's stdin) to the command; default: no input
   --secret-env NAME        replace the value of env NAME by *** in the output (repeatable)
@@ -125,18 +164,21 @@ Exit: the command's code (128+N when killed by signal N), 124 on timeout, 1 when
     { names = { "--env-file" }, key = "env_file", value = "FILE" },
     { names = { "--timeout" }, key = "timeout", value = "SEC" },
     { names = { "--stdin" }, key = "stdin", value = "FILE" },
+    { names = { "--state" }, key = "state", value = "FILE" },
+    { names = { "--pass-env" }, key = "pass_env", value = "NAME", multi = true },
   },
   stop_at_positional = true, secrets = true, min_args = 1, operands = "CMD",
 }, function(o)
-  if not o.provider then usage("missing -p PROVIDER") end
+  if o.provider and o.state then usage("-p and --state cannot be used together") end
+  if not o.provider and not o.state then usage("missing -p PROVIDER (or --state FILE)") end
   local timeout_ms = parse_timeout(o.timeout)
-  local env = parse_env(o.env, o.env_file)
+  local provider, cmd, cwd, env = exec_plan(o)
   local stdin = read_stdin_option(o.stdin)
-  local redacting = #o.secret_env > 0
+  local redacting = #o.secret_env > 0 or #o.pass_env > 0
   local out, errout = stream_to(io.stdout, redacting), stream_to(io.stderr, redacting)
-  local r, err = with_sandbox(o.provider, function(sb)
-    return sb:exec(o.args, {
-      cwd = o.cwd, env = env, stdin = stdin, timeout_ms = timeout_ms,
+  local r, err = with_sandbox(provider, function(sb)
+    return sb:exec(cmd, {
+      cwd = cwd, env = env, stdin = stdin, timeout_ms = timeout_ms,
       on_stdout = out.write, on_stderr = errout.write,
     })
   end)
