@@ -68,7 +68,7 @@ end
 
 --- Adopt the remote dir's workspace (the listing's tree becomes the baseline, and the remote tree with the
 --- marker's id). job: remote_dir, keep, patterns, base_matcher (ferry's excludes),
---- first_line, progress, keep_out (names for .git/info/exclude), refs_clear (more lines to run first);
+--- first_line, progress, keep_out (names for .git/info/exclude), setup_lines (more lines to run first);
 --- gj: ferry.git_prepare's plan when the host workspace is the top of a git work tree (else nil). Returns
 --- {baseline (a tree), info = {files, dirs, symlinks}, recorded (the listing's tree), sync_id, stderr,
 --- warnings, git = ferry.git_remote.adopt_report's (nil without gj)} or nil, message, code.
@@ -81,7 +81,7 @@ function M.run(sb, job, gj)
   local id = util.unique_hex(16)
   local before = { 'mkdir -p "$ferry_r/' .. remote.RUNTIME_DIR .. '" || exit 1',
     "printf '%s' " .. core.sh_quote(id) .. ' > "$ferry_r/' .. listing.MARK_FILE .. '" || exit 1' }
-  if job.refs_clear then before[#before + 1] = job.refs_clear end
+  if job.setup_lines then before[#before + 1] = job.setup_lines end
   if gj then before[#before + 1] = git_remote.adopt_lines(job.keep_out) end
   local script = (job.first_line and job.first_line .. "\n" or "")
     .. listing.list_script(job.remote_dir, job.keep, job.patterns, { all = true, before = table.concat(before, "\n") })

@@ -139,12 +139,12 @@ local function plan(opts, sb, provider_string, inputs, redact_fn, progress)
   job.assets = wanted
   for key in pairs(wanted) do job.asset_dirs[key] = job.runtime_dir .. "/" .. adapter.name .. "/" .. key end
   job.state = opts.state and util.absolute(opts.state) or state_file.default_path(provider_string, remote_dir)
-  job.refs_clear = references.clear_lines()
   references.plan(inputs.references, job.ref_warnings)
   local lerr, lcode
   job.launch, lerr, lcode = launch.plan(adapter, job.ctx, job.runtime_dir, remote_dir)
   if not job.launch then return nil, lerr, lcode end
-  job.head_lines = job.head_lines .. "\n" .. launch.setup_lines(job.launch)
+  -- run first by the first command (the listing of a delta, else the sync)
+  job.setup_lines = references.clear_lines() .. "\n" .. launch.setup_lines(job.launch)
   if inputs.adopt then
     if job.git then -- the adopted repository stays the sandbox's own, in "files" mode too
       if job.git.mode ~= "history" then job.keep[#job.keep + 1] = ".git" end

@@ -104,7 +104,7 @@ end
 -- The listing command: its tree and info, and its stderr (the install check's report); or nil and why not.
 local function list_remote(sb, job, since)
   local script = listing.list_script(job.remote_dir, job.keep, job.patterns, { since = since,
-    first = job.first_line, before = job.refs_clear })
+    first = job.first_line, before = job.setup_lines })
   local on_chunk, finish = listing.reader(false)
   local res, err = sb:pipe_out(script, on_chunk, { what = "listing " .. job.remote_dir })
   if not res then return nil, err end
@@ -117,7 +117,7 @@ end
 --- Start the listing of a delta from the state `base` (ferry.delta.usable_base's) in a task of its own, so
 --- that it runs in the sandbox while the host walks the workspace. M.run waits for it.
 ---@param sb table
----@param job table  remote_dir, keep, patterns, first_line, refs_clear
+---@param job table  remote_dir, keep, patterns, first_line, setup_lines
 ---@param base table
 function M.start_listing(sb, job, base)
   job.listing = task.spawn(list_remote, sb, job, base.sync.id)
@@ -192,11 +192,11 @@ end
 ---@param sb table  the sandbox
 ---@param job table  ws, tree (the local tree; with a delta base every file hashed), info (the walk's),
 ---                  remote_dir, keep (preserved names), patterns (excludes), progress, first_line (the
----                  install check), refs_clear (lines clearing the references), git_head (lines of the git
----                  inputs run before the extraction, or nil), inputs (nil, or files for the runtime dir in the
----                  same command: {wrap(read_tree) -> read, bytes (the members in front of the tree's stream;
----                  nil when there is no file), after (lines run in a subshell after the extraction), bytes (an
----                  estimate)}), base (the earlier state) and base_trees ({baseline, remote}) with a listing
+---                  install check), setup_lines (lines run first: clear the references, make the launch's
+---                  dirs), git_head (lines of the git inputs run before the extraction, or nil), inputs
+---                  (nil, or files for the runtime dir in the same command: {wrap(read_tree) -> read, bytes
+---                  (the members in front of the tree's stream; nil when there is no file), after (lines run in
+---                  a subshell after the extraction), bytes (an estimate)}), base (the earlier state) and base_trees ({baseline, remote}) with a listing
 ---@param fallback string|nil  why there is no delta base
 ---@return table|nil synced  {bytes, warnings (the tar writer's), recorded (the sandbox's tree after the sync,
 ---                          nil when it could not list), sync_id, stderr (of the commands), delta = true|false,
@@ -210,12 +210,13 @@ function M.run(sb, job, fallback)
     if err then return nil, err, code end
     fallback = why -- (the flags a delta set mean nothing to the full sync, which streams every entry)
   end
-  local head = remote.clear_lines(job.keep) .. "\n" .. job.refs_clear .. (job.git_head and "\n" .. job.git_head or "")
+  local head = remote.clear_lines(job.keep) .. "\n" .. job.setup_lines .. (job.git_head and "\n" .. job.git_head or "")
   local info = job.info
   local synced, err, code = send_tree(sb, job, { first = job.first_line, head = head,
     bytes = info.bytes + TAR_HEADER * (info.files + info.dirs + info.symlinks) + 1024 })
   if not synced then return nil, err, code end
-  synced.stderr = (job.stderr_before or "") .. (synced.stderr or "")
+  -- (the listing ran the setup lines too: the launch's notes are the full sync's, not twice)
+  synced.stderr = (job.stderr_before or ""):gsub("ferry%-launch: [^\n]*\n?", "") .. (synced.stderr or "")
   synced.delta, synced.delta_fallback = false, fallback
   return synced
 end
