@@ -196,7 +196,8 @@ end
 ---                  dirs), git_head (lines of the git inputs run before the extraction, or nil), inputs
 ---                  (nil, or files for the runtime dir in the same command: {wrap(read_tree) -> read, bytes
 ---                  (the members in front of the tree's stream; nil when there is no file), after (lines run in
----                  a subshell after the extraction), bytes (an estimate)}), base (the earlier state) and base_trees ({baseline, remote}) with a listing
+---                  a subshell after the extraction), bytes (an estimate)}), base (the earlier state) and
+---                  base_trees ({baseline, remote}) with a listing
 ---@param fallback string|nil  why there is no delta base
 ---@return table|nil synced  {bytes, warnings (the tar writer's), recorded (the sandbox's tree after the sync,
 ---                          nil when it could not list), sync_id, stderr (of the commands), delta = true|false,
