@@ -286,7 +286,7 @@ local function ssh_transfers(sb, counter, f)
     if rep == 1 then -- every way left the same tree
       check_tree(cold_dir, files, bytes, "ferry prepare")
       check_tree(raw_dir, files, bytes, "raw pipe")
-      check_tree(pc_dir, files, bytes, "Paperclip baseline")
+      if M.PAPERCLIP_REPS > 0 then check_tree(pc_dir, files, bytes, "Paperclip baseline") end
     end
     change_one_file(ws, names, rep)
     local ms, res, n = timed(function() return prepare(sb, counter, ws, cold_dir, state) end)
