@@ -48,7 +48,7 @@ end
 -- The checks every provider gets, given a function opening a fresh sandbox (opts -> sandbox) and a dir in it.
 local function provider_cases(label, open, dir)
   it("gives the same results as one process per command (" .. label .. ")", function()
-    local plain, sess = open {}, open { session = true }
+    local plain, sess = open { session = false }, open { session = true }
     local blob = helpers.random_bytes(300000) .. MARKER_LIKE
     local cases = { { "cat", stdin = blob }, { "head -c 5; echo", stdin = blob } }
     table.move(CASES, 1, #CASES, #cases + 1, cases)
@@ -71,7 +71,7 @@ local function provider_cases(label, open, dir)
   end)
 
   it("runs many commands in one sandbox process and prints the round trip (" .. label .. ")", function()
-    local plain, sess = open {}, open { session = true }
+    local plain, sess = open { session = false }, open { session = true }
     local shells = {}
     for i = 1, 40 do
       local res = assert(sess:exec("echo $PPID; echo " .. i))
@@ -233,5 +233,23 @@ describe("session", function()
     end
     local remote = "/tmp/ferry-session-spec-" .. core.getpid() .. "-" .. math.random(1, 1e9)
     provider_cases("ssh", open, function() return remote end)
+
+    it("is the default over ssh (caps.costly), one process per command with session = false", function()
+      local sb = open {}
+      assert.is_true(sb.caps.costly)
+      assert.truthy(sb.provider.session)
+      assert.equal("x\n", assert(sb:exec("echo x")).stdout)
+      assert.equal(1, sb.provider.session.starts)
+      sb:close()
+      local plain = open { session = false }
+      assert.is_nil(plain.provider.session)
+      plain:close()
+      local forced = assert(ferry.open("local", { session = true }))
+      assert.truthy(forced.provider.session)
+      forced:close()
+      local lo = assert(ferry.open("local"))
+      assert.is_nil(lo.provider.session)
+      lo:close()
+    end)
   end)
 end)

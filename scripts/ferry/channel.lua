@@ -108,7 +108,9 @@ ferry_relay() {
 -- HUP and INT (caught, not ignored: the command starts with its defaults), so that the watcher can still find
 -- the command as its child. Its own stderr goes to /dev/null once the command runs (a shell reports
 -- "Terminated" for a child a signal ended); the end marker goes to the saved one (fd 5). The count is read
--- once the command ended: a command that read its input to EOF ended after the relay wrote it.
+-- once the command ended: a command that read its input to EOF ended after the relay wrote it; one that
+-- stopped at its own end of data (tar at the end-of-archive blocks) may end while the relay still takes the
+-- end frame, so the wrapper waits for the count up to 0.2 s (only then: `sleep` processes).
 local WRAPPER = [[
 ferry_c=%s
 ferry_g=%d ferry_f=%s ferry_m=%s
@@ -144,8 +146,9 @@ exec 3<&0 </dev/null
 ferry_w=$!
 exec 3<&- 5>&2 2>/dev/null
 ( export ferry_x; exec 2>&5 5>&- < "$ferry_in"; exec $ferry_ss sh -c "$ferry_c" sh )
-ferry_rc=$? ferry_n=-
+ferry_rc=$? ferry_n=- ferry_k=0
 if [ "$ferry_d" = 1 ]; then
+  while [ ! -s "$ferry_f.n" ] && [ "$ferry_k" -lt 20 ]; do sleep 0.01 || break; ferry_k=$((ferry_k + 1)); done
   read -r ferry_n < "$ferry_f.n" || ferry_n=-
   rm -f "$ferry_f" "$ferry_f.n" </dev/null >/dev/null 2>&1 &
 fi

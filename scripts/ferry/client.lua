@@ -278,7 +278,9 @@ end
 --- ferry.policy ("NAME" or "NAME:ARG").
 --- opts: caps (overrides what the provider declares, e.g. {binary=false} to force base64), on_exec(argv,
 --- script) called before every command, log(level, message), probe (false skips a provider's probe),
---- session (true: every command goes through one long-lived shell in the sandbox, see ferry.session).
+--- session (every command goes through one long-lived shell in the sandbox, see ferry.session; the default
+--- where the provider declares caps.costly, a new command being expensive: ssh, docker, podman, kubectl;
+--- false opts out, true opts in elsewhere).
 ---@param spec string
 ---@param opts table|nil
 ---@return table|nil sandbox, string|nil err, string|nil code
@@ -298,11 +300,13 @@ function M.open(spec, opts)
   end
   local provider, err, code = mod.open(arg, opts)
   if not provider then return nil, err, code end
-  -- a provider with its own exec (the bridge) already keeps its sandbox's shell: session applies to commands
-  if opts.session and not provider.exec then require("ferry.session").wrap(provider, { on_exec = opts.on_exec }) end
   local caps = {}
   for k, v in pairs(provider.caps or {}) do caps[k] = v end
   for k, v in pairs(opts.caps or {}) do caps[k] = v end
+  local session = opts.session
+  if session == nil then session = caps.costly == true end
+  -- a provider with its own exec (the bridge) already keeps its sandbox's shell: session applies to commands
+  if session and not provider.exec then require("ferry.session").wrap(provider, { on_exec = opts.on_exec }) end
   return setmetatable({
     provider = provider,
     name = provider.name or spec,
