@@ -152,6 +152,8 @@ for _, label in ipairs { "local", "bwrap", "cmd", "busybox" } do
         helpers.write_file(src, data)
         assert(os.execute("chmod 754 '" .. src .. "'"))
         assert(sb:put(src, box.root .. "/-put me"))
+        assert(sb:put(src, box.root .. "/made/by put/-put me")) -- missing parents are made
+        assert.equal(300000, by_name(assert(sb:ls(box.root .. "/made/by put")))["-put me"].size)
         assert.equal(tonumber("754", 8), by_name(assert(sb:ls(box.root)))["-put me"].mode)
         local dst = box.tmp .. "/got 'it'"
         assert(sb:get(box.root .. "/-put me", dst))

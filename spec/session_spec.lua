@@ -91,6 +91,28 @@ local function provider_cases(label, open, dir)
     sess:close()
   end)
 
+  it("streams a command's stdin while it runs, nothing staged first (" .. label .. ")", function()
+    local sess = open { session = true }
+    local out, calls = {}, 0
+    local function seen(text) return table.concat(out):find(text, 1, true) ~= nil end
+    local res = assert(sess:exec("read l; echo \"got $l\"; cat; echo done", {
+      stdin = function()
+        calls = calls + 1
+        if calls == 1 then return "ping\n" end
+        if calls == 2 then -- the command answered the first line before the input ended
+          local deadline = core.now_ms() + 5000
+          while not seen("got ping") and core.now_ms() < deadline do ferry.sleep(10) end
+          return seen("got ping") and "answered\n" or "never answered\n"
+        end
+        return nil
+      end,
+      on_stdout = function(c) out[#out + 1] = c end,
+    }))
+    assert.equal(0, res.code)
+    assert.equal("got ping\nanswered\ndone\n", table.concat(out))
+    sess:close()
+  end)
+
   it("kills a timed-out command's process group, not the session (" .. label .. ")", function()
     local sess = open { session = true }
     local res = assert(sess:exec("sleep 30 & echo $!; wait", { timeout_ms = 300 }))
