@@ -113,6 +113,21 @@ local function provider_cases(label, open, dir)
     sess:close()
   end)
 
+  it("detects a command that did not take all its input, with and without the session (" .. label .. ")", function()
+    local data = string.rep("0123456789", 30000)
+    for _, sb in ipairs { open { session = false }, open { session = true } } do
+      local res, err, code = sb:pipe_in("head -c 100 > /dev/null", data)
+      assert.is_nil(res)
+      assert.equal("EIO", code)
+      local read = tonumber(err:match("^pipe_in: sent 300000 bytes but the sandbox read (%d+)$"))
+      assert.truthy(read and read < 300000 or err == "pipe_in: sent 300000 bytes but the sandbox command ended "
+        .. "before its input did", err)
+      res = assert(sb:pipe_in("wc -c", data))
+      assert.same({ 0, "300000\n", 300000 }, { res.code, res.stdout:gsub("^%s+", ""), res.count })
+      sb:close()
+    end
+  end)
+
   it("kills a timed-out command's process group, not the session (" .. label .. ")", function()
     local sess = open { session = true }
     local res = assert(sess:exec("sleep 30 & echo $!; wait", { timeout_ms = 300 }))

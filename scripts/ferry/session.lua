@@ -17,7 +17,8 @@
 -- A command with stdin reads a fifo made for it (a fresh one each time: a background process of an earlier
 -- command may hold an old one open); a watcher relays the frames into it (ferry.channel's ferry_relay) while
 -- the command runs, and the shell, which holds the fifo's read end too, drains what the command left unread
--- until the end frame, so the next header is where it expects it.
+-- until the end frame (`wc -c`: so the next header is where it expects it), and reports the bytes relayed
+-- less those: what the command read, so that one that ended before its input did is told apart.
 -- The command runs as `setsid sh -c SCRIPT` (a process group of its own; in the foreground, so its signals
 -- are not ignored as an asynchronous command's SIGINT would be); its environment comes in the variable
 -- ferry_x of its own environment and is applied by its shell, so no value is on a command line in the
@@ -108,8 +109,10 @@ while IFS=' ' read -r ferry_sl ferry_in ferry_mk ferry_to ferry_gr ferry_ne; do
   fi
   printf '\n%%s %%d %%d\n' "$ferry_mk" "$ferry_rc" "$ferry_t"
   if [ "$ferry_in" = 1 ]; then
-    IFS= read -r ferry_l <&6 && cat <&6 >/dev/null
+    ferry_l=$(wc -c <&6) || ferry_l=0
+    set -- $ferry_l
     read -r ferry_n < "$ferry_tmp.n" || ferry_n=-
+    case $ferry_n in ''|*[!0-9]*) ferry_n=- ;; *) ferry_n=$((ferry_n - ${1:-0})) ;; esac
   fi
   exec 6<&-
   kill -KILL "$ferry_k" 2>/dev/null; wait "$ferry_k" 2>/dev/null
