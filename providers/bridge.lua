@@ -127,7 +127,7 @@ function M.open(arg, opts)
   local spec = spec_of(scheme, authority, prefix, params)
   local p = setmetatable({
     name = spec, spec = spec, client = client, lease_id = lease.id, ttl_s = protocol.int(lease.ttl_s) or 3600,
-    caps = { stdin = true, binary = true },
+    caps = { stdin = true, binary = true, costly = true },
     default_remote_dir = protocol.field(lease, "remote_dir"),
     scratch_dir = protocol.field(lease, "scratch_dir") or "/tmp",
     log = opts.log,

@@ -53,6 +53,7 @@ return util.prefix_provider {
   parse = parse,
   sandbox = "pod",
   probe_timeout_ms = 60000,
+  costly = true,
   target = function(arg)
     local t, err = parse(arg)
     if not t then return nil, err end

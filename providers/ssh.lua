@@ -3,11 +3,16 @@
 -- an ssh_config line: a path holding spaces is written in double quotes, %22); they come before
 -- ferry's defaults, so they win (ssh keeps the first value of an option), and the user's ssh config applies
 -- as usual. Defaults: BatchMode=yes (never prompt), ConnectTimeout=10, LogLevel=ERROR (no "Permanently
--- added" chatter on stderr), ServerAliveInterval=15.
+-- added" chatter on stderr), ServerAliveInterval=15, ControlPersist=10m.
 --
--- One connection per sandbox, shared by every command (OpenSSH connection sharing): the probe at open time
--- starts the master, its socket lives in a private 0700 directory, it outlives an idle spell by at most
--- ControlPersist (60 s) and a later command starts it again; close() ends it with `ssh -O exit`.
+-- One connection per user and destination, shared by every command of every ferry process (OpenSSH
+-- connection sharing, ControlMaster=auto): the first command starts the master, which outlives the ferry
+-- process by at most ControlPersist idle time, so the next `ferry` invocation pays no handshake. Its socket
+-- lives in a private runtime dir ($XDG_RUNTIME_DIR/ferry, else /tmp/ferry-<uid>), which must be a directory
+-- of the user with mode 0700 (made so when missing; anything else is refused); the socket is named by a hash
+-- of the destination and the options, so a master for another destination or other options is never reused.
+-- At open, a socket that is not the user's socket is removed and one whose master is gone (`ssh -O check`
+-- fails) too: the next command starts a new master. close() leaves the master to its ControlPersist.
 -- The remote command is ONE string `sh -c '<script>'`: ssh joins its arguments with spaces and the remote
 -- login shell parses them again, so the script is quoted once for that shell.
 local core = require "ferry.core"
@@ -20,10 +25,9 @@ M.usage = "ssh://[USER@]HOST[:PORT][?Option=Value&...]"
 M.help = "commands run on HOST over one shared ssh connection; query keys are OpenSSH -o options"
 
 local CONNECT_TIMEOUT_S = 10
-local PERSIST = "60s"
-
--- Short and fixed rather than $TMPDIR: a unix socket path must fit in 108 bytes (the name is 40 hex digits).
-local CONTROL_PREFIX = "/tmp/ferry-ssh-"
+local PERSIST = "10m"
+local SOCKET_NAME_HEX = 24 -- a unix socket path must fit in 108 bytes
+local PRIVATE_MODE = tonumber("700", 8)
 
 -- Query "A=1&B=x%20y" -> list of {key, value}; option names are letters and digits, as OpenSSH spells them.
 local function parse_query(query)
@@ -80,8 +84,9 @@ end
 local Ssh = {}
 Ssh.__index = Ssh
 
--- ssh's options and the destination, shared by every invocation (commands, probe, -O exit, -G).
-local function base_argv(t, control_dir)
+-- ssh's options and the destination, shared by every invocation (commands, probe, -O check, -G); the socket's
+-- name is a hash of them without the ControlPath (`path`, nil for that hash).
+local function base_argv(t, path)
   local argv = { "ssh", "-T" }
   local given = {}
   local function option(key, value)
@@ -100,11 +105,62 @@ local function base_argv(t, control_dir)
   option("LogLevel", "ERROR")
   option("ServerAliveInterval", "15")
   option("ControlMaster", "auto")
-  option("ControlPath", control_dir .. "/%C")
+  if path then option("ControlPath", path) end
   option("ControlPersist", PERSIST)
   if t.user then table.move({ "-l", t.user }, 1, 2, #argv + 1, argv) end
   if t.port then table.move({ "-p", tostring(t.port) }, 1, 2, #argv + 1, argv) end
   return argv
+end
+
+-- The private runtime dir holding the connection sockets: `dir` when given (specs), else
+-- $XDG_RUNTIME_DIR/ferry, else /tmp/ferry-<uid>. Made with mode 0700 when missing; an existing one must be
+-- a directory (not a symlink) owned by the user with mode 0700. Returns the path or nil, message, code.
+local function runtime_dir(dir)
+  local uid = core.getuid()
+  if not dir then
+    local xdg = os.getenv("XDG_RUNTIME_DIR")
+    dir = (xdg and xdg:sub(1, 1) == "/") and xdg:gsub("/+$", "") .. "/ferry" or "/tmp/ferry-" .. uid
+  end
+  local st = core.fs_lstat(dir)
+  if not st then
+    local parent, leaf = dir:match("^(.*)/([^/]+)$")
+    local ok, err, code = core.fs_safe_mkdir(parent == "" and "/" or parent, leaf, PRIVATE_MODE)
+    if not ok and code ~= "EEXIST" then return nil, "cannot make the ssh socket dir " .. dir .. ": " .. err, code end
+    st = core.fs_lstat(dir)
+  end
+  local wrong = not st and "missing"
+    or st.kind ~= "dir" and ("a " .. st.kind)
+    or st.uid ~= uid and ("owned by uid " .. st.uid .. ", not " .. uid)
+    or st.mode ~= PRIVATE_MODE and string.format("mode %04o, not 0700", st.mode)
+  if wrong then
+    return nil, string.format("the ssh socket dir %s is %s: it must be a directory of its own user with mode "
+      .. "0700 (others could use or replace the shared connection); remove it or fix it", dir, wrong), "EACCES"
+  end
+  return dir
+end
+
+-- The control socket's path: the runtime dir, then a hash of ssh's options and the destination.
+local function control_path(argv, host, dir)
+  local key = table.concat(argv, "\0") .. "\0" .. host
+  return dir .. "/" .. core.sha256(key):sub(1, SOCKET_NAME_HEX)
+end
+
+-- Make sure the socket at p.control_path is a live master of this user or absent: a file that is not the
+-- user's socket, or a socket whose master does not answer `ssh -O check`, is removed (the next command
+-- starts a new master). Returns true or nil, message, code.
+local function settle_socket(p)
+  local path = p.control_path
+  local st = core.fs_lstat(path)
+  if not st then return true end
+  if st.kind == "socket" and st.uid == core.getuid() then
+    local res = proc.run { argv = util.with(p.argv, "-O", "check", "--", p.host), timeout_ms = 10000 }
+    if res and res.code == 0 then return true end
+  end
+  local ok, err = os.remove(path)
+  if not ok and core.fs_lstat(path) then
+    return nil, p.name .. ": cannot replace the stale ssh socket " .. path .. ": " .. tostring(err), "EACCES"
+  end
+  return true
 end
 
 --- The argv that runs `script` with sh on the host (through the shared connection).
@@ -183,44 +239,51 @@ local function probe(p, opts)
     p.name, tostring(res.code or res.signal), util.stderr_note(res), p.host), "EIO"
 end
 
---- End the shared connection and remove its socket directory. Safe to call twice.
-function Ssh:close()
-  if not self.control_dir then return end
+--- Nothing to release: the shared connection outlives the sandbox by its ControlPersist idle time (the next
+--- ferry process reuses it). M.disconnect ends it.
+function Ssh.close() end
+
+--- End the shared connection now (`ssh -O exit`); true when a master was there and exited.
+---@return boolean
+function Ssh:disconnect()
   -- cleanup: it runs on the way out of an interrupted ferry too
-  proc.run { argv = util.with(self.argv, "-O", "exit", "--", self.host), timeout_ms = 10000, cleanup = true }
-  core.fs_remove_tree(self.control_dir)
-  self.control_dir = nil
+  local res = proc.run { argv = util.with(self.argv, "-O", "exit", "--", self.host), timeout_ms = 10000,
+    cleanup = true }
+  return res ~= nil and res.code == 0
 end
 
---- Open the provider: parse the URL, make the private socket directory and, unless opts.probe == false,
---- run one probe command that also starts the shared connection.
+--- Open the provider: parse the URL, check the private socket dir (opts.control_dir overrides where it is),
+--- replace a stale or foreign socket and, unless opts.probe == false, run one probe command (which starts the
+--- shared connection when none is there).
 ---@param arg string  the text after "ssh:" (//[user@]host[:port][?query])
----@param opts table|nil  probe (bool), on_exec
+---@param opts table|nil  probe (bool), on_exec, control_dir
 ---@return table|nil provider, string|nil err, string|nil code
 function M.open(arg, opts)
   opts = opts or {}
   local t, perr = M.parse(arg)
   if not t then return nil, "ssh:" .. (arg or "") .. ": " .. perr, "EINVAL" end
-  local control_dir, derr, dcode = core.fs_mkdtemp(CONTROL_PREFIX)
-  if not control_dir then
-    return nil, t.name .. ": cannot make a directory for the connection socket: " .. derr, dcode
-  end
+  local dir, derr, dcode = runtime_dir(opts.control_dir)
+  if not dir then return nil, t.name .. ": " .. derr, dcode end
   local connect_timeout = CONNECT_TIMEOUT_S
   for _, kv in ipairs(t.options) do
     if kv[1]:lower() == "connecttimeout" then connect_timeout = tonumber(kv[2]) or connect_timeout end
   end
+  local path = control_path(base_argv(t), t.host, dir)
+  local argv = base_argv(t, path)
   local p = setmetatable({
     name = t.name,
     host = t.host,
     user = t.user,
     port = t.port,
-    argv = base_argv(t, control_dir),
-    control_dir = control_dir,
+    argv = argv,
+    control_path = path,
     connect_timeout = connect_timeout,
-    caps = { stdin = true, binary = true },
+    caps = { stdin = true, binary = true, costly = true },
     default_remote_dir = nil,
     scratch_dir = "/tmp",
   }, Ssh)
+  local ok, serr, scode = settle_socket(p)
+  if not ok then return nil, serr, scode end
   return util.checked(p, opts, probe)
 end
 

@@ -148,6 +148,19 @@ for _, pv in ipairs(PROVIDERS) do
         assert.equal(data, r.stdout)
       end)
 
+      it("put makes the missing parent dirs of REMOTE, and names a parent that is a file", function()
+        local src = tmp .. "/small.txt"
+        helpers.write_file(src, "small\n")
+        local r = run_ferry { "put", "-p", P, "--no-session", src, remote .. "/new/dirs/small.txt" }
+        assert.equal(0, r.code, r.stderr)
+        assert.equal("small\n", helpers.read_file(host .. "/new/dirs/small.txt"))
+        helpers.write_file(host .. "/plain", "x")
+        r = run_ferry { "put", "-p", P, src, remote .. "/plain/small.txt" }
+        assert.equal(1, r.code)
+        assert.equal("ferry: put: write " .. remote .. "/plain/small.txt: " .. remote .. "/plain is not a directory\n",
+          r.stderr)
+      end)
+
       it("refuses a file over --max-bytes with the sizes in the message and writes nothing", function()
         helpers.write_file(host .. "/big.txt", string.rep("x", 100))
         local r = run_ferry { "get", "-p", P, "--max-bytes", "10", remote .. "/big.txt", tmp .. "/out" }

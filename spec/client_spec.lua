@@ -152,6 +152,8 @@ for _, label in ipairs { "local", "bwrap", "cmd", "busybox" } do
         helpers.write_file(src, data)
         assert(os.execute("chmod 754 '" .. src .. "'"))
         assert(sb:put(src, box.root .. "/-put me"))
+        assert(sb:put(src, box.root .. "/made/by put/-put me")) -- missing parents are made
+        assert.equal(300000, by_name(assert(sb:ls(box.root .. "/made/by put")))["-put me"].size)
         assert.equal(tonumber("754", 8), by_name(assert(sb:ls(box.root)))["-put me"].mode)
         local dst = box.tmp .. "/got 'it'"
         assert(sb:get(box.root .. "/-put me", dst))
@@ -194,10 +196,14 @@ for _, label in ipairs { "local", "bwrap", "cmd", "busybox" } do
         assert.is_nil(data)
         assert.equal(box.root .. "/nope: no such directory", err)
         assert.equal("ENOENT", code)
-        data, err, code = sb:write(box.root .. "/no/dir/f", "x")
+        -- missing parents are made (mkdir -p); a parent that is a file is named
+        assert(sb:write(box.root .. "/no/dir/f", "x"))
+        assert.equal("x", sb:read(box.root .. "/no/dir/f"))
+        data, err, code = sb:write(p .. "/sub/g", "x")
         assert.is_nil(data)
-        assert.equal(box.root .. "/no/dir/f: no such directory " .. box.root .. "/no/dir", err)
-        assert.equal("ENOENT", code)
+        assert.equal("write " .. p .. "/sub/g: " .. p .. " is not a directory", err)
+        assert.equal("ENOTDIR", code)
+        assert.equal("0123456789", sb:read(p))
         data, err, code = sb:write(box.root, "x")
         assert.is_nil(data)
         assert.equal(box.root .. ": is a directory", err)

@@ -39,7 +39,7 @@ local function fake_argv()
 end
 local built
 local sb, err, code = ferry.open(provider, {
-  on_exec = function(argv, script) built = { argv = argv, script = script } end,
+  on_exec = function(argv, script) built = { argv = argv, script = script } end, session = false,
 })
 if not sb then
   print(cjson.encode { err = err, code = code })
@@ -69,6 +69,11 @@ out.read_ok = sb:read(out.path) == data
 check("read")
 out.missing_code = select(3, sb:read(dir .. "/missing"))
 sb:close()
+-- by default (caps.costly) every command goes through one session: one provider process
+local s = ferry.open(provider, { probe = false })
+out.session = { default = s.provider.session ~= nil, first = s:exec("echo one").stdout,
+  second = s:exec("cat", { stdin = "two" }).stdout, starts = s.provider.session.starts }
+s:close()
 print(cjson.encode(out))
 ]=]
 
@@ -119,7 +124,7 @@ describe("container providers", function()
     it("docker:CONTAINER and podman:CONTAINER: exec -i CONTAINER sh -c SCRIPT", function()
       local d = assert(docker.open("box", { probe = false }))
       assert.same({ "docker", "exec", "-i", "box", "sh", "-c", "echo 'a b'" }, d:command("echo 'a b'"))
-      assert.same({ "docker:box", true, true }, { d.name, d.caps.stdin, d.caps.binary })
+      assert.same({ "docker:box", true, true, true }, { d.name, d.caps.stdin, d.caps.binary, d.caps.costly })
       local p = assert(podman.open("f00d-1.web_2", { probe = false }))
       assert.same({ "podman", "exec", "-i", "f00d-1.web_2", "sh", "-c", "x" }, p:command("x"))
       assert.equal("podman:f00d-1.web_2", p.name)
@@ -139,7 +144,7 @@ describe("container providers", function()
         local k = assert(kubectl.open(arg, { probe = false }))
         assert.same(want, k:command("S"), arg)
         assert.equal("kubectl:" .. arg, k.name)
-        assert.is_true(k.caps.stdin and k.caps.binary)
+        assert.is_true(k.caps.stdin and k.caps.binary and k.caps.costly)
       end
     end)
 
@@ -192,6 +197,10 @@ describe("container providers", function()
         want[#want + 1] = out.exec.script
         assert.same(want, out.exec.argv)
         assert.truthy(out.exec.script:find("echo out; echo err >&2; exit 7", 1, true))
+      end)
+
+      it("runs every command through one session by default (caps.costly)", function()
+        assert.same({ default = true, first = "one\n", second = "two", starts = 1 }, out.session)
       end)
 
       it("carries binary stdin, write and read through it; a missing file is ENOENT", function()

@@ -77,7 +77,7 @@ describe("embedding ferry in a C host", function()
       "/share/lua/5.4/?/init.lua;'..package.path; package.cpath='" .. prefix ..
       "/lib/lua/5.4/?.so;'..package.cpath; os.exit(require('ferry.cli').main({[0]='ferry','help','ls'}))\"")
     assert.equal(0, r.code, r.stderr)
-    assert.matches("^usage: ferry ls %-p PROVIDER REMOTE_DIR\n", r.stdout)
+    assert.matches("^usage: ferry ls %-p PROVIDER %[%-%-no%-session%] REMOTE_DIR\n", r.stdout)
     for _, name in ipairs { "run", "sandbox", "runtime", "policy", "many", "report", "options", "registry" } do
       assert.truthy(helpers.read_file(prefix .. "/share/lua/5.4/ferry/cli/" .. name .. ".lua"), name)
     end

@@ -27,6 +27,22 @@ describe("ferry.git.detect", function()
     helpers.rmtree(plain)
   end)
 
+  it("starts no git process for a dir with no .git in it or above it (no PATH needed to say false)", function()
+    local plain = helpers.tmpdir()
+    assert(core.fs_safe_mkdir(plain, "a/b", tonumber("755", 8)))
+    assert.is_false(git.may_be_in_work_tree(plain .. "/a/b"))
+    assert.is_false(git.detect(plain .. "/a/b/"))
+    assert.is_true(git.may_be_in_work_tree(repo.dir))
+    assert(core.fs_safe_mkdir(repo.dir, "sub/deeper", tonumber("755", 8)))
+    assert.is_true(git.may_be_in_work_tree(repo.dir .. "/sub/deeper"))
+    assert.equal("sub/deeper/", assert(git.detect(repo.dir .. "/sub/deeper")).prefix)
+    -- a symlink on the way: git walks the physical parents, so git decides
+    assert(core.fs_safe_symlink(plain, "link", repo.dir .. "/sub"))
+    assert.is_true(git.may_be_in_work_tree(plain .. "/link/deeper"))
+    assert.equal("sub/deeper/", assert(git.detect(plain .. "/link/deeper")).prefix)
+    helpers.rmtree(plain)
+  end)
+
   it("describes the top level: branch, HEAD, directories, history possible", function()
     local info = assert(git.detect(repo.dir))
     assert.same({

@@ -48,7 +48,7 @@ end
 -- The checks every provider gets, given a function opening a fresh sandbox (opts -> sandbox) and a dir in it.
 local function provider_cases(label, open, dir)
   it("gives the same results as one process per command (" .. label .. ")", function()
-    local plain, sess = open {}, open { session = true }
+    local plain, sess = open { session = false }, open { session = true }
     local blob = helpers.random_bytes(300000) .. MARKER_LIKE
     local cases = { { "cat", stdin = blob }, { "head -c 5; echo", stdin = blob } }
     table.move(CASES, 1, #CASES, #cases + 1, cases)
@@ -71,7 +71,7 @@ local function provider_cases(label, open, dir)
   end)
 
   it("runs many commands in one sandbox process and prints the round trip (" .. label .. ")", function()
-    local plain, sess = open {}, open { session = true }
+    local plain, sess = open { session = false }, open { session = true }
     local shells = {}
     for i = 1, 40 do
       local res = assert(sess:exec("echo $PPID; echo " .. i))
@@ -89,6 +89,43 @@ local function provider_cases(label, open, dir)
     if label ~= "local" then assert.is_true(with < without, "the session is slower than a process per command") end
     plain:close()
     sess:close()
+  end)
+
+  it("streams a command's stdin while it runs, nothing staged first (" .. label .. ")", function()
+    local sess = open { session = true }
+    local out, calls = {}, 0
+    local function seen(text) return table.concat(out):find(text, 1, true) ~= nil end
+    local res = assert(sess:exec("read l; echo \"got $l\"; cat; echo done", {
+      stdin = function()
+        calls = calls + 1
+        if calls == 1 then return "ping\n" end
+        if calls == 2 then -- the command answered the first line before the input ended
+          local deadline = core.now_ms() + 5000
+          while not seen("got ping") and core.now_ms() < deadline do ferry.sleep(10) end
+          return seen("got ping") and "answered\n" or "never answered\n"
+        end
+        return nil
+      end,
+      on_stdout = function(c) out[#out + 1] = c end,
+    }))
+    assert.equal(0, res.code)
+    assert.equal("got ping\nanswered\ndone\n", table.concat(out))
+    sess:close()
+  end)
+
+  it("detects a command that did not take all its input, with and without the session (" .. label .. ")", function()
+    local data = string.rep("0123456789", 30000)
+    for _, sb in ipairs { open { session = false }, open { session = true } } do
+      local res, err, code = sb:pipe_in("head -c 100 > /dev/null", data)
+      assert.is_nil(res)
+      assert.equal("EIO", code)
+      local read = tonumber(err:match("^pipe_in: sent 300000 bytes but the sandbox read (%d+)$"))
+      assert.truthy(read and read < 300000 or err == "pipe_in: sent 300000 bytes but the sandbox command ended "
+        .. "before its input did", err)
+      res = assert(sb:pipe_in("wc -c", data))
+      assert.same({ 0, "300000\n", 300000 }, { res.code, res.stdout:gsub("^%s+", ""), res.count })
+      sb:close()
+    end
   end)
 
   it("kills a timed-out command's process group, not the session (" .. label .. ")", function()
@@ -233,5 +270,40 @@ describe("session", function()
     end
     local remote = "/tmp/ferry-session-spec-" .. core.getpid() .. "-" .. math.random(1, 1e9)
     provider_cases("ssh", open, function() return remote end)
+
+    it("is the default over ssh (caps.costly), one process per command with session = false", function()
+      local sb = open {}
+      assert.is_true(sb.caps.costly)
+      assert.truthy(sb.provider.session)
+      assert.equal("x\n", assert(sb:exec("echo x")).stdout)
+      assert.equal(1, sb.provider.session.starts)
+      sb:close()
+      local plain = open { session = false }
+      assert.is_nil(plain.provider.session)
+      plain:close()
+      local forced = assert(ferry.open("local", { session = true }))
+      assert.truthy(forced.provider.session)
+      forced:close()
+      local lo = assert(ferry.open("local"))
+      assert.is_nil(lo.provider.session)
+      lo:close()
+    end)
+
+    it("finds its shell dead within one round trip when the sandbox killed it while idle (ssh)", function()
+      local sb, plain = open {}, open { session = false }
+      local shell = assert(sb:exec("echo $PPID")).stdout:match("^(%d+)\n$")
+      assert.truthy(shell)
+      assert.equal(0, assert(plain:exec("kill -9 " .. shell)).code)
+      ferry.sleep(200)
+      local t0 = core.now_ms()
+      local res = assert(sb:exec("echo $PPID"))
+      local took = core.now_ms() - t0
+      assert.equal(0, res.code)
+      assert.are_not.equal(shell .. "\n", res.stdout)
+      assert.equal(2, sb.provider.session.starts)
+      assert.is_true(took < 2000, "took " .. took .. " ms")
+      sb:close()
+      plain:close()
+    end)
   end)
 end)

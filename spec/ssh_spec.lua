@@ -4,6 +4,7 @@ local ferry = require "ferry"
 local core = require "ferry.core"
 local policy = require "ferry.policy"
 local sshd = require "support.sshd"
+local helpers = require "support.helpers"
 
 local ssh = assert(policy.load("providers", "ssh"))
 
@@ -29,6 +30,14 @@ local function processes_mentioning(text)
       if cmdline:find(text, 1, true) then out[#out + 1] = tonumber(name) end
     end
   end
+  return out
+end
+
+-- The stdout of a shell command (which must succeed).
+local function capture(cmd)
+  local f = assert(io.popen(cmd))
+  local out = f:read("a")
+  assert(f:close(), "command failed: " .. cmd)
   return out
 end
 
@@ -94,32 +103,75 @@ describe("ssh provider", function()
     end)
 
     it("passes query options before the defaults (ssh keeps the first value) and the script as one string", function()
-      local p = assert(ssh.open("//me@h:2200?ConnectTimeout=3&ControlPersist=5s", { probe = false }))
+      local dir = helpers.tmpdir()
+      local ctl = { probe = false, control_dir = dir .. "/ferry" }
+      local p = assert(ssh.open("//me@h:2200?ConnectTimeout=3&ControlPersist=5s", ctl))
       local argv = p:command("echo 'it''s' $HOME")
-      local dir = p.control_dir
-      p:close()
+      assert.truthy(p.control_path:sub(#dir + 1):match("^/ferry/%x+$") and p.control_path:sub(1, #dir) == dir,
+        p.control_path)
       assert.same({
         "ssh", "-T", "-o", "ConnectTimeout=3", "-o", "ControlPersist=5s", "-o", "BatchMode=yes",
         "-o", "LogLevel=ERROR", "-o", "ServerAliveInterval=15", "-o", "ControlMaster=auto",
-        "-o", "ControlPath=" .. dir .. "/%C", "-l", "me", "-p", "2200", "--", "h",
+        "-o", "ControlPath=" .. p.control_path, "-l", "me", "-p", "2200", "--", "h",
         "sh -c 'echo '\\''it'\\'''\\''s'\\'' $HOME'",
       }, argv)
-      local defaults = assert(ssh.open("//h", { probe = false }))
+      local defaults = assert(ssh.open("//h", ctl))
       local joined = table.concat(defaults:command("true"), " ")
-      defaults:close()
       assert.truthy(joined:find("-o ConnectTimeout=10 ", 1, true))
-      assert.truthy(joined:find("-o ControlPersist=60s ", 1, true))
+      assert.truthy(joined:find("-o ControlPersist=10m ", 1, true))
+      -- one socket per destination and options: another port, user, option or host is another master
+      local names = { [p.control_path] = true, [defaults.control_path] = true }
+      for _, other in ipairs { "//h:2201", "//you@h", "//h?Compression=yes", "//h2" } do
+        local o = assert(ssh.open(other, ctl))
+        assert.is_nil(names[o.control_path], other)
+        names[o.control_path] = true
+      end
+      assert.equal(defaults.control_path, assert(ssh.open("//h", ctl)).control_path)
+      helpers.rmtree(dir)
     end)
 
-    it("keeps the connection socket in a private directory and removes it on close", function()
-      local p = assert(ssh.open("//h", { probe = false }))
-      local st = assert(core.fs_stat(p.control_dir))
-      assert.equal("dir", st.kind)
-      assert.equal(tonumber("700", 8), st.mode)
-      local dir = p.control_dir
+    it("keeps the connection socket in a private runtime dir: $XDG_RUNTIME_DIR/ferry, else /tmp/ferry-UID", function()
+      local dir = helpers.tmpdir()
+      local p = assert(ssh.open("//h", { probe = false, control_dir = dir .. "/ferry" }))
+      local st = assert(core.fs_lstat(dir .. "/ferry"))
+      assert.same({ "dir", tonumber("700", 8), core.getuid() }, { st.kind, st.mode, st.uid })
       p:close()
-      p:close()
-      assert.is_nil(core.fs_stat(dir))
+      assert.truthy(core.fs_lstat(dir .. "/ferry"), "the dir stays for the next ferry process")
+      local script = dir .. "/path.lua"
+      helpers.write_file(script, 'print(assert(require("ferry.policy").load("providers", "ssh")'
+        .. '.open("//h", {probe = false})).control_path)')
+      local out = capture("XDG_RUNTIME_DIR=" .. dir .. " " .. helpers.ferry_bin .. " run " .. script)
+      assert.equal(dir .. "/ferry/", out:sub(1, #dir + 7))
+      assert.truthy(out:sub(#dir + 8):match("^%x+\n$"), out)
+      out = capture("env -u XDG_RUNTIME_DIR " .. helpers.ferry_bin .. " run " .. script)
+      assert.truthy(out:match("^/tmp/ferry%-" .. core.getuid() .. "/%x+\n$"), out)
+      helpers.rmtree(dir)
+    end)
+
+    it("refuses a socket dir that is not private: a wider mode, another owner, a symlink", function()
+      local dir = helpers.tmpdir()
+      local ctl = dir .. "/ferry"
+      assert(core.fs_safe_mkdir(dir, "ferry", tonumber("755", 8)))
+      local p, err, code = ssh.open("//h", { probe = false, control_dir = ctl })
+      assert.is_nil(p)
+      assert.equal("EACCES", code)
+      assert.equal("ssh://h: the ssh socket dir " .. ctl .. " is mode 0755, not 0700: it must be a directory of "
+        .. "its own user with mode 0700 (others could use or replace the shared connection); remove it or fix it",
+        err)
+      assert(core.fs_safe_chmod(dir, "ferry", tonumber("700", 8)))
+      assert.equal(0, ferry.proc.run({ argv = { "chown", "65534", ctl } }).code)
+      p, err, code = ssh.open("//h", { probe = false, control_dir = ctl })
+      assert.is_nil(p)
+      assert.equal("EACCES", code)
+      assert.truthy(err:find("the ssh socket dir " .. ctl .. " is owned by uid 65534, not " .. core.getuid()
+        .. ": ", 1, true), err)
+      helpers.rmtree(ctl)
+      assert(core.fs_safe_mkdir(dir, "real", tonumber("700", 8)))
+      assert(core.fs_safe_symlink(dir, "ferry", dir .. "/real"))
+      p, err = ssh.open("//h", { probe = false, control_dir = ctl })
+      assert.is_nil(p)
+      assert.truthy(err:find("the ssh socket dir " .. ctl .. " is a symlink: ", 1, true), err)
+      helpers.rmtree(dir)
     end)
   end)
 
@@ -187,8 +239,9 @@ describe("ssh provider", function()
 
   describe("the shared connection", function()
     it("is opened once and reused by every command", function()
+      local dir = helpers.tmpdir()
       local before = server:accepted()
-      local box = assert(ferry.open(server:url()))
+      local box = assert(ferry.open(server:url(), { session = false, control_dir = dir }))
       for i = 1, 15 do
         assert.equal(tostring(i) .. "\n", assert(box:exec("echo " .. i)).stdout)
       end
@@ -199,15 +252,68 @@ describe("ssh provider", function()
       assert.equal(0, ferry.proc.run({ argv = server:ssh_argv("true") }).code)
       assert.equal(before + 2, server:accepted())
       box:close()
+      box.provider:disconnect()
+      helpers.rmtree(dir)
     end)
 
-    it("is ended by close(): the master process exits and its socket directory is gone", function()
-      local box = assert(ferry.open(server:url()))
-      local dir = box.provider.control_dir
-      assert.is_true(#processes_mentioning(dir) >= 1)
+    it("outlives close() and the ferry process: the next open and the next `ferry exec` reuse it", function()
+      local dir = helpers.tmpdir()
+      local box = assert(ferry.open(server:url(), { control_dir = dir .. "/ferry" }))
+      local path = box.provider.control_path
       box:close()
-      assert.is_nil(core.fs_stat(dir))
-      assert.is_true(eventually(function() return #processes_mentioning(dir) == 0 end))
+      assert.equal("socket", assert(core.fs_lstat(path)).kind)
+      assert.is_true(#processes_mentioning(path) >= 1)
+      local before = server:accepted()
+      box = assert(ferry.open(server:url(), { control_dir = dir .. "/ferry" }))
+      assert.equal("again\n", assert(box:exec("echo again")).stdout)
+      box:close()
+      -- two consecutive ferry processes: neither handshakes again
+      local exec = "XDG_RUNTIME_DIR=" .. dir .. " " .. helpers.ferry_bin .. " exec -p " .. ferry.sh.quote(server:url())
+        .. " -- "
+      assert.equal("first\n", capture(exec .. "echo first"))
+      local t0 = core.now_ms()
+      assert.equal("second\n", capture(exec .. "echo second"))
+      local second_ms = core.now_ms() - t0
+      assert.equal(before, server:accepted())
+      print(string.format("\nferry exec with the shared connection warm: %.0f ms", second_ms))
+      assert(box.provider:disconnect())
+      assert.is_true(eventually(function() return #processes_mentioning(path) == 0 end))
+      -- the count above is not blind: with the master gone the next ferry exec handshakes
+      assert.equal("third\n", capture(exec .. "echo third"))
+      assert.equal(before + 1, server:accepted())
+      box.provider:disconnect()
+      helpers.rmtree(dir)
+    end)
+
+    it("replaces a stale socket (its master gone) and a foreign one (not a socket of the user)", function()
+      local dir = helpers.tmpdir()
+      local opts = { control_dir = dir .. "/ferry" }
+      local box = assert(ferry.open(server:url(), opts))
+      local p = box.provider
+      local path = p.control_path
+      box:close()
+      local check = table.move(p.argv, 1, #p.argv, 1, {})
+      for _, a in ipairs { "-O", "check", "--", p.host } do check[#check + 1] = a end
+      local pid = ferry.proc.run({ argv = check }).stderr:match("pid=(%d+)")
+      assert.truthy(pid)
+      ferry.proc.run { argv = { "kill", "-s", "KILL", pid } } -- the master dies, its socket file stays
+      assert.is_true(eventually(function() return #processes_mentioning(path) == 0 end))
+      assert.equal("socket", assert(core.fs_lstat(path)).kind)
+      local before = server:accepted()
+      box = assert(ferry.open(server:url(), opts))
+      assert.equal("new\n", assert(box:exec("echo new")).stdout)
+      assert.equal(before + 1, server:accepted())
+      box:close()
+      assert.is_true(#processes_mentioning(path) >= 1)
+      assert(p:disconnect())
+      assert.is_true(eventually(function() return core.fs_lstat(path) == nil end))
+      helpers.write_file(path, "not a socket")
+      box = assert(ferry.open(server:url(), opts))
+      assert.equal("ok\n", assert(box:exec("echo ok")).stdout)
+      assert.equal("socket", assert(core.fs_lstat(path)).kind)
+      box:close()
+      p:disconnect()
+      helpers.rmtree(dir)
     end)
 
     it("comes back on the next command when the master went away", function()
@@ -312,17 +418,11 @@ describe("ssh provider", function()
         .. "extra arguments at end of line", server.user, server.port), 1, true) == 1, err)
     end)
 
-    it("a failed open leaves no socket directory behind", function()
-      local function socket_dirs()
-        local n = 0
-        for _, name in ipairs(core.fs_readdir("/tmp") or {}) do
-          if name:find("^ferry%-ssh%-") then n = n + 1 end
-        end
-        return n
-      end
-      local before = socket_dirs()
-      assert.is_nil(ferry.open(server:url({}, 1)))
-      assert.equal(before, socket_dirs())
+    it("a failed open leaves no socket behind", function()
+      local dir = helpers.tmpdir()
+      assert.is_nil(ferry.open(server:url({}, 1), { control_dir = dir .. "/ferry" }))
+      assert.same({}, core.fs_readdir(dir .. "/ferry"))
+      helpers.rmtree(dir)
     end)
   end)
 end)

@@ -12,8 +12,9 @@ local M = {}
 ---@param provider string|table  a provider string or an opened sandbox
 ---@param on_exec function|nil  called with (argv, script) for every command
 ---@param option string  names the option `provider` came from in a raised error ("ferry.prepare: opts.provider")
+---@param session boolean|nil  ferry.open's opts.session for a provider string (nil: the provider's default)
 ---@return table|nil sb, string provider_or_err, table|string|nil handle_or_code
-function M.open(provider, on_exec, option)
+function M.open(provider, on_exec, option, session)
   local n = 0
   local function counted(argv, script)
     n = n + 1
@@ -27,11 +28,11 @@ function M.open(provider, on_exec, option)
   if type(provider) ~= "string" or provider == "" then
     error(option .. " must be a provider string or an opened sandbox", 3)
   end
-  local sb, err, code = client.open(provider, { on_exec = counted, probe = false })
+  local sb, err, code = client.open(provider, { on_exec = counted, probe = false, session = session })
   if not sb then return nil, err, code end
   handle.release = function() sb:close() end
   handle.diagnose = function()
-    local probed, perr, pcode = client.open(provider, { on_exec = counted })
+    local probed, perr, pcode = client.open(provider, { on_exec = counted, session = false })
     if not probed then return perr, pcode end
     probed:close()
     return nil

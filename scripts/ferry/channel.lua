@@ -12,18 +12,26 @@
 --   "ferry1 <E> <D>\n"          E: lines of environment that follow; D: 1 when input frames follow, else 0
 --   E lines                     shell text setting the environment (`export NAME='value'`, `unset NAME`),
 --                               evaluated by the command's own shell before the command, never by the wrapper
---   D=1: "<n>\n" <n bytes> ...  the command's input in frames of at most M.FRAME bytes, then "0\n"
+--   D=1: "<n>\n" <n bytes> ...  the command's input in frames of at most M.FRAME_MAX bytes, then "0\n"
 --   then nothing: EOF (or any byte) from here on stops the command: TERM to its group, KILL after the grace
--- The wrapper relays the frames into a fifo the command reads (one `dd` per frame), so the command sees its
--- own EOF where the input ends while the channel stays open. The wrapper exits with the command's code.
+-- The wrapper relays the frames into a fifo the command reads (M.RELAY_FUNCTION: one `dd` per MiB-block run
+-- of a frame), so the command sees its own EOF where the input ends while the channel stays open, and counts
+-- the bytes it relayed: its end marker on stderr ("\n<marker> <count>\n", "-" when the command ended before
+-- the input did) carries that count, which the client checks against what it sent instead of counting in
+-- the data path (a `tee | wc -c` pipeline costs a copy of every byte). The wrapper exits with the
+-- command's code.
 local core = require "ferry.core"
 local proc = require "ferry.proc"
 local util = require "ferry.util"
 
 local M = {}
 
---- The largest input frame; small reads are gathered up to this size (one `dd` in the sandbox per frame).
+--- The first frame of a gathered input stream, and the block the relay copies with one `dd` each run; a
+--- gathered stream's frames double from M.FRAME up to M.FRAME_MAX (whole MiBs but the last), so that a large
+--- transfer costs a few `dd` processes in the sandbox, not one per MiB, while the host holds at most
+--- M.FRAME_MAX bytes of it.
 M.FRAME = 1024 * 1024
+M.FRAME_MAX = 8 * 1024 * 1024
 
 local VERSION = "ferry1"
 local DEFAULT_GRACE_MS = 2000
@@ -65,13 +73,44 @@ ferry_stop() {
 }
 ]]
 
+--- Shell text defining ferry_relay COUNT_FILE: copy the input frames on stdin ("<n>\n" <n bytes> ..., then
+--- "0\n") to fd 4, each frame's whole MiBs with one `dd` and the rest with another (`iflag=fullblock`: exactly
+--- those bytes are read, so the stream after the frame stays in place; dd's record counts, in the C locale,
+--- tell a frame cut short by EOF, which dd does not count as an error), then write the number of bytes
+--- relayed to COUNT_FILE. Returns 0 after the end frame, 1 when a `dd` failed (the reader of fd 4 went
+--- away), 2 at EOF, a short frame or a line that is no frame header (the channel closed mid-stream).
+M.RELAY_FUNCTION = [[
+ferry_copy() {
+  ferry_ro=$(LC_ALL=C dd bs="$1" count="$2" iflag=fullblock 2>&1 >&4) || return 1
+  case $ferry_ro in "$2+0 records in"*) return 0 ;; esac
+  return 2
+}
+ferry_relay() {
+  ferry_rn=0
+  while IFS= read -r ferry_rl; do
+    case $ferry_rl in ''|*[!0-9]*) break ;; esac
+    if [ "$ferry_rl" -eq 0 ]; then echo "$ferry_rn" > "$1"; return 0; fi
+    ferry_rb=$((ferry_rl / 1048576)) ferry_rt=$((ferry_rl % 1048576)) ferry_rs=0
+    [ "$ferry_rb" = 0 ] || ferry_copy 1048576 "$ferry_rb" || ferry_rs=$?
+    [ "$ferry_rs" != 0 ] || [ "$ferry_rt" = 0 ] || ferry_copy "$ferry_rt" 1 || ferry_rs=$?
+    if [ "$ferry_rs" != 0 ]; then echo "$ferry_rn" > "$1"; return "$ferry_rs"; fi
+    ferry_rn=$((ferry_rn + ferry_rl))
+  done
+  echo "$ferry_rn" > "$1"
+  return 2
+}
+]]
+
 -- The wrapper. %s: the command's script (quoted), the grace in tenths of a second, the fifo path (quoted),
--- the end marker, ferry_stop. The command runs in the foreground (an asynchronous command would start with
--- SIGINT and SIGQUIT ignored), the watcher beside it: it relays the input frames into the fifo, then reads
--- stdin until EOF and stops the command. The wrapper outlives TERM, HUP and INT (caught, not ignored: the
--- command starts with its defaults), so that the watcher can still find the command as its child. Its own
--- stderr goes to /dev/null once the command runs (a shell reports "Terminated" for a child a signal ended);
--- the end marker goes to the saved one (fd 5).
+-- the end marker, ferry_stop and ferry_relay. The command runs in the foreground (an asynchronous command
+-- would start with SIGINT and SIGQUIT ignored), the watcher beside it: it relays the input frames into the
+-- fifo (the count to "<fifo>.n"), then reads stdin until EOF and stops the command. The wrapper outlives TERM,
+-- HUP and INT (caught, not ignored: the command starts with its defaults), so that the watcher can still find
+-- the command as its child. Its own stderr goes to /dev/null once the command runs (a shell reports
+-- "Terminated" for a child a signal ended); the end marker goes to the saved one (fd 5). The count is read
+-- once the command ended: a command that read its input to EOF ended after the relay wrote it; one that
+-- stopped at its own end of data (tar at the end-of-archive blocks) may end while the relay still takes the
+-- end frame, so the wrapper waits for the count up to 0.2 s (only then: `sleep` processes).
 local WRAPPER = [[
 ferry_c=%s
 ferry_g=%d ferry_f=%s ferry_m=%s
@@ -94,27 +133,28 @@ if [ "$ferry_d" = 1 ]; then
 fi
 exec 3<&0 </dev/null
 ( trap '' TERM HUP INT
-  ferry_r=0
   if [ "$ferry_d" = 1 ]; then
     exec 4> "$ferry_f"
-    rm -f "$ferry_f"
-    while :; do
-      IFS= read -r ferry_n || break
-      [ "$ferry_n" -gt 0 ] || break
-      dd bs="$ferry_n" count=1 iflag=fullblock 2>/dev/null >&4 || { ferry_r=1; break; }
-    done
+    ferry_relay "$ferry_f.n"
+    ferry_r=$?
     exec 4>&-
+    [ "$ferry_r" = 1 ] && cat > /dev/null
   fi
-  if [ "$ferry_r" = 1 ]; then cat > /dev/null; else while IFS= read -r ferry_l; do :; done; fi
+  while IFS= read -r ferry_l; do :; done
   ferry_stop "$ferry_g"
 ) <&3 >/dev/null 2>&1 &
 ferry_w=$!
 exec 3<&- 5>&2 2>/dev/null
 ( export ferry_x; exec 2>&5 5>&- < "$ferry_in"; exec $ferry_ss sh -c "$ferry_c" sh )
-ferry_rc=$?
+ferry_rc=$? ferry_n=- ferry_k=0
+if [ "$ferry_d" = 1 ]; then
+  while [ ! -s "$ferry_f.n" ] && [ "$ferry_k" -lt 20 ]; do sleep 0.01 || break; ferry_k=$((ferry_k + 1)); done
+  read -r ferry_n < "$ferry_f.n" || ferry_n=-
+  rm -f "$ferry_f" "$ferry_f.n" </dev/null >/dev/null 2>&1 &
+fi
 kill -KILL "$ferry_w"
 wait "$ferry_w"
-printf '\n%%s\n' "$ferry_m" >&5
+printf '\n%%s %%s\n' "$ferry_m" "$ferry_n" >&5
 exit "$ferry_rc"
 ]]
 
@@ -126,19 +166,21 @@ exit "$ferry_rc"
 ---@return string
 function M.wrap(script, opts)
   local tenths = math.max(1, math.floor((opts.grace_ms or DEFAULT_GRACE_MS) / 100 + 0.5))
-  return string.format(WRAPPER, q(M.APPLY_ENV .. script), tenths, q(opts.fifo), opts.marker, M.STOP_FUNCTION)
+  return string.format(WRAPPER, q(M.APPLY_ENV .. script), tenths, q(opts.fifo), opts.marker,
+    M.STOP_FUNCTION .. M.RELAY_FUNCTION)
 end
 
---- The command's stderr without the wrapper's end marker ("\n<marker>\n", written once the command ended):
---- filter.push(chunk) passes everything else to emit(bytes) as it comes (holding back only a tail that could
---- be the marker's start) and calls on_end() at the marker, where the host closes the command's stdin (a
---- program between ferry and the sandbox may wait for that EOF to exit); filter.finish() passes what was held.
+--- The command's stderr without the wrapper's end marker ("\n<marker> <count>\n", written once the command
+--- ended): filter.push(chunk) passes everything else to emit(bytes) as it comes (holding back only a tail that
+--- could be the marker's start) and calls on_end(count) at the marker (count: the bytes the wrapper relayed
+--- to the command's stdin, nil when it did not know), where the host closes the command's stdin (a program
+--- between ferry and the sandbox may wait for that EOF to exit); filter.finish() passes what was held.
 ---@param marker string
 ---@param emit fun(bytes: string)
----@param on_end fun()
+---@param on_end fun(count: integer|nil)
 ---@return table filter
 function M.stderr_filter(marker, emit, on_end)
-  local pattern = "\n" .. marker .. "\n"
+  local lead = "\n" .. marker .. " "
   local held, seen = "", false
   local filter = {}
   function filter.push(chunk)
@@ -147,21 +189,25 @@ function M.stderr_filter(marker, emit, on_end)
       return
     end
     held = held .. chunk
-    local at = held:find(pattern, 1, true)
-    if at then
+    local at = held:find(lead, 1, true)
+    local stop = at and held:find("\n", at + #lead, true)
+    if stop then
       seen = true
-      local before, after = held:sub(1, at - 1), held:sub(at + #pattern)
+      local count = held:sub(at + #lead, stop - 1)
+      local before, after = held:sub(1, at - 1), held:sub(stop + 1)
       held = ""
       if before ~= "" then emit(before) end
-      on_end()
+      on_end(math.tointeger(tonumber(count:match("^%d+$") or "")))
       if after ~= "" then emit(after) end
       return
     end
-    local keep = 0
-    for k = math.min(#pattern - 1, #held), 1, -1 do
-      if held:sub(-k) == pattern:sub(1, k) then
-        keep = k
-        break
+    local keep = at and #held - at + 1 or 0 -- the marker, its count still coming
+    if not at then
+      for k = math.min(#lead - 1, #held), 1, -1 do
+        if held:sub(-k) == lead:sub(1, k) then
+          keep = k
+          break
+        end
       end
     end
     if #held > keep then
@@ -232,14 +278,16 @@ function M.env_lines(env, binary, what, level)
   return lines
 end
 
--- Frames of a reader: "<n>\n" then the n bytes, each frame at most M.FRAME bytes, then "0\n". The bytes go out
--- as the pieces the reader gave (never copied into one string). With `gather`, small chunks are gathered up
--- to M.FRAME (one `dd` in the sandbox per frame: a bulk stream); without, each chunk goes as it comes (a
--- stream someone may be waiting on, such as exec's stdin).
+-- Frames of a reader: "<n>\n" then the n bytes, then "0\n". The bytes go out as the pieces the reader gave
+-- (never copied into one string). With `gather`, chunks are gathered into frames of M.FRAME bytes, then
+-- twice that, up to M.FRAME_MAX (whole MiBs, so that the relay copies each with one `dd`; the last frame holds
+-- what is left): a bulk stream. Without, each chunk goes as it comes (cut at M.FRAME_MAX): a stream someone
+-- may be waiting on, such as exec's stdin.
 local function frames(read, gather)
   local out, oi = {}, 1              -- what to return next: a frame's header, then its pieces
   local held, from, size = {}, {}, 0 -- chunks not framed yet, the offset of each one's first unframed byte
   local eof, done = false, false
+  local target = gather and M.FRAME or M.FRAME_MAX
   return function()
     local piece = out[oi]
     if piece then
@@ -247,7 +295,7 @@ local function frames(read, gather)
       return piece
     end
     if done then return nil end
-    while not eof and (size == 0 or (gather and size < M.FRAME)) do
+    while not eof and (size == 0 or (gather and size < target)) do
       local chunk = read()
       if chunk == nil then
         eof = true
@@ -260,10 +308,12 @@ local function frames(read, gather)
       return "0\n"
     end
     out, oi = {}, 1
+    local limit = math.min(target, M.FRAME_MAX)
+    if gather then target = math.min(target * 2, M.FRAME_MAX) end
     local n = 0
-    while n < M.FRAME and held[1] do
+    while n < limit and held[1] do
       local chunk, at = held[1], from[1]
-      local take = math.min(#chunk - at + 1, M.FRAME - n)
+      local take = math.min(#chunk - at + 1, limit - n)
       out[#out + 1] = (at == 1 and take == #chunk) and chunk or chunk:sub(at, at + take - 1)
       n = n + take
       if at + take > #chunk then
@@ -278,6 +328,23 @@ local function frames(read, gather)
   end
 end
 
+--- The frames of `data` (a reader, or a string) as a reader (see M.input): a string or a reader without
+--- `stream` is gathered into frames of up to M.FRAME_MAX bytes; with `stream` a reader's chunks go as they come.
+---@param data function|string
+---@param stream boolean|nil
+---@return function reader
+function M.frames(data, stream)
+  if type(data) == "string" then
+    local given = false
+    return frames(function()
+      if given then return nil end
+      given = true
+      return data
+    end, true)
+  end
+  return frames(data, not stream)
+end
+
 --- The command's stdin under the wrapper, as a reader for ferry.proc.run (with keep_stdin, so that the
 --- channel stays open after it): the header, the environment lines, and the frames of `data` (a reader, a
 --- string, or nil for a command without input); `stream`: a reader's chunks go as they come instead of
@@ -289,17 +356,7 @@ end
 function M.input(env_lines, data, stream)
   local head = VERSION .. " " .. #env_lines .. " " .. (data ~= nil and 1 or 0) .. "\n"
     .. (#env_lines > 0 and table.concat(env_lines, "\n") .. "\n" or "")
-  local body
-  if type(data) == "string" then
-    local given = false
-    body = frames(function()
-      if given then return nil end
-      given = true
-      return data
-    end, true)
-  elseif data ~= nil then
-    body = frames(data, not stream)
-  end
+  local body = data ~= nil and M.frames(data, stream) or nil
   local sent_head = false
   return function()
     if not sent_head then
@@ -316,7 +373,8 @@ local DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 --- Get ready to run `script` through `provider` (its command method) under the wrapper: popts.stdin and the
 --- environment `env` travel on stdin, which stays open until the wrapper's end marker arrives on stderr (then
 --- it is closed) or the command is stopped; `binary`: the channel is 8-bit clean. Returns the argv, the
---- wrapped script (what argv runs with `sh -c`) and a function that runs it (what ferry.proc.run returns).
+--- wrapped script (what argv runs with `sh -c`) and a function that runs it (what ferry.proc.run returns, with
+--- input_bytes: the bytes of popts.stdin the wrapper relayed to the command, nil when it did not say).
 --- popts.stream_stdin: a reader's chunks go as they come (see M.input).
 ---@param provider table
 ---@param script string
@@ -343,8 +401,9 @@ function M.prepare_run(provider, script, popts, env, binary)
     if #bytes > room then truncated, bytes = true, bytes:sub(1, room) end
     kept[#kept + 1], size = bytes, size + #bytes
   end
-  local filter = M.stderr_filter(marker, emit, function()
-    ended = true
+  local relayed
+  local filter = M.stderr_filter(marker, emit, function(count)
+    ended, relayed = true, count
     if handle then handle:close_stdin() end
   end)
   popts.on_stderr = filter.push
@@ -354,6 +413,7 @@ function M.prepare_run(provider, script, popts, env, binary)
   return argv, wrapped, function()
     local res, err, code = proc.run(popts)
     filter.finish()
+    if res then res.input_bytes = relayed end
     if res and collect then
       res.stderr = table.concat(kept)
       res.truncated = res.truncated or truncated

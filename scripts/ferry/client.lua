@@ -1,10 +1,14 @@
---- ferry.client: operations on a sandbox reachable only by running commands (README "Lua API").
+--- ferry.client: a sandbox reachable only by running commands (README "Lua API"): opening it on a provider
+-- (with the persistent session where commands are costly), running commands, and streaming bytes in and out;
+-- the file operations are ferry.files'.
 --
 -- Every operation is one shell script run through the provider with cwd /. Bytes travel the fastest way the
 -- channel allows: raw on stdin/stdout when it is 8-bit clean; base64 on stdin when it is not; base64 chunks
 -- of at most 96 KiB inside the scripts themselves when there is no stdin. Every transfer is checked by
--- length: the sandbox counts what it read or wrote with `tee /dev/fd/5 | wc -c` in the same command and
--- reports it in a status line after the data ("::ferry:: rc=N\nCOUNT"), which the client strips.
+-- length. Raw input through the channel's wrapper or the session is counted by the relay that feeds the
+-- command's stdin in the sandbox (ferry.channel), which reports the count after the command. Otherwise the
+-- sandbox counts what it read or wrote with `tee /dev/fd/5 | wc -c` in the same command and reports it in a
+-- status line after the data ("::ferry:: rc=N\nCOUNT"), which the client strips.
 --
 -- The framing and the encodings are in ferry.transfer. On a channel with stdin every command runs under the
 -- wrapper of ferry.channel: its environment travels on stdin (never on a command line), it runs in a process
@@ -14,40 +18,23 @@
 -- argv running `sh -c script`, or provider:exec(script, popts) (then every command goes through it).
 local channel = require "ferry.channel"
 local core = require "ferry.core"
+local files = require "ferry.files"
 local proc = require "ferry.proc"
 local policy = require "ferry.policy"
 local provider_util = require "ferry.provider_util"
-local scripts = require "ferry.file_scripts"
 local transfer = require "ferry.transfer"
 local util = require "ferry.util"
 
 local M = {}
 
 local RAW_CHUNK = 72 * 1024  -- encodes to exactly 96 KiB of base64: one command each without stdin
-local READ_BLOCK = 256 * 1024
-
--- Exit codes the operation scripts use to say what is wrong before any data moved.
-local ENOENT, EISDIR, ESHORT, EFBIG, ENOTDIR = scripts.ENOENT, scripts.EISDIR, scripts.ESHORT, scripts.EFBIG,
-  scripts.ENOTDIR
 
 local q = core.sh_quote
 local tail = util.tail
-local word, prelude = transfer.word, transfer.prelude
+local prelude = transfer.prelude
 
 local Sandbox = {}
 Sandbox.__index = Sandbox
-
--- A name for a temp file no other write uses.
-local function temp_name()
-  return core.TEMP_PREFIX .. util.unique_hex(16)
-end
-
--- Caller misuse raises, naming the operation.
-local function need_path(path, op)
-  if type(path) ~= "string" or path == "" then
-    error(op .. ": expected a non-empty path string, got " .. (type(path) == "string" and '""' or type(path)), 3)
-  end
-end
 
 -- nil, "<what>: <why>", code for a command that failed.
 local function command_error(res, what)
@@ -189,12 +176,34 @@ function Sandbox:pipe_in_chunks(script, read, opts, what)
   end
 end
 
+-- pipe_in on an 8-bit clean channel that counts the input it relays (the channel's wrapper, the session):
+-- the script runs as it is, reading the bytes raw; res.count is the relay's count.
+function Sandbox:pipe_in_counted(script, read, opts, what)
+  local parts = {}
+  local res, err, code = self:run_script(prelude(opts) .. script, run_opts(opts, {
+    stdin = read, on_stdout = opts.on_stdout or function(c) parts[#parts + 1] = c end,
+  }))
+  if not res then return nil, what .. ": " .. err, code end
+  if not opts.on_stdout then res.stdout = table.concat(parts) end
+  res.count = res.input_bytes
+  return res
+end
+
+--- True when the channel reports how many bytes of a command's input it relayed in the sandbox: commands
+--- run under ferry.channel's wrapper, or through the session.
+---@return boolean
+function Sandbox:counts_input()
+  if self.provider.exec then return self.provider.session ~= nil end
+  return self.caps.stdin == true
+end
+
 --- Run `script` with the bytes of `reader` (a function returning chunks then nil, or a string) on its stdin.
 --- Raw in one command when the channel is 8-bit clean; base64 on stdin (decoded by `base64 -d`) when it is
 --- not; base64 chunks of at most 96 KiB, one command each, when there is no stdin. The sandbox counts the
---- bytes the script read; a difference from what was sent fails with "EIO" (unless opts.check == false).
+--- bytes it relayed to the script (the bytes the script read, where the channel does not count them itself);
+--- a difference from what was sent fails with "EIO" (unless opts.check == false).
 --- opts: on_progress(bytes_sent), on_stdout, env, cwd, timeout_ms, what (names the operation in errors).
---- Returns the result: code (the script's exit code), stdout, stderr, sent, count (bytes the script read).
+--- Returns the result: code (the script's exit code), stdout, stderr, sent, count (bytes the sandbox took).
 ---@param script string
 ---@param reader function|string
 ---@param opts table|nil
@@ -209,6 +218,8 @@ function Sandbox:pipe_in(script, reader, opts)
   local res, err, code
   if mode == "chunks" then
     res, err, code = self:pipe_in_chunks(script, counter.read, opts, what)
+  elseif mode == "raw" and self:counts_input() then
+    res, err, code = self:pipe_in_counted(script, counter.read, opts, what)
   else
     local decode = mode == "b64" and "base64 -d | " or ""
     local stdin = mode == "b64" and transfer.b64_lines(counter.read) or counter.read
@@ -218,6 +229,10 @@ function Sandbox:pipe_in(script, reader, opts)
   if not res then return nil, err, code end
   res.sent = counter.n
   if res.code == 0 and not res.timed_out and opts.check ~= false and res.count ~= counter.n then
+    if res.count == nil then
+      return nil, string.format("%s: sent %d bytes but the sandbox command ended before its input did", what,
+        counter.n), "EIO"
+    end
     return nil, string.format("%s: sent %d bytes but the sandbox read %d", what, counter.n, res.count), "EIO"
   end
   return res
@@ -252,186 +267,6 @@ function Sandbox:pipe_out(script, on_chunk, opts)
   return res
 end
 
-local function status_error(res, what, path)
-  if res.code == ENOENT then return nil, path .. ": no such file", "ENOENT" end
-  if res.code == EISDIR then return nil, path .. ": is a directory", "EISDIR" end
-  if res.code == ENOTDIR then return nil, path .. ": not a directory", "ENOTDIR" end
-  return command_error(res, what)
-end
-
---- Write bytes (a string, or a reader function with opts.size when known) to a file: to a temp name in the
---- same directory, renamed into place once its length is checked. opts: mode (integer), on_progress.
---- One command when the size is known (two for a reader without opts.size: write, then rename).
----@param path string
----@param data string|function
----@param opts table|nil
----@return true|nil ok, string|nil err, string|nil code
-function Sandbox:write(path, data, opts)
-  need_path(path, "write")
-  opts = opts or {}
-  if not transfer.is_reader(data) then error("write: expected a string or a reader function", 2) end
-  if path:sub(-1) == "/" then return nil, path .. ": not a file path", "EINVAL" end
-  local size = type(data) == "string" and #data or opts.size
-  local dir = util.split_path(path)
-  local tmp = (dir == "/" and "" or dir) .. "/" .. temp_name()
-  local what = "write " .. path
-  local res, err, code = self:pipe_in(scripts.write(path, tmp, size, opts.mode), data,
-    { on_progress = opts.on_progress, timeout_ms = opts.timeout_ms, what = what })
-  if not res or res.code ~= 0 or res.timed_out then
-    -- the script may not have cleaned up (a reader without size, a stopped command): best effort
-    self:run_script(prelude({}) .. "rm -f " .. word(tmp), { cleanup = true })
-  end
-  if not res then return nil, err, code end
-  if res.code == ENOENT then return nil, path .. ": no such directory " .. dir, "ENOENT" end
-  if res.code == ESHORT then
-    return nil, string.format("%s: the sandbox wrote %s of %d bytes", what, tail(res.stderr), size), "EIO"
-  end
-  if res.code ~= 0 or res.timed_out then return status_error(res, what, path) end
-  if size then return true end
-  local mv = "mv -f " .. word(tmp) .. " " .. word(path) .. " || { rm -f " .. word(tmp) .. "; exit 1; }"
-  local r2, err2, code2 = self:run_script(prelude(opts) .. mv, run_opts(opts, {}))
-  if not r2 then return nil, what .. ": " .. err2, code2 end
-  if r2.code ~= 0 then return command_error(r2, what) end
-  return true
-end
-
--- Stream a remote file to emit(bytes); returns true or nil, message, code.
-function Sandbox:read_to(path, emit, opts)
-  need_path(path, "read")
-  opts = opts or {}
-  local max = opts.max_bytes
-  if max ~= nil and (math.type(max) ~= "integer" or max < 0) then
-    error("read: opts.max_bytes must be an integer >= 0", 3)
-  end
-  local what = "read " .. path
-  local res, err, code = self:pipe_out(scripts.read(path, max), emit,
-    { on_progress = opts.on_progress, timeout_ms = opts.timeout_ms, what = what })
-  if not res then return nil, err, code end
-  if res.code == EFBIG then
-    return nil, string.format("%s is %s bytes, over the %d byte limit", path, tail(res.stderr), max), "EFBIG"
-  end
-  if res.code ~= 0 or res.timed_out then return status_error(res, what, path) end
-  return true
-end
-
---- Read a whole file. opts: max_bytes (checked before anything is sent), on_progress, timeout_ms.
---- Errors: "<path>: no such file" ENOENT, "<path> is N bytes, over the M byte limit" EFBIG,
---- "<path>: is a directory" EISDIR.
----@param path string
----@param opts table|nil
----@return string|nil bytes, string|nil err, string|nil code
-function Sandbox:read(path, opts)
-  local parts = {}
-  local ok, err, code = self:read_to(path, function(c) parts[#parts + 1] = c end, opts)
-  if not ok then return nil, err, code end
-  return table.concat(parts)
-end
-
---- Copy a local file into the sandbox (one command on an 8-bit clean channel); keeps its permission bits
---- unless opts.mode.
----@param local_path string
----@param remote_path string
----@param opts table|nil  mode, on_progress, timeout_ms
----@return true|nil ok, string|nil err, string|nil code
-function Sandbox:put(local_path, remote_path, opts)
-  need_path(remote_path, "put")
-  need_path(local_path, "put")
-  opts = opts or {}
-  local f, err = io.open(local_path, "rb")
-  if not f then return nil, "put " .. local_path .. ": " .. tostring(err), "ENOENT" end
-  local size = f:seek("end")
-  f:seek("set")
-  local mode = opts.mode
-  if not mode then
-    local st = core.fs_stat(local_path)
-    mode = st and st.mode & 4095 or nil
-  end
-  local reader = function() return f:read(READ_BLOCK) end
-  local ok, werr, code = self:write(remote_path, reader,
-    { size = size, mode = mode, on_progress = opts.on_progress, timeout_ms = opts.timeout_ms })
-  f:close()
-  return ok, werr, code
-end
-
---- Copy a sandbox file to a local path (written to a temp name beside it, renamed once complete).
----@param remote_path string
----@param local_path string
----@param opts table|nil  max_bytes, on_progress, timeout_ms
----@return true|nil ok, string|nil err, string|nil code
-function Sandbox:get(remote_path, local_path, opts)
-  need_path(remote_path, "get")
-  need_path(local_path, "get")
-  local tmp = local_path .. temp_name()
-  local f, err = io.open(tmp, "wb")
-  if not f then return nil, "get " .. local_path .. ": " .. tostring(err), "EIO" end
-  local ok, rerr, code = self:read_to(remote_path, function(c) assert(f:write(c)) end, opts)
-  local closed, cerr = f:close()
-  if ok and not closed then ok, rerr, code = nil, "get " .. local_path .. ": " .. tostring(cerr), "EIO" end
-  if ok then
-    local renamed, mverr = os.rename(tmp, local_path)
-    if renamed then return true end
-    rerr, code = "get " .. local_path .. ": " .. tostring(mverr), "EIO"
-  end
-  os.remove(tmp)
-  return nil, rerr, code
-end
-
---- List a directory: entries {name, kind ("file"|"dir"|"symlink"|"fifo"|"socket"|"char"|"block"), size,
---- mode} sorted by name, symlinks not followed. Errors: "<dir>: no such directory" ENOENT,
---- "<dir>: not a directory" ENOTDIR.
----@param dir string
----@param opts table|nil  timeout_ms
----@return table[]|nil entries, string|nil err, string|nil code
-function Sandbox:ls(dir, opts)
-  need_path(dir, "ls")
-  opts = opts or {}
-  local parts = {}
-  local what = "ls " .. dir
-  local res, err, code = self:pipe_out(scripts.ls(dir), function(c) parts[#parts + 1] = c end,
-    { timeout_ms = opts.timeout_ms, what = what })
-  if not res then return nil, err, code end
-  if res.code == ENOENT then return nil, dir .. ": no such directory", "ENOENT" end
-  if res.code ~= 0 or res.timed_out then return status_error(res, what, dir) end
-  local entries = {}
-  for rec in table.concat(parts):gmatch("([^%z]+)%z") do
-    local e = scripts.parse_ls_entry(rec)
-    if not e then return nil, what .. ": cannot parse the listing entry " .. string.format("%q", rec), "EIO" end
-    entries[#entries + 1] = e
-  end
-  table.sort(entries, function(a, b) return a.name < b.name end)
-  return entries
-end
-
---- Create a directory and its missing parents (ok when it exists). opts.mode sets its permission bits.
----@param path string
----@param opts table|nil  mode
----@return true|nil ok, string|nil err, string|nil code
-function Sandbox:mkdir(path, opts)
-  need_path(path, "mkdir")
-  opts = opts or {}
-  local script = "mkdir -p " .. word(path)
-  if opts.mode then script = script .. string.format(" && chmod %o %s", opts.mode, word(path)) end
-  local res, err, code = self:run_script(prelude({}) .. script, run_opts(opts, {}))
-  if not res then return nil, "mkdir " .. path .. ": " .. err, code end
-  if res.code ~= 0 then return command_error(res, "mkdir " .. path) end
-  return true
-end
-
---- Remove a file, a symlink or a directory tree (ok when missing). Refuses "/".
----@param path string
----@return true|nil ok, string|nil err, string|nil code
-function Sandbox:rm(path, opts)
-  need_path(path, "rm")
-  opts = opts or {}
-  if path:match("^[/.]*$") then
-    return nil, "rm: refusing to remove '" .. path .. "'", "EINVAL"
-  end
-  local res, err, code = self:run_script(prelude({}) .. "rm -rf " .. word(path), run_opts(opts, {}))
-  if not res then return nil, "rm " .. path .. ": " .. err, code end
-  if res.code ~= 0 then return command_error(res, "rm " .. path) end
-  return true
-end
-
 --- Release the provider (idempotent).
 function Sandbox:close()
   if self.closed then return end
@@ -443,7 +278,9 @@ end
 --- ferry.policy ("NAME" or "NAME:ARG").
 --- opts: caps (overrides what the provider declares, e.g. {binary=false} to force base64), on_exec(argv,
 --- script) called before every command, log(level, message), probe (false skips a provider's probe),
---- session (true: every command goes through one long-lived shell in the sandbox, see ferry.session).
+--- session (every command goes through one long-lived shell in the sandbox, see ferry.session; the default
+--- where the provider declares caps.costly, a new command being expensive: ssh, docker, podman, kubectl;
+--- false opts out, true opts in elsewhere).
 ---@param spec string
 ---@param opts table|nil
 ---@return table|nil sandbox, string|nil err, string|nil code
@@ -463,11 +300,13 @@ function M.open(spec, opts)
   end
   local provider, err, code = mod.open(arg, opts)
   if not provider then return nil, err, code end
-  -- a provider with its own exec (the bridge) already keeps its sandbox's shell: session applies to commands
-  if opts.session and not provider.exec then require("ferry.session").wrap(provider, { on_exec = opts.on_exec }) end
   local caps = {}
   for k, v in pairs(provider.caps or {}) do caps[k] = v end
   for k, v in pairs(opts.caps or {}) do caps[k] = v end
+  local session = opts.session
+  if session == nil then session = caps.costly == true end
+  -- a provider with its own exec (the bridge) already keeps its sandbox's shell: session applies to commands
+  if session and not provider.exec then require("ferry.session").wrap(provider, { on_exec = opts.on_exec }) end
   return setmetatable({
     provider = provider,
     name = provider.name or spec,
@@ -480,6 +319,7 @@ function M.open(spec, opts)
   }, Sandbox)
 end
 
+files.install(Sandbox)
 M.Sandbox = Sandbox
 
 return M

@@ -11,8 +11,9 @@ M.ENOENT, M.EISDIR, M.ESHORT, M.EFBIG, M.ENOTDIR = 200, 201, 202, 203, 204
 
 local word = transfer.word
 
---- Write stdin to `tmp`, beside `path`: checked to be `size` bytes long (when known), given `mode` (when
---- given), renamed to `path` (when the size is known; else the caller renames).
+--- Write stdin to `tmp`, beside `path`: its missing parent dirs made first (mkdir -p; M.ENOTDIR with the
+--- nearest existing ancestor on stderr when that is no directory), checked to be `size` bytes long (when
+--- known), given `mode` (when given), renamed to `path` (when the size is known; else the caller renames).
 ---@param path string
 ---@param tmp string
 ---@param size integer|nil
@@ -22,7 +23,13 @@ function M.write(path, tmp, size, mode)
   local dir = util.split_path(path)
   local lines = {
     "ferry_f=" .. word(path) .. " ferry_t=" .. word(tmp),
-    "[ -d " .. word(dir) .. " ] || exit " .. M.ENOENT,
+    "ferry_d=" .. word(dir),
+    'if [ ! -d "$ferry_d" ]; then',
+    '  ferry_p=$ferry_d',
+    '  while [ -n "$ferry_p" ] && [ ! -e "$ferry_p" ] && [ ! -L "$ferry_p" ]; do ferry_p=${ferry_p%/*}; done',
+    '  if [ -n "$ferry_p" ] && [ ! -d "$ferry_p" ]; then printf \'%s\\n\' "$ferry_p" >&2; exit ' .. M.ENOTDIR .. "; fi",
+    '  mkdir -p "$ferry_d" || exit 1',
+    "fi",
     '[ -d "$ferry_f" ] && exit ' .. M.EISDIR,
     'cat > "$ferry_t" || { rm -f "$ferry_t"; exit 1; }',
   }

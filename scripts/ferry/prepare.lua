@@ -304,6 +304,7 @@ end
 ---   progress        a ferry.progress reporter (phases sync, install, assets, finalize); secrets: list of
 ---                   values to redact; on_exec(argv, script) for every command; install_timeout_ms (300 s)
 ---   lock_wait_ms    how long to wait for another prepare or restore of the workspace (default 10 s)
+---   session         ferry.open's session for a provider string (default: on where the provider is costly)
 ---   delta           false: always a full sync (default: a delta when the state file is of an earlier
 ---                   prepare with the same provider string, remote dir, excludes and preserved names)
 ---   git             false: no git mode (a git workspace's .git then travels as plain files, as before)
@@ -329,7 +330,8 @@ function M.prepare(opts)
   local lock, lerr, lcode = workspace_lock.acquire(inputs.workspace, "prepare", opts)
   if not lock then return nil, lcode == "EBUSY" and lerr or "prepare: " .. lerr, lcode end
   inputs.lock = lock
-  local sb, provider_string, handle = attach.open(opts.provider, opts.on_exec, "ferry.prepare: opts.provider")
+  local sb, provider_string, handle = attach.open(opts.provider, opts.on_exec, "ferry.prepare: opts.provider",
+    opts.session)
   if not sb then
     lock:release()
     return nil, "prepare: " .. provider_string, handle

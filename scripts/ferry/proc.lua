@@ -31,8 +31,54 @@ local function core_opts(opts)
   return c
 end
 
--- Feed stdin chunk by chunk: each write waits until the pipe took it, so a huge reader never sits in memory.
--- Returns true when every chunk went in, false when the child closed its stdin first.
+--- Bytes of stdin that may be written but not yet taken by the pipe: the next chunk is made (a tar stream
+--- read from disk, say) while these drain, instead of after.
+M.WINDOW = 4 * 1024 * 1024
+
+--- Write the chunks of `read` (a function returning strings, then nil) to a process's stdin, keeping at most
+--- M.WINDOW bytes (plus one chunk) queued and not yet taken, so a huge reader never sits in memory; stops
+--- reading when is_done() says so. Returns true when every chunk went in, false when a write failed (the
+--- child closed its stdin first). Raises when `read` returns something other than a string or nil.
+---@param handle table  a core.proc_start handle
+---@param read function
+---@param is_done function|nil
+---@return boolean
+function M.write_all(handle, read, is_done)
+  local queued, failed, waiting, limit = 0, false, nil, M.WINDOW
+  local function settle(max)
+    if queued <= max or failed then return end
+    limit = max
+    task.await(function(wake) waiting = wake end)
+  end
+  while not (is_done and is_done()) do
+    local chunk = read()
+    if chunk == nil then break end
+    if type(chunk) ~= "string" then
+      error("the stdin function returned a " .. type(chunk) .. ", expected a string or nil", 0)
+    end
+    if #chunk > 0 then
+      local n = #chunk
+      queued = queued + n
+      local ok = handle:write(chunk, function(werr)
+        queued = queued - n
+        if werr then failed = true end
+        if waiting and (failed or queued <= limit) then
+          local wake = waiting
+          waiting = nil
+          wake()
+        end
+      end)
+      if not ok then return false end
+      settle(M.WINDOW)
+      if failed then return false end
+    end
+  end
+  settle(0)
+  return not failed
+end
+
+-- Feed stdin: a string at once, a reader chunk by chunk (M.write_all). Returns true when every chunk went in,
+-- false when the child closed its stdin first (the rest is not wanted).
 local function feed(handle, stdin, is_done)
   if type(stdin) == "string" then
     if #stdin > 0 then
@@ -44,22 +90,12 @@ local function feed(handle, stdin, is_done)
     end
     return true
   end
-  while not is_done() do
-    local chunk = stdin()
-    if chunk == nil then return true end
-    if type(chunk) ~= "string" then
-      handle:close_stdin()
-      error("proc.run: the stdin function returned a " .. type(chunk) .. ", expected a string or nil", 0)
-    end
-    if #chunk > 0 then
-      local werr = task.await(function(wake)
-        local ok, err = handle:write(chunk, wake)
-        if not ok then wake(err) end
-      end)
-      if werr then return false end -- the child closed its stdin: the rest is not wanted
-    end
+  local ok, err = pcall(M.write_all, handle, stdin, is_done)
+  if not ok then
+    handle:close_stdin()
+    error("proc.run: " .. tostring(err), 0)
   end
-  return false
+  return err and not is_done()
 end
 
 local function run_in_task(opts)

@@ -196,7 +196,8 @@ end
 --- (optional, exported as the module's parse), target(arg) -> fields | nil, message (fields.prefix: the argv
 --- before `sh -c SCRIPT`; the other fields are kept on the provider; a message becomes "<scheme>:<arg>:
 --- <message>", "EINVAL"), sandbox (what messages call it: "container", "pod"; default "sandbox"),
---- probe_timeout_ms (default 30000; opts.probe_timeout_ms wins), explain (optional, each returns the text after
+--- probe_timeout_ms (default 30000; opts.probe_timeout_ms wins), costly (caps.costly: each command starts
+--- an expensive client such as `docker exec`), explain (optional, each returns the text after
 --- "<name>: "): not_started(p, err), timed_out(p, seconds), unreachable(p, probe_result).
 --- The provider probes once at open (unless opts.probe == false), declares caps stdin and binary, stages
 --- uploads in /tmp and has nothing to release.
@@ -227,7 +228,8 @@ function M.prefix_provider(def)
     local name = def.scheme .. ":" .. (arg or "")
     local fields, err = def.target(arg or "")
     if not fields then return nil, name .. ": " .. err, "EINVAL" end
-    local p = setmetatable({ name = name, caps = { stdin = true, binary = true }, scratch_dir = "/tmp" }, Prefixed)
+    local p = setmetatable({ name = name, caps = { stdin = true, binary = true, costly = def.costly },
+      scratch_dir = "/tmp" }, Prefixed)
     for k, v in pairs(fields) do p[k] = v end
     return M.checked(p, opts, probe)
   end
@@ -244,6 +246,7 @@ function M.container_provider(program)
     usage = program .. ":CONTAINER",
     help = "commands run in a running container with " .. program .. " exec -i CONTAINER sh -c SCRIPT",
     sandbox = "container",
+    costly = true,
     target = function(arg)
       if arg == "" then return nil, "expected a container name or id, e.g. " .. program .. ":box" end
       if not arg:match("^[%w][%w_.%-]*$") then return nil, "'" .. arg .. "' is not a container name or id" end

@@ -270,7 +270,8 @@ local function restore_locked(job)
     return nil, "restore: the provider string in " .. job.path .. " was redacted (it held a secret); pass the "
       .. "sandbox itself (opts.sb) or keep secrets out of provider strings", "EINVAL"
   end
-  local sb, provider_string, handle = attach.open(opts.sb or st.provider, opts.on_exec, "ferry.restore: opts.sb")
+  local sb, provider_string, handle = attach.open(opts.sb or st.provider, opts.on_exec, "ferry.restore: opts.sb",
+    opts.session)
   if not sb then return nil, "restore: " .. provider_string, handle end
   local ctx = adapters.context({ sb = sb, workspace = job.ws, remote_dir = st.remote_dir,
     runtime_dir = st.runtime_dir, adapter = adapter.name, asset_dirs = st.assets, provider = provider_string,
@@ -311,7 +312,7 @@ end
 ---   max_stream_bytes  limit of the stream itself, headers included (default max_bytes + 256 MiB)
 ---   credentials     "copy-back": let adapters copy credentials the sandbox refreshed back to the host (each
 ---                   adapter checks them first); default nil, "skip": never (what would have been is reported)
----   progress, secrets, on_exec, lock_wait_ms   as for prepare (phases restore, finalize)
+---   progress, secrets, on_exec, lock_wait_ms, session   as for prepare (phases restore, finalize)
 ---   before_write    function(path, op) called right before each removal ("remove") and each write
 ---                   ("write") lands in the workspace, after the snapshot it is checked against (for tests)
 ---   git             false: files only, even when the state is of a git-mode prepare (no commits come back)

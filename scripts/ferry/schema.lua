@@ -104,6 +104,8 @@ M.PROVIDER_MODULE = M.record {
 M.CAPS = M.record {
   { "stdin", M.BOOLEAN, doc = "the command's stdin reaches sh in the sandbox" },
   { "binary", M.BOOLEAN, doc = "stdin and stdout carry any byte unchanged" },
+  { "costly", M.BOOLEAN, doc = "starting a command is expensive (a remote transport): ferry.open then runs "
+    .. "every command through one persistent shell (ferry.session) unless told session = false" },
 }
 
 --- What a provider's open returns. Other keys are the provider's own state.

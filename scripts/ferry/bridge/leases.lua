@@ -123,7 +123,7 @@ function Store:sandbox(lease)
     local made = ferry.proc.run { argv = { "mkdir", "-p", "-m", "700", lease.dir } }
     if not made or made.code ~= 0 then return nil, "cannot create " .. lease.dir end
   end
-  local plain, err = ferry.open(lease.sandbox)
+  local plain, err = ferry.open(lease.sandbox, { session = false })
   if not plain then return nil, err end
   local session = ferry.open(lease.sandbox, { session = true, probe = false })
   local remote = plain.remote_dir_default

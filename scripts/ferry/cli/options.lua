@@ -118,5 +118,16 @@ M.MANY = { names = { "--many" }, key = "many", value = "FILE" }
 M.JOBS = { names = { "--jobs" }, key = "jobs", value = "N" }
 M.NO_GIT = { names = { "--no-git" }, key = "no_git" }
 M.VERBOSE = { names = { "-v", "--verbose" }, key = "verbose" }
+M.NO_SESSION = { names = { "--no-session" }, key = "no_session" }
+M.NO_SESSION_HELP = "  --no-session             one provider command per operation, not the persistent session\n"
+  .. "                           (the default where commands are costly: ssh, docker, podman, kubectl)\n"
+
+--- ferry.open's session option from --no-session: false when given, else nil (the provider's default).
+---@param o table  parsed options
+---@return boolean|nil
+function M.session(o)
+  if o.no_session then return false end
+  return nil
+end
 
 return M

@@ -33,6 +33,7 @@ end
 local function prepare_opts(base, o)
   local g = git_options(o)
   base.git, base.git_depth, base.inbound, base.references = g.git, g.git_depth, g.inbound, g.references
+  base.session = options.session(o)
   return base
 end
 
@@ -65,7 +66,7 @@ end
 define("prepare", [[
 usage: ferry prepare -p PROVIDER [-a ADAPTER] -w WORKSPACE [-r REMOTE_DIR] [--exclude PAT]... [--asset KEY=DIR]...
                      [--state FILE] [--json] [-v] [--secret-env NAME]... [--no-git] [--git-depth N]
-                     [--inbound copy|adopt] [--reference NAME=DIR]...
+                     [--inbound copy|adopt] [--reference NAME=DIR]... [--no-session]
        ferry prepare --many FILE [--jobs N] [the options above but -p, -w, -r, -a, --state]
 Prepare a managed runtime in the sandbox: install the adapter's agent CLI unless it is already there, copy
 the workspace in (minus excludes), copy the assets to REMOTE_DIR/.ferry-runtime/ADAPTER/KEY, and write the
@@ -96,10 +97,11 @@ branch, the index as on the host; .git itself never travels as files.
                            REMOTE_DIR (a durable volume, an earlier run) as the baseline without sending it
   --reference NAME=DIR     stage DIR read-only at REMOTE_DIR/.ferry-runtime/references/NAME for the agent to
                            consult (repeatable); never restored; one that cannot be staged is a warning
+]] .. options.NO_SESSION_HELP .. [[
 Exit: 0 ok, 1 failed (with --many: any failed), 2 usage (with --many: a bad FILE, naming the item, from 1).
 ]], {
   options = { options.PROVIDER, options.SECRET_ENV, options.JSON, options.VERBOSE, options.MANY, options.JOBS,
-    options.NO_GIT,
+    options.NO_GIT, options.NO_SESSION,
     { names = { "--git-depth" }, key = "git_depth", value = "N" },
     { names = { "--inbound" }, key = "inbound", value = "MODE" },
     { names = { "--reference" }, key = "reference", value = "NAME=DIR", multi = true },
@@ -143,7 +145,7 @@ local function restore_item(item, o, max_bytes)
   local r, err, code, partial = require("ferry").restore {
     state = item.state, max_bytes = max_bytes, allow_outside_symlinks = o.allow_outside_symlinks,
     secrets = options.secret_values(o.secret_env), git = git_lines.git_option(o),
-    credentials = o.copy_back_credentials and "copy-back" or nil,
+    credentials = o.copy_back_credentials and "copy-back" or nil, session = options.session(o),
   }
   if not r then
     return { error = err, code = code, refused = partial and report.list_or_empty(partial.refused) or {} }
@@ -153,7 +155,7 @@ end
 
 define("restore", [[
 usage: ferry restore --state FILE [--json] [-v] [--secret-env NAME]... [--allow-outside-symlinks] [--max-bytes N]
-                     [--copy-back-credentials] [--no-git]
+                     [--copy-back-credentials] [--no-git] [--no-session]
        ferry restore --many FILE [--jobs N] [the options above but --state]
 Bring the sandbox's workspace back (state FILE from `ferry prepare`) and merge it into the host workspace
 against the baseline taken at prepare: the sandbox's changes are taken, edits made on the host meanwhile are
@@ -177,11 +179,12 @@ when it has not moved on the host, else they are kept on ferry/BRANCH (exit 3) a
                              with --json one object per sandbox, then {"event":"result","ok":...,"results":[...]}
   --jobs N                   with --many: at most N sandboxes at a time (default 8)
   --no-git                   bring back files only (no commits), even after a prepare in git mode
+]] .. options.NO_SESSION_HELP .. [[
 Exit: 0 ok, 1 failed (or refused; with --many: any), 2 usage (or a bad --many FILE), 3 finished with conflicts
 or with the commits kept on a ferry/ branch (with --many: none failed, some had either).
 ]], {
   options = { options.SECRET_ENV, options.JSON, options.VERBOSE, options.MAX_BYTES, options.MANY, options.JOBS,
-    options.NO_GIT,
+    options.NO_GIT, options.NO_SESSION,
     { names = { "--state" }, key = "state", value = "FILE" },
     { names = { "--allow-outside-symlinks" }, key = "allow_outside_symlinks" },
     { names = { "--copy-back-credentials" }, key = "copy_back_credentials" },
@@ -199,7 +202,7 @@ or with the commits kept on a ferry/ branch (with --many: none failed, some had 
   local r, err, code, partial = require("ferry").restore {
     state = o.state, progress = p, max_bytes = max_bytes, allow_outside_symlinks = o.allow_outside_symlinks,
     secrets = options.secret_values(o.secret_env), git = git_lines.git_option(o),
-    credentials = o.copy_back_credentials and "copy-back" or nil,
+    credentials = o.copy_back_credentials and "copy-back" or nil, session = options.session(o),
   }
   if not r then report.failure(o, p, "restore", err, code, partial) end
   local obj = report.result_object("restore", r, require("ferry.state").read(r.state or o.state))

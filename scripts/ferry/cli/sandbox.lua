@@ -7,9 +7,9 @@ local EXIT = registry.EXIT
 local define, fail, usage, say = registry.define, registry.fail, registry.usage, registry.say
 local M = {}
 
--- Run fn(sb) on a sandbox opened on `provider`, closing it whatever happens.
-local function with_sandbox(provider, fn)
-  local sb, err = require("ferry").open(provider)
+-- Run fn(sb) on a sandbox opened on o.provider (o.no_session: no session), closing it whatever happens.
+local function with_sandbox(o, fn)
+  local sb, err = require("ferry").open(o.provider, { session = options.session(o) })
   if not sb then fail(err) end
   local res = table.pack(pcall(fn, sb))
   sb:close()
@@ -136,7 +136,7 @@ end
 
 define("exec", [[
 usage: ferry exec -p PROVIDER [--cwd DIR] [--env K=V]... [--env-file FILE] [--pass-env NAME]... [--timeout SEC]
-                  [--stdin FILE|-] -- CMD [ARG...]
+                  [--stdin FILE|-] [--no-session] -- CMD [ARG...]
        ferry exec --state FILE [the options above but -p] -- CMD [ARG...]
 Run CMD with its arguments in the sandbox, streaming its stdout and stderr, and exit with its exit code.
   -p, --provider PROVIDER  local, bwrap:DIR, cmd:ARGV... (see ferry providers)
@@ -152,13 +152,14 @@ Run CMD with its arguments in the sandbox, streaming its stdout and stderr, and 
   --timeout SEC            stop the command in the sandbox after SEC seconds and exit 124
   --stdin FILE|-           feed FILE (or this process's stdin) to the command; default: no input
   --secret-env NAME        replace the value of env NAME by *** in the output (repeatable)
+]] .. options.NO_SESSION_HELP .. [[
 The first word that is not an option starts the command; `--` makes that explicit. The values reach the
 sandbox on the command's stdin, never on a command line. The command's own output is passed on raw (as ssh
 does); ferry's messages escape what a terminal could act on. Ctrl-C or SIGTERM stops the command in the
 sandbox, then ferry exits 130 or 143.
 Exit: the command's code (128+N when killed by signal N), 124 on timeout, 1 when it could not run, 2 usage.
 ]], {
-  options = { options.PROVIDER, options.SECRET_ENV,
+  options = { options.PROVIDER, options.SECRET_ENV, options.NO_SESSION,
     { names = { "--cwd" }, key = "cwd", value = "DIR" },
     { names = { "--env" }, key = "env", value = "K=V", multi = true },
     { names = { "--env-file" }, key = "env_file", value = "FILE" },
@@ -176,7 +177,7 @@ Exit: the command's code (128+N when killed by signal N), 124 on timeout, 1 when
   local stdin = read_stdin_option(o.stdin)
   local redacting = #o.secret_env > 0 or #o.pass_env > 0
   local out, errout = stream_to(io.stdout, redacting), stream_to(io.stderr, redacting)
-  local r, err = with_sandbox(provider, function(sb)
+  local r, err = with_sandbox({ provider = provider, no_session = o.no_session }, function(sb)
     return sb:exec(cmd, {
       cwd = cwd, env = env, stdin = stdin, timeout_ms = timeout_ms,
       on_stdout = out.write, on_stderr = errout.write,
@@ -196,30 +197,34 @@ end)
 -- put, get, ls
 
 define("put", [[
-usage: ferry put -p PROVIDER LOCAL REMOTE
-Copy the local file LOCAL to REMOTE in the sandbox (written to a temp name, then renamed into place).
-]], { options = { options.PROVIDER }, min_args = 2, max_args = 2, operands = "LOCAL REMOTE" }, function(o)
+usage: ferry put -p PROVIDER [--no-session] LOCAL REMOTE
+Copy the local file LOCAL to REMOTE in the sandbox (written to a temp name, then renamed into place; missing
+parent dirs of REMOTE are created).
+]] .. options.NO_SESSION_HELP, {
+  options = { options.PROVIDER, options.NO_SESSION }, min_args = 2, max_args = 2, operands = "LOCAL REMOTE",
+}, function(o)
   if not o.provider then usage("missing -p PROVIDER") end
   local src, dst = o.args[1], o.args[2]
   local f, oerr = io.open(src, "rb")
   if not f then fail(oerr) end
   f:close()
-  local ok, err = with_sandbox(o.provider, function(sb) return sb:put(src, dst) end)
+  local ok, err = with_sandbox(o, function(sb) return sb:put(src, dst) end)
   if not ok then fail(err) end
 end)
 
 define("get", [[
-usage: ferry get -p PROVIDER [--max-bytes N] REMOTE LOCAL
+usage: ferry get -p PROVIDER [--max-bytes N] [--no-session] REMOTE LOCAL
 Copy the sandbox file REMOTE to LOCAL ("-" for stdout).
-  --max-bytes N   refuse a file over N bytes (suffix K, M or G for KiB, MiB, GiB)
-]], {
-  options = { options.PROVIDER, options.MAX_BYTES }, min_args = 2, max_args = 2, operands = "REMOTE LOCAL",
+  --max-bytes N            refuse a file over N bytes (suffix K, M or G for KiB, MiB, GiB)
+]] .. options.NO_SESSION_HELP, {
+  options = { options.PROVIDER, options.MAX_BYTES, options.NO_SESSION }, min_args = 2, max_args = 2,
+  operands = "REMOTE LOCAL",
 }, function(o)
   if not o.provider then usage("missing -p PROVIDER") end
   local max_bytes, berr = options.max_bytes(o.max_bytes)
   if berr then usage(berr) end
   local src, dst = o.args[1], o.args[2]
-  with_sandbox(o.provider, function(sb)
+  with_sandbox(o, function(sb)
     if dst ~= "-" then
       local ok, err = sb:get(src, dst, { max_bytes = max_bytes })
       if not ok then fail(err) end
@@ -244,12 +249,14 @@ function M.format_entry(e)
 end
 
 define("ls", [[
-usage: ferry ls -p PROVIDER REMOTE_DIR
+usage: ferry ls -p PROVIDER [--no-session] REMOTE_DIR
 List a sandbox directory: one line per entry with its kind (- file, d dir, l symlink, ...), mode, size and
 name (control characters escaped as \n, \t, \xNN).
-]], { options = { options.PROVIDER }, min_args = 1, max_args = 1, operands = "REMOTE_DIR" }, function(o)
+]] .. options.NO_SESSION_HELP, {
+  options = { options.PROVIDER, options.NO_SESSION }, min_args = 1, max_args = 1, operands = "REMOTE_DIR",
+}, function(o)
   if not o.provider then usage("missing -p PROVIDER") end
-  local list, err = with_sandbox(o.provider, function(sb) return sb:ls(o.args[1]) end)
+  local list, err = with_sandbox(o, function(sb) return sb:ls(o.args[1]) end)
   if not list then fail(err) end
   for _, e in ipairs(list) do io.stdout:write(M.format_entry(e), "\n") end
 end)
