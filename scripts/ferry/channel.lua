@@ -29,9 +29,11 @@ local M = {}
 --- The first frame of a gathered input stream, and the block the relay copies with one `dd` each run; a
 --- gathered stream's frames double from M.FRAME up to M.FRAME_MAX (whole MiBs but the last), so that a large
 --- transfer costs a few `dd` processes in the sandbox, not one per MiB, while the host holds at most
---- M.FRAME_MAX bytes of it.
+--- M.FRAME_MAX bytes of it. Where a command is cheap (caps.costly unset: local, bwrap) a `dd` costs little and
+--- frames stop at M.FRAME_CHEAP_MAX, which keeps the host's peak memory of a large prepare low.
 M.FRAME = 1024 * 1024
 M.FRAME_MAX = 8 * 1024 * 1024
+M.FRAME_CHEAP_MAX = 1024 * 1024
 
 local VERSION = "ferry1"
 local DEFAULT_GRACE_MS = 2000
@@ -283,11 +285,12 @@ end
 -- twice that, up to M.FRAME_MAX (whole MiBs, so that the relay copies each with one `dd`; the last frame holds
 -- what is left): a bulk stream. Without, each chunk goes as it comes (cut at M.FRAME_MAX): a stream someone
 -- may be waiting on, such as exec's stdin.
-local function frames(read, gather)
+local function frames(read, gather, frame_max)
+  frame_max = frame_max or M.FRAME_MAX
   local out, oi = {}, 1              -- what to return next: a frame's header, then its pieces
   local held, from, size = {}, {}, 0 -- chunks not framed yet, the offset of each one's first unframed byte
   local eof, done = false, false
-  local target = gather and M.FRAME or M.FRAME_MAX
+  local target = gather and math.min(M.FRAME, frame_max) or frame_max
   return function()
     local piece = out[oi]
     if piece then
@@ -308,8 +311,8 @@ local function frames(read, gather)
       return "0\n"
     end
     out, oi = {}, 1
-    local limit = math.min(target, M.FRAME_MAX)
-    if gather then target = math.min(target * 2, M.FRAME_MAX) end
+    local limit = math.min(target, frame_max)
+    if gather then target = math.min(target * 2, frame_max) end
     local n = 0
     while n < limit and held[1] do
       local chunk, at = held[1], from[1]
@@ -332,17 +335,18 @@ end
 --- `stream` is gathered into frames of up to M.FRAME_MAX bytes; with `stream` a reader's chunks go as they come.
 ---@param data function|string
 ---@param stream boolean|nil
+---@param frame_max integer|nil  the largest frame (default M.FRAME_MAX)
 ---@return function reader
-function M.frames(data, stream)
+function M.frames(data, stream, frame_max)
   if type(data) == "string" then
     local given = false
     return frames(function()
       if given then return nil end
       given = true
       return data
-    end, true)
+    end, true, frame_max)
   end
-  return frames(data, not stream)
+  return frames(data, not stream, frame_max)
 end
 
 --- The command's stdin under the wrapper, as a reader for ferry.proc.run (with keep_stdin, so that the
@@ -352,11 +356,12 @@ end
 ---@param env_lines string[]
 ---@param data function|string|nil
 ---@param stream boolean|nil
+---@param frame_max integer|nil  the largest frame (default M.FRAME_MAX)
 ---@return function reader
-function M.input(env_lines, data, stream)
+function M.input(env_lines, data, stream, frame_max)
   local head = VERSION .. " " .. #env_lines .. " " .. (data ~= nil and 1 or 0) .. "\n"
     .. (#env_lines > 0 and table.concat(env_lines, "\n") .. "\n" or "")
-  local body = data ~= nil and M.frames(data, stream) or nil
+  local body = data ~= nil and M.frames(data, stream, frame_max) or nil
   local sent_head = false
   return function()
     if not sent_head then
@@ -407,7 +412,8 @@ function M.prepare_run(provider, script, popts, env, binary)
     if handle then handle:close_stdin() end
   end)
   popts.on_stderr = filter.push
-  popts.stdin = M.input(M.env_lines(env, binary, "exec", 4), popts.stdin, popts.stream_stdin)
+  local frame_max = provider.caps and provider.caps.costly and M.FRAME_MAX or M.FRAME_CHEAP_MAX
+  popts.stdin = M.input(M.env_lines(env, binary, "exec", 4), popts.stdin, popts.stream_stdin, frame_max)
   popts.keep_stdin = true
   popts.argv = argv
   return argv, wrapped, function()
