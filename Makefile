@@ -120,7 +120,7 @@ check: all lint worker
 FUZZ_SECONDS ?= 600
 FUZZ_JOBS ?= 1
 FUZZ_CC ?= clang
-FUZZ_TARGETS := b64 tar_guard listing status state excludes
+FUZZ_TARGETS := b64 tar_guard listing status state excludes tree_file
 FUZZ_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 fuzz: all
 	$(MAKE) --no-print-directory B=$(B)/fuzz CC=$(FUZZ_CC) CFLAGS="$(FUZZ_FLAGS) -fsanitize=fuzzer-no-link" \

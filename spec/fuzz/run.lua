@@ -13,7 +13,7 @@ local core = require "ferry.core"
 -- The largest input each target gets: enough for what the parser meets in practice, small enough that a
 -- mutation still changes something.
 local MAX_LEN = {
-  b64 = 4096, tar_guard = 32768, listing = 4096, status = 4096, state = 8192, excludes = 1024,
+  b64 = 4096, tar_guard = 32768, listing = 4096, status = 4096, state = 8192, excludes = 1024, tree_file = 4096,
 }
 
 local build = assert(arg[1], "usage: run.lua BUILD TARGET...")
