@@ -10,14 +10,16 @@ local KINDS = { f = "file", d = "dir", l = "symlink" }
 local FIELDS = 9
 local MAX_PATH, MAX_LINK, MAX_DEVS = 65535, 32767, 255
 
--- Digits in `base` (leading zeros allowed) as an integer at most `max`, or nil.
+-- Digits in `base` (leading zeros allowed) as an integer at most `max`, or nil. Digit by digit with an
+-- overflow check: tonumber(s, base) wraps around past 2^63 (the first finding of this target was that).
 local function number(s, base, max)
   if s == "" or not s:match(base == 8 and "^[0-7]+$" or "^%d+$") then return nil end
-  local digits = s:gsub("^0+", "")
-  if digits == "" then return 0 end
-  if #digits > 22 then return nil end
-  local v = math.tointeger(tonumber(digits, base))
-  if not v or v > max then return nil end
+  local v = 0
+  for i = 1, #s do
+    local d = s:byte(i) - 48
+    if v > (max - d) // base then return nil end
+    v = v * base + d
+  end
   return v
 end
 
