@@ -75,12 +75,7 @@ local function du(paths)
 end
 
 local function setup(dir)
-  local t0 = core.time_ms()
-  sh("python3 -c \"import os, time\nold = time.time() - 3600\nfor d in range(" .. M.FILES // M.PER_DIR .. "):\n"
-    .. "  p = '" .. dir .. "/ws/pkg%d/mod%03d' % (d % 10, d)\n  os.makedirs(p)\n"
-    .. "  for f in range(" .. M.PER_DIR .. "):\n    q = '%s/file%03d.txt' % (p, f)\n"
-    .. "    open(q, 'w').write('x' * ((d * 7 + f) % 400) + '\\n')\n    os.utime(q, (old, old))\n\"")
-  return core.time_ms() - t0
+  return stats.make_workspace(dir, M.FILES, M.PER_DIR)
 end
 
 local function median_of(list, field)

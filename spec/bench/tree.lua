@@ -146,12 +146,7 @@ end
 
 -- The workspace (files an hour old, so that a warm walk may trust them), its states and archives.
 local function setup(dir)
-  local t0 = core.time_ms()
-  sh("python3 -c \"import os, time\nold = time.time() - 3600\nfor d in range(" .. M.FILES // M.PER_DIR .. "):\n"
-    .. "  p = '" .. dir .. "/ws/pkg%d/mod%03d' % (d % 10, d)\n  os.makedirs(p)\n"
-    .. "  for f in range(" .. M.PER_DIR .. "):\n    q = '%s/file%03d.txt' % (p, f)\n"
-    .. "    open(q, 'w').write('x' * ((d * 7 + f) % 400) + '\\n')\n    os.utime(q, (old, old))\n\"")
-  local made_ms = core.time_ms() - t0
+  local made_ms = stats.make_workspace(dir, M.FILES, M.PER_DIR)
   local ws = dir .. "/ws"
   local function write(path, text)
     local f = assert(io.open(path, "wb"))
