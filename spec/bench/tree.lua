@@ -164,6 +164,7 @@ local function setup(dir)
     end
   end
   assert(changed:write(dir .. "/changed.tree"))
+  sh("mkdir -p " .. core.sh_quote(ws .. "/.ferry-runtime")) -- the listing keeps its temp files there, as in a sandbox
   local script = require("ferry.listing").list_script(ws, { ".ferry-runtime" }, {})
   local res = assert(require("ferry").proc.run { argv = { "sh", "-c", script }, max_output = 1 << 30 })
   assert(res.code == 0, res.stderr)
