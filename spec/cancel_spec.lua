@@ -9,8 +9,7 @@ local helpers = require "support.helpers"
 local sandboxes = require "support.sandboxes"
 local sshd = require "support.sshd"
 
-local bwrap_probe = ferry.proc.run { argv = { "bwrap", "--ro-bind", "/", "/", "true" } }
-local BWRAP_WORKS = bwrap_probe and bwrap_probe.code == 0
+local BWRAP_WORKS = require("support.sandboxes").BWRAP_WORKS
 
 -- A `sleep` no other process runs: its command line finds it.
 local function unique_sleep()

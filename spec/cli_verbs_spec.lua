@@ -28,8 +28,7 @@ local function contains(list, item)
   return false
 end
 
-local bwrap_probe = ferry.proc.run { argv = { "bwrap", "--ro-bind", "/", "/", "true" } }
-local BWRAP_WORKS = bwrap_probe and bwrap_probe.code == 0
+local BWRAP_WORKS = require("support.sandboxes").BWRAP_WORKS
 
 -- Each provider: its string and how a path of its sandbox maps to a host path, given a fresh temp dir.
 local PROVIDERS = {

@@ -8,8 +8,7 @@ local helpers = require "support.helpers"
 local sandboxes = require "support.sandboxes"
 local sshd = require "support.sshd"
 
-local bwrap_probe = ferry.proc.run { argv = { "bwrap", "--ro-bind", "/", "/", "true" } }
-local BWRAP_WORKS = bwrap_probe and bwrap_probe.code == 0
+local BWRAP_WORKS = require("support.sandboxes").BWRAP_WORKS
 
 local function unique_token()
   return "ferrysecret" .. ferry.hash.sha256(tostring(core.time_ms()) .. math.random()):sub(1, 24)

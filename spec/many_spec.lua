@@ -20,8 +20,7 @@ end
 
 local function mkdir(path) assert(os.execute("mkdir -p '" .. path .. "'")) end
 
-local bwrap_probe = ferry.proc.run { argv = { "bwrap", "--ro-bind", "/", "/", "true" } }
-local BWRAP_WORKS = bwrap_probe and bwrap_probe.code == 0
+local BWRAP_WORKS = require("support.sandboxes").BWRAP_WORKS
 
 -- An adapter that logs when each prepare's sync starts and ends (with a pause in between), so the spec can
 -- count how many prepares were in flight at once.

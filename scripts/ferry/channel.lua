@@ -35,6 +35,13 @@ M.FRAME = 1024 * 1024
 M.FRAME_MAX = 8 * 1024 * 1024
 M.FRAME_CHEAP_MAX = 1024 * 1024
 
+--- The largest input frame for a provider's commands: M.FRAME_MAX where they are costly, else M.FRAME_CHEAP_MAX.
+---@param provider table
+---@return integer
+function M.frame_max(provider)
+  return provider.caps and provider.caps.costly and M.FRAME_MAX or M.FRAME_CHEAP_MAX
+end
+
 local VERSION = "ferry1"
 local DEFAULT_GRACE_MS = 2000
 
@@ -412,8 +419,8 @@ function M.prepare_run(provider, script, popts, env, binary)
     if handle then handle:close_stdin() end
   end)
   popts.on_stderr = filter.push
-  local frame_max = provider.caps and provider.caps.costly and M.FRAME_MAX or M.FRAME_CHEAP_MAX
-  popts.stdin = M.input(M.env_lines(env, binary, "exec", 4), popts.stdin, popts.stream_stdin, frame_max)
+  popts.stdin = M.input(M.env_lines(env, binary, "exec", 4), popts.stdin, popts.stream_stdin,
+    M.frame_max(provider))
   popts.keep_stdin = true
   popts.argv = argv
   return argv, wrapped, function()

@@ -11,6 +11,7 @@
 -- Files with nothing in them are left out.
 local core = require "ferry.core"
 local git = require "ferry.git"
+local util = require "ferry.util"
 
 local M = {}
 
@@ -33,13 +34,6 @@ local function write(path, data)
   return true
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local data = f:read("a") or ""
-  f:close()
-  return data
-end
 
 local function is_ancestor(top, a, b)
   local res = git.run(top, { "merge-base", "--is-ancestor", a, b })
@@ -74,7 +68,7 @@ local function full_history(info, pack, depth)
   out, err, code = git.out(tmp, { "bundle", "create", "-q", pack.dir .. "/" .. BUNDLE, pack.bundle_ref },
     "git bundle create")
   if not out then return nil, err, code end
-  local shallow = read(tmp .. "/shallow")
+  local shallow = util.read_file(tmp .. "/shallow") or ""
   for oid in shallow:gmatch("%x+") do pack.shallow[#pack.shallow + 1] = oid end
   if shallow ~= "" then
     local ok, werr, wcode = write(pack.dir .. "/" .. SHALLOW, shallow)

@@ -4,6 +4,7 @@
 -- binary (core.embedded), else the source tree or the installed tree next to this file.
 local core = require "ferry.core"
 local schema = require "ferry.schema"
+local util = require "ferry.util"
 
 local M = {}
 
@@ -19,13 +20,6 @@ local function check(kind, name)
   end
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
-end
 
 -- The directory holding this file (scripts/ferry in the source tree, .../share/lua/5.4/ferry installed),
 -- or nil when it was loaded from the binary.
@@ -56,14 +50,14 @@ function M.find(kind, name)
   local rel = kind .. "/" .. name .. ".lua"
   for _, d in ipairs(user_dirs()) do
     local path = d.dir .. "/" .. rel
-    local text = read_file(path)
+    local text = util.read_file(path)
     if text then return path, text end
   end
   local embedded = core.embedded and core.embedded(rel)
   if embedded then return "[ferry]/" .. rel, embedded end
   for _, dir in ipairs(builtin_dirs(kind)) do
     local path = dir .. "/" .. name .. ".lua"
-    local text = read_file(path)
+    local text = util.read_file(path)
     if text then return path, text end
   end
   return nil, "no " .. kind:sub(1, -2) .. " named '" .. name .. "'", "ENOENT"

@@ -5,16 +5,10 @@
 -- crash the next operation's sweep removes it, because its owner is gone: no process has that pid with that
 -- start time (a reused pid has another). A live run's dirs, and other users' dirs, are never touched.
 local core = require "ferry.core"
+local util = require "ferry.util"
 
 local M = {}
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
-end
 
 local boot_id
 
@@ -22,7 +16,7 @@ local boot_id
 ---@param pid integer
 ---@return string|nil
 function M.start_token(pid)
-  local stat = read("/proc/" .. pid .. "/stat")
+  local stat = util.read_file("/proc/" .. pid .. "/stat")
   -- the command name (field 2) may hold spaces and ')': the fields after the last ')' start at field 3
   local rest = stat and stat:match("^.*%)%s+(.*)$")
   if not rest then return nil end
@@ -30,7 +24,7 @@ function M.start_token(pid)
   for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
   if fields[1] == "Z" or fields[1] == "X" then return nil end -- dead, not yet reaped
   local started = fields[20] -- field 22: start time, clock ticks after boot
-  boot_id = boot_id or read("/proc/sys/kernel/random/boot_id") or ""
+  boot_id = boot_id or util.read_file("/proc/sys/kernel/random/boot_id") or ""
   return started and core.sha256(boot_id .. ":" .. started):sub(1, 12) or nil
 end
 

@@ -230,7 +230,7 @@ end
 -- The command's stdin as frames (ferry.channel's: a string or a bulk reader gathered into large frames, exec's
 -- own stdin as it comes) that end early, with the current frame, once cur.cut is set (the command ended).
 -- cur.read_from is set once the caller's reader was asked for a chunk (its input can no longer be sent again).
-local function stdin_frames(cur, stdin, stream_stdin)
+local function stdin_frames(cur, stdin, stream_stdin, frame_max)
   local read = stdin
   if type(stdin) ~= "string" then
     read = function()
@@ -239,20 +239,20 @@ local function stdin_frames(cur, stdin, stream_stdin)
       return stdin()
     end
   end
-  return channel.frames(read, stream_stdin)
+  return channel.frames(read, stream_stdin, frame_max)
 end
 
 -- Send the header (with the script and the environment), then the stdin frames: a reader's once the shell
 -- acknowledged the command (so that a shell found dead before it can take the command again from its first
 -- byte). Returns true or nil, message; raises what the stdin reader raised.
-local function send(handle, cur, head, popts)
+local function send(handle, cur, head, popts, frame_max)
   local ok, err = write(handle, head)
   if not ok or popts.stdin == nil then return ok, err end
   if type(popts.stdin) ~= "string" and not cur.acked and not cur.finished then
     task.await(function(wake) cur.on_ack = wake end)
   end
   if cur.finished and not cur.acked then return true end -- the shell died: nothing of the input was read
-  if not proc.write_all(handle, stdin_frames(cur, popts.stdin, popts.stream_stdin)) then
+  if not proc.write_all(handle, stdin_frames(cur, popts.stdin, popts.stream_stdin, frame_max)) then
     return nil, "write to stdin: the session's stdin closed"
   end
   return true
@@ -363,7 +363,8 @@ function Session:run(script, popts)
   end
   if popts.on_spawn then popts.on_spawn(self.pid, started_at, self.handle) end
   local handle = self.handle
-  local ok, sent, serr = pcall(send, handle, cur, command_head(script, popts, marker, self.binary), popts)
+  local ok, sent, serr = pcall(send, handle, cur, command_head(script, popts, marker, self.binary), popts,
+    self.frame_max)
   if not ok then -- the reader raised in the middle of the frames: this shell's stdin is out of step
     handle:kill("SIGKILL")
   end
@@ -480,7 +481,7 @@ function M.wrap(provider, opts)
     served = 0,
     boot = string.format(BOOT, core.sh_quote(provider.scratch_dir or "/tmp"), util.unique_hex(16),
       channel.STOP_FUNCTION .. channel.RELAY_FUNCTION),
-    binary = provider.caps == nil or provider.caps.binary ~= false,
+    binary = provider.caps == nil or provider.caps.binary ~= false, frame_max = channel.frame_max(provider),
   }, Session)
   local inner_close = provider.close
   provider.session = s

@@ -45,6 +45,17 @@ function M.absolute(path)
   return pwd .. "/" .. path:gsub("^%./", "")
 end
 
+--- The whole content of the file at `path`, or nil when it cannot be opened.
+---@param path string
+---@return string|nil
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
 --- `list`, sorted in place.
 ---@param list table
 ---@return table

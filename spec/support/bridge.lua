@@ -20,8 +20,7 @@ local START_TIMEOUT_MS = 15000
 M.LOCAL_TEMPLATE = "cmd:env FERRY_LEASE_DIR={dir}/sb/{lease}"
 -- A bubblewrap sandbox per lease; M.BWRAP_WORKS says whether bwrap can run here.
 M.BWRAP_TEMPLATE = "bwrap:{dir}/sb/{lease}"
-local probe = ferry.proc.run { argv = { "bwrap", "--ro-bind", "/", "/", "true" } }
-M.BWRAP_WORKS = probe ~= nil and probe.code == 0
+M.BWRAP_WORKS = require("support.sandboxes").BWRAP_WORKS
 
 --- The bwrap template where bwrap works, else the local one.
 function M.sandbox_template()

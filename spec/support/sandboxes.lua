@@ -5,12 +5,17 @@
 -- box.provider is the provider string, box.root a fresh empty dir inside the sandbox, box.host_root the same
 -- dir seen from the host, box:open(opts) opens it (asserting), box:cleanup() removes the temp dirs.
 -- sandboxes.counting(label) is the same through exec_counter.sh: box:count() is the number of commands run.
+-- sandboxes.BWRAP_WORKS says whether bwrap can run here.
 local helpers = require "support.helpers"
 local ferry = require "ferry"
 
 local M = {}
 
 M.LABELS = { "local", "bwrap", "cmd" }
+
+-- Whether bubblewrap can run here (it cannot in some containers), probed once.
+local bwrap_probe = ferry.proc.run { argv = { "bwrap", "--ro-bind", "/", "/", "true" } }
+M.BWRAP_WORKS = bwrap_probe ~= nil and bwrap_probe.code == 0
 
 local COUNTER = helpers.root .. "/spec/support/exec_counter.sh"
 
